@@ -1,0 +1,63 @@
+"""coe — Composition of Experts: route each query to the right LLM experts, run them
+expert-batched (each model loaded once), and fuse their answers."""
+
+from coe.aggregate import MajorityVote, Verdict, WeightedVote
+from coe.backends import LitellmBackend, LlamaCppBackend
+from coe.composer import BatchResult, Composer
+from coe.errors import (
+    BackendError,
+    BackendUnavailableError,
+    CoeError,
+    ConfigError,
+    DatasetError,
+    GenerationError,
+    NotFittedError,
+    QueryError,
+    RegistryError,
+    UnknownExpertError,
+)
+from coe.outcomes import Outcomes
+from coe.registry import Registry
+from coe.routers import ROUTERS, AllRouter, BestSingleRouter, OracleRouter, RandomRouter, Router, make_router
+from coe.scheduler import Scheduler
+from coe.schema import Answer, ExpertAnswer, ExpertChoice, ExpertSpec, Query, Route
+from coe.settings import Settings
+from coe.types import GenerationParams
+
+__all__ = [
+    "ROUTERS",
+    "AllRouter",
+    "Answer",
+    "BackendError",
+    "BackendUnavailableError",
+    "BatchResult",
+    "BestSingleRouter",
+    "CoeError",
+    "Composer",
+    "ConfigError",
+    "DatasetError",
+    "ExpertAnswer",
+    "ExpertChoice",
+    "ExpertSpec",
+    "GenerationError",
+    "GenerationParams",
+    "LitellmBackend",
+    "LlamaCppBackend",
+    "MajorityVote",
+    "NotFittedError",
+    "OracleRouter",
+    "Outcomes",
+    "Query",
+    "QueryError",
+    "RandomRouter",
+    "Registry",
+    "RegistryError",
+    "Route",
+    "Router",
+    "Scheduler",
+    "Settings",
+    "UnknownExpertError",
+    "Verdict",
+    "WeightedVote",
+    "make_router",
+]

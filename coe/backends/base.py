@@ -1,0 +1,61 @@
+"""The `Backend` protocol: batch-first, like an HTTP transport.
+
+Construction is cheap and does no I/O; `load` does the heavy work and only the scheduler decides
+when. `generate` takes a list and returns one `Generation` per prompt, in order; a failure on one
+prompt is returned as `Generation(error=...)`, not raised, so it fails alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from coe.schema import ExpertSpec
+from coe.types import Generation, GenerationParams, LoadReport, Prompt
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs experts of one backend kind."""
+
+    def load(self, expert: ExpertSpec, adapters: Sequence[ExpertSpec] = ()) -> LoadReport:
+        """Make `expert`'s model resident (with `adapters` on it); free when already resident."""
+        ...
+
+    def generate(self, expert: ExpertSpec, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
+        """One generation per prompt, in order; loads the model first if it is not resident."""
+        ...
+
+    def unload(self, expert: ExpertSpec) -> None:
+        """Free `expert`'s model (a no-op for API backends)."""
+        ...
+
+    def is_loaded(self, expert: ExpertSpec) -> bool:
+        """Whether serving `expert` now needs no load."""
+        ...
+
+    def close(self) -> None:
+        """Free everything."""
+        ...
+
+
+class NoLoadMixin:
+    """For backends with nothing to load (APIs, recorded responses)."""
+
+    def load(self, expert: ExpertSpec, adapters: Sequence[ExpertSpec] = ()) -> LoadReport:
+        return LoadReport(key=expert.load_key, loaded=False)
+
+    def unload(self, expert: ExpertSpec) -> None:
+        return None
+
+    def is_loaded(self, expert: ExpertSpec) -> bool:
+        return True
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,104 @@
+"""Any API model or OpenAI-compatible server (vLLM's included), through litellm.
+
+Batch-first: `generate` fans the prompts out concurrently, at most `max_concurrency` at a time,
+and returns results in input order. Each failed call becomes that prompt's `Generation.error`,
+mapped to a coe error message that says whether retrying may help.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from coe.backends.base import NoLoadMixin
+from coe.errors import BackendError, BackendUnavailableError, GenerationError
+from coe.schema import ExpertSpec, LitellmBackendSpec
+from coe.types import Generation, GenerationParams, Prompt
+
+_RETRYABLE = (
+    "RateLimitError",
+    "Timeout",
+    "APIConnectionError",
+    "ServiceUnavailableError",
+    "InternalServerError",
+)
+
+
+class LitellmBackend(NoLoadMixin):
+    """Calls models through litellm; nothing to load, so loads are free."""
+
+    def generate(self, expert: ExpertSpec, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
+        spec = _litellm_spec(expert)
+        litellm = _import_litellm(expert.id)
+        with ThreadPoolExecutor(max_workers=min(spec.max_concurrency, max(len(prompts), 1))) as pool:
+            return list(pool.map(lambda prompt: self._call(litellm, expert, spec, prompt, params), prompts))
+
+    def _call(
+        self,
+        litellm: Any,
+        expert: ExpertSpec,
+        spec: LitellmBackendSpec,
+        prompt: Prompt,
+        params: GenerationParams,
+    ) -> Generation:
+        messages = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
+        messages.append({"role": "user", "content": prompt.text})
+        started = time.perf_counter()
+        try:
+            response = litellm.completion(
+                model=spec.model,
+                messages=messages,
+                api_base=spec.api_base,
+                api_key=spec.api_key,
+                max_tokens=params.max_tokens,
+                temperature=params.temperature,
+                seed=params.seed,
+                stop=list(params.stop) or None,
+                timeout=spec.timeout_s,
+                num_retries=spec.num_retries,
+            )
+        except Exception as error:  # every provider error becomes this prompt's error, not the batch's
+            mapped = map_litellm_error(error, expert.id)
+            return Generation(text="", latency_s=time.perf_counter() - started, error=str(mapped))
+        usage = getattr(response, "usage", None)
+        return Generation(
+            text=response.choices[0].message.content or "",
+            n_prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            n_completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            latency_s=time.perf_counter() - started,
+        )
+
+
+def map_litellm_error(error: Exception, expert: str) -> GenerationError:
+    """A litellm/OpenAI exception as a `GenerationError` naming the expert, status and retryability."""
+    kind = type(error).__name__
+    status = getattr(error, "status_code", None)
+    retryable = kind in _RETRYABLE or (isinstance(status, int) and status >= 500)
+    message = getattr(error, "message", None) or str(error)
+    detail = f"{kind}" + (f" (HTTP {status})" if status else "") + f": {message}"
+    hint = "; retrying may help" if retryable else ""
+    mapped = GenerationError(detail + hint, expert=expert, retryable=retryable)
+    mapped.__cause__ = error
+    return mapped
+
+
+def _litellm_spec(expert: ExpertSpec) -> LitellmBackendSpec:
+    if not isinstance(expert.backend, LitellmBackendSpec):
+        raise BackendError(f"not a litellm expert (backend kind {expert.backend_kind!r})", expert=expert.id)
+    return expert.backend
+
+
+def _import_litellm(expert: str) -> Any:
+    # Without a local cost map litellm fetches one from the network at import.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    try:
+        import litellm
+    except ImportError as error:
+        raise BackendUnavailableError(
+            "the litellm backend needs litellm: pip install 'coe[litellm]'", expert=expert
+        ) from error
+    litellm.suppress_debug_info = True
+    return litellm

@@ -1,0 +1,63 @@
+"""`coe ...` commands: thin shells over the library. Settings are built once, here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from coe.cli import ask, registry
+from coe.cli.common import console, state
+from coe.errors import (
+    BackendError,
+    CoeError,
+    ConfigError,
+    DatasetError,
+    RunError,
+    UnknownExpertError,
+    UnknownNameError,
+)
+from coe.settings import Settings, apply_offline_environment
+
+app = typer.Typer(
+    help="coe — Composition of Experts: route questions to LLM experts and fuse their answers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(registry.app, name="registry")
+ask.register(app)
+
+EXIT_CODES: tuple[tuple[type[CoeError], int], ...] = (
+    (ConfigError, 2),
+    (UnknownExpertError, 3),
+    (UnknownNameError, 3),
+    (DatasetError, 4),
+    (BackendError, 5),
+    (RunError, 6),
+)
+
+
+@app.callback()
+def _configure(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False) -> None:
+    settings = Settings()
+    if settings.offline:
+        apply_offline_environment()
+    logging.basicConfig(
+        level=logging.DEBUG if debug else settings.log_level, format="%(levelname)s %(name)s: %(message)s"
+    )
+    state.settings = settings
+    state.debug = debug
+
+
+def main() -> None:
+    """Entry point: one clear line and an exit code per error class; tracebacks only with --debug."""
+    try:
+        app()
+    except CoeError as error:
+        if state.debug:
+            raise
+        console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(next((code for cls, code in EXIT_CODES if isinstance(error, cls)), 1))

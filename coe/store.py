@@ -1,0 +1,147 @@
+"""Persistence with SQLAlchemy 2: a SQLite file by default, any SQLAlchemy URL (PostgreSQL for a team).
+
+The only module that imports SQLAlchemy. Tables: experts (the registry); profiling outcomes and
+evaluation runs add theirs below.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import DateTime, String, Text, create_engine, delete, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from coe.errors import ConfigError, RegistryError, UnknownExpertError
+from coe.schema import ExpertSpec
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ExpertRow(Base):
+    __tablename__ = "experts"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    spec_json: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text)
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredExpert:
+    spec: ExpertSpec
+    source: str
+    imported_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSummary:
+    added: tuple[str, ...]
+    updated: tuple[str, ...]
+    unchanged: tuple[str, ...]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _spec_json(expert: ExpertSpec) -> str:
+    return json.dumps(expert.model_dump(mode="json"), sort_keys=True)
+
+
+class Store:
+    """The coe database. Construction is cheap; tables are created on first use."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            try:
+                parsed = make_url(self.url)
+            except Exception as error:
+                raise ConfigError(
+                    f"database URL {self.url!r} is not a SQLAlchemy URL (e.g. sqlite:///coe.db); set COE_DATABASE_URL"
+                ) from error
+            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self._engine = create_engine(parsed)
+            Base.metadata.create_all(self._engine)
+        return self._engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back (nothing written) on any error."""
+        with Session(self.engine) as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    # ----------------------------------------------------------------------- experts
+
+    def import_experts(self, experts: Iterable[ExpertSpec], source: str) -> ImportSummary:
+        """Insert or update experts in one transaction; re-importing the same file changes nothing."""
+        added, updated, unchanged = [], [], []
+        with self.session() as session:
+            for expert in experts:
+                spec_json = _spec_json(expert)
+                row = session.get(ExpertRow, expert.id)
+                if row is None:
+                    session.add(ExpertRow(id=expert.id, spec_json=spec_json, source=source, imported_at=now()))
+                    added.append(expert.id)
+                elif row.spec_json != spec_json or row.source != source:
+                    row.spec_json, row.source, row.imported_at = spec_json, source, now()
+                    updated.append(expert.id)
+                else:
+                    unchanged.append(expert.id)
+        return ImportSummary(tuple(added), tuple(updated), tuple(unchanged))
+
+    def list_experts(self) -> list[StoredExpert]:
+        with self.session() as session:
+            rows = session.scalars(select(ExpertRow).order_by(ExpertRow.source, ExpertRow.id)).all()
+            return [self._stored(row) for row in rows]
+
+    def get_expert(self, expert_id: str) -> StoredExpert:
+        with self.session() as session:
+            row = session.get(ExpertRow, expert_id)
+            if row is None:
+                known = session.scalars(select(ExpertRow.id)).all()
+                raise UnknownExpertError(expert_id, known, f"the database {self.url}")
+            return self._stored(row)
+
+    def remove_expert(self, expert_id: str) -> None:
+        self.get_expert(expert_id)
+        with self.session() as session:
+            dependants = [
+                s.spec.id
+                for s in map(self._stored, session.scalars(select(ExpertRow)).all())
+                if s.spec.is_adapter and s.spec.base == expert_id
+            ]
+            if dependants:
+                raise RegistryError(
+                    f"expert {expert_id!r} is the base of adapter(s) {', '.join(dependants)}; remove those first"
+                )
+            session.execute(delete(ExpertRow).where(ExpertRow.id == expert_id))
+
+    @staticmethod
+    def _stored(row: ExpertRow) -> StoredExpert:
+        try:
+            spec = ExpertSpec.model_validate_json(row.spec_json)
+        except ValueError as error:
+            raise RegistryError(
+                f"stored expert {row.id!r} (from {row.source}) no longer validates: {error}; "
+                "re-import its registry file"
+            ) from error
+        return StoredExpert(spec=spec, source=row.source, imported_at=row.imported_at)

@@ -1,0 +1,77 @@
+"""Small frozen values passed between the pipeline's parts (not boundary types: see `coe.schema`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    """Sampling settings for one batch; temperature 0 is greedy and deterministic."""
+
+    max_tokens: int = 384
+    temperature: float = 0.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """What an expert is asked; `query_id` lets a replay backend find the recorded response."""
+
+    text: str
+    query_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """One model output; `error` is set instead of raising so one bad request fails alone."""
+
+    text: str
+    n_prompt_tokens: int = 0
+    n_completion_tokens: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """What loading a model cost; `loaded` is False when it was already resident."""
+
+    key: str
+    seconds: float = 0.0
+    n_bytes: int = 0
+    loaded: bool = True
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """What one scheduled batch cost: loads, switch time, generation time, tokens."""
+
+    n_requests: int = 0
+    n_loads: int = 0
+    load_s: float = 0.0
+    generate_s: float = 0.0
+    wall_s: float = 0.0
+    n_prompt_tokens: int = 0
+    n_completion_tokens: int = 0
+    n_errors: int = 0
+    requests_per_expert: dict[str, int] = field(default_factory=dict)
+    loads: list[LoadReport] = field(default_factory=list)
+
+    def merge(self, other: BatchStats) -> None:
+        self.n_requests += other.n_requests
+        self.n_loads += other.n_loads
+        self.load_s += other.load_s
+        self.generate_s += other.generate_s
+        self.wall_s += other.wall_s
+        self.n_prompt_tokens += other.n_prompt_tokens
+        self.n_completion_tokens += other.n_completion_tokens
+        self.n_errors += other.n_errors
+        for expert, n in other.requests_per_expert.items():
+            self.requests_per_expert[expert] = self.requests_per_expert.get(expert, 0) + n
+        self.loads.extend(other.loads)
