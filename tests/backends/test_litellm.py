@@ -1,0 +1,73 @@
+"""The litellm backend over real loopback HTTP: the embedded engine's own OpenAI-compatible server."""
+
+import pytest
+
+from coe.backends.litellm import LitellmBackend
+from coe.backends.llamacpp import LlamaCppBackend
+from coe.registry import Registry
+from coe.schema import ExpertSpec, LitellmBackendSpec
+from coe.types import GenerationParams, Prompt
+
+PARAMS = GenerationParams(max_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def served(embedded_backend: LlamaCppBackend, embedded_pool: Registry) -> ExpertSpec:
+    """SmolLM2 behind llama.cpp's HTTP server on 127.0.0.1, declared as an API expert."""
+    address = embedded_backend.address(embedded_pool["smollm2-135m"])
+    assert address.startswith("http://127.0.0.1:")
+    return ExpertSpec(
+        id="smollm2-over-http",
+        base="HuggingFaceTB/SmolLM2-135M-Instruct",
+        backend=LitellmBackendSpec(
+            model="openai/smollm2", api_base=f"{address}/v1", api_key="sk-local", max_concurrency=3
+        ),
+    )
+
+
+def test_generates_over_http_in_input_order(
+    served: ExpertSpec, embedded_backend: LlamaCppBackend, embedded_pool: Registry
+) -> None:
+    prompts = [
+        Prompt("What is the capital of France? Answer in one word."),
+        Prompt("Name a primary colour."),
+        Prompt("2 + 2 ="),
+    ]
+    outputs = LitellmBackend().generate(served, prompts, PARAMS)
+    assert [o.error for o in outputs] == [None, None, None]
+    assert "Paris" in outputs[0].text
+    assert all(o.n_prompt_tokens > 0 and o.n_completion_tokens > 0 for o in outputs)
+    in_process = embedded_backend.generate(embedded_pool["smollm2-135m"], prompts, PARAMS)
+    assert [o.text for o in outputs] == [o.text for o in in_process]
+
+
+def test_loads_are_free(served: ExpertSpec) -> None:
+    backend = LitellmBackend()
+    assert backend.load(served).loaded is False
+    assert backend.is_loaded(served)
+
+
+def test_unreachable_server_fails_each_request_with_a_retryable_coe_error() -> None:
+    dead = ExpertSpec(
+        id="dead",
+        base="none",
+        backend=LitellmBackendSpec(
+            model="openai/none", api_base="http://127.0.0.1:9/v1", api_key="x", num_retries=0, timeout_s=5
+        ),
+    )
+    outputs = LitellmBackend().generate(dead, [Prompt("hi"), Prompt("there")], PARAMS)
+    assert len(outputs) == 2
+    for output in outputs:
+        assert output.text == ""
+        assert output.error is not None
+        assert output.error.startswith("expert 'dead': ")
+        assert "Connection error" in output.error
+        assert output.error.endswith("retrying may help")
+
+
+def test_a_bad_request_fails_alone_and_is_not_retryable(served: ExpertSpec) -> None:
+    outputs = LitellmBackend().generate(served, [Prompt("word " * 9000), Prompt("Hi")], PARAMS)
+    assert outputs[0].error is not None
+    assert "HTTP 400" in outputs[0].error and "context" in outputs[0].error
+    assert "retrying may help" not in outputs[0].error
+    assert outputs[1].ok and outputs[1].text

@@ -1,0 +1,78 @@
+"""The `coe` command, run as users run it: a real process, real models, a real SQLite database."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def coe(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", "from coe.cli import main; main()", *args]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env}, cwd=REPO, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"coe {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def env(tmp_path: Path, weights_cache: Path) -> dict[str, str]:
+    return {"COE_DATABASE_URL": f"sqlite:///{tmp_path / 'coe.db'}", "COE_CACHE_DIR": str(weights_cache)}
+
+
+def test_ask_json_returns_real_generations_from_every_expert(env: dict[str, str]) -> None:
+    result = coe(
+        "ask",
+        "Which planet is known as the Red Planet?",
+        "--choices",
+        "Venus,Mars,Jupiter,Saturn",
+        "--json",
+        "--max-tokens",
+        "64",
+        env=env,
+    )
+    answer = json.loads(result.stdout)
+    assert answer["experts"] == ["smollm2-135m", "gemma3-270m"]
+    assert [a["expert"] for a in answer["expert_answers"]] == answer["experts"]
+    assert all(a["text"].strip() and a["n_completion_tokens"] > 0 for a in answer["expert_answers"])
+    assert answer["expert_answers"][0]["text"] != answer["expert_answers"][1]["text"]
+    assert answer["route"]["reason"] == "all 2 experts"
+    assert answer["choice"] in (None, "A", "B", "C", "D")
+    assert answer["timings"]["total_s"] > 0
+
+
+def test_registry_import_list_show_export_remove(env: dict[str, str], tmp_path: Path) -> None:
+    pool = REPO / "registry" / "embedded.yaml"
+    assert "2 added" in coe("registry", "import", str(pool), env=env).stdout
+    assert "0 added, 0 updated, 2 unchanged" in coe("registry", "import", str(pool), env=env).stdout
+    listing = coe("registry", "list", env=env).stdout
+    assert "smollm2-135m" in listing and "gemma3-270m" in listing
+    assert "weights: smollm2-135m-instruct-q4_1" in coe("registry", "show", "smollm2-135m", env=env).stdout
+    exported = tmp_path / "exported.yaml"
+    coe("registry", "export", "-o", str(exported), env=env)
+    # Same experts from another file: nothing added, only their recorded source changes.
+    assert "0 added, 2 updated, 0 unchanged" in coe("registry", "import", str(exported), env=env).stdout
+    coe("registry", "remove", "gemma3-270m", env=env)
+    assert "gemma3-270m" not in coe("registry", "list", env=env).stdout
+
+
+def test_broken_registry_file_exits_2_with_one_clear_line_and_writes_nothing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text((REPO / "registry" / "embedded.yaml").read_text().replace("params_b: 0.27", "params_b: big"))
+    result = coe("registry", "import", str(broken), env=env, check=False)
+    assert result.returncode == 2
+    assert f"{broken}: experts[1] (id 'gemma3-270m').params_b: Input should be a valid number" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "smollm2" not in coe("registry", "list", env=env).stdout
+
+
+def test_unknown_expert_exits_3(env: dict[str, str]) -> None:
+    result = coe("registry", "show", "gpt-9", env=env, check=False)
+    assert result.returncode == 3
+    assert "unknown expert 'gpt-9'" in result.stderr and "coe registry list" in result.stderr

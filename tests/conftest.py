@@ -1,0 +1,53 @@
+"""Shared fixtures: clean environment, settings on tmp_path, real embedded models loaded once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coe.backends.llamacpp import LlamaCppBackend
+from coe.registry import Registry
+from coe.settings import Settings, apply_offline_environment
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = (REPO / ".." / "shared" / "data").resolve()
+EMBEDDED_POOL = REPO / "registry" / "embedded.yaml"
+
+apply_offline_environment()
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No COE_* variable from the developer's shell leaks into a test."""
+    for key in list(os.environ):
+        if key.startswith("COE_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("coe-cache")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, weights_cache: Path) -> Settings:
+    return Settings(
+        cache_dir=weights_cache,
+        database_url=f"sqlite:///{tmp_path / 'coe.db'}",
+        data_dir=DATA_DIR,
+    )
+
+
+@pytest.fixture(scope="session")
+def embedded_pool() -> Registry:
+    return Registry.from_file(EMBEDDED_POOL, DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def embedded_backend(weights_cache: Path) -> Iterator[LlamaCppBackend]:
+    """The real llama.cpp backend; models load once per session and are reused."""
+    with LlamaCppBackend(cache_dir=weights_cache) as backend:
+        yield backend
