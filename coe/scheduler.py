@@ -135,19 +135,16 @@ class Scheduler:
                     results[index] = generation
 
     def _groups(self, requests: Sequence[Request]) -> list[_Group]:
+        """One group per model to load, in order of first request; its base is a non-adapter
+        expert on that model when the batch has one."""
         groups: dict[tuple[str, str], _Group] = {}
-        bases: dict[str, ExpertSpec] = {}
-        for request in requests:
-            expert = request.expert
-            if not expert.is_adapter:
-                bases[expert.id] = expert
         for index, request in enumerate(requests):
             expert = request.expert
             key = (expert.backend_kind, expert.load_key)
-            if key not in groups:
-                base = bases.get(expert.load_key, expert)
-                groups[key] = _Group(kind=expert.backend_kind, base=base, by_expert={})
-            groups[key].by_expert.setdefault(expert.id, []).append(index)
+            group = groups.setdefault(key, _Group(kind=expert.backend_kind, base=expert, by_expert={}))
+            if group.base.is_adapter and not expert.is_adapter:
+                group = groups[key] = _Group(kind=group.kind, base=expert, by_expert=group.by_expert)
+            group.by_expert.setdefault(expert.id, []).append(index)
         return list(groups.values())
 
     def _ensure_loaded(self, group: _Group, requests: Sequence[Request]) -> LoadReport | str:

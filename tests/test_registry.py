@@ -36,7 +36,11 @@ def test_a_valid_file_loads_and_adapters_inherit_their_base_backend(tmp_path: Pa
     by_id = {e.id: e for e in experts}
     assert list(by_id) == ["small", "api", "small-law"]
     assert by_id["small-law"].is_adapter
-    assert by_id["small-law"].load_key == "small"
+    assert (
+        by_id["small-law"].load_key
+        == by_id["small"].load_key
+        == "embedded:smollm2-135m-instruct-q4_1:ctx=4096:threads=auto"
+    )
     assert isinstance(by_id["small-law"].backend, EmbeddedBackendSpec)
     assert by_id["small-law"].adapter == (tmp_path / "adapters/law.gguf").resolve()
 
