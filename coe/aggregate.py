@@ -1,11 +1,13 @@
 """Aggregators fuse the chosen experts' answers into one.
 
-`fuse(query, route, answers) -> Verdict`: the final text, the chosen letter and the vote tally.
-The Composer wraps a Verdict into an `Answer` with the route, tokens and timings.
+`fuse(query, route, answers) -> Verdict`: the final text, the chosen letter and the vote tally;
+`fuse_batch` does a whole batch (an LLM aggregator batches its calls there). The Composer wraps a
+Verdict into an `Answer` with the route, tokens and timings.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
@@ -24,6 +26,24 @@ class Aggregator(Protocol):
     name: ClassVar[str]
 
     def fuse(self, query: Query, route: Route, answers: Sequence[ExpertAnswer]) -> Verdict: ...
+
+    def fuse_batch(
+        self, queries: Sequence[Query], routes: Sequence[Route], answers: Sequence[Sequence[ExpertAnswer]]
+    ) -> list[Verdict]: ...
+
+
+class Vote(ABC):
+    """Votes need no model: a batch is each query in turn."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def fuse(self, query: Query, route: Route, answers: Sequence[ExpertAnswer]) -> Verdict: ...
+
+    def fuse_batch(
+        self, queries: Sequence[Query], routes: Sequence[Route], answers: Sequence[Sequence[ExpertAnswer]]
+    ) -> list[Verdict]:
+        return [self.fuse(q, r, a) for q, r, a in zip(queries, routes, answers, strict=True)]
 
 
 def _tally(route: Route, answers: Sequence[ExpertAnswer], weights: dict[str, float]) -> Verdict:
@@ -49,7 +69,7 @@ def _tally(route: Route, answers: Sequence[ExpertAnswer], weights: dict[str, flo
     return Verdict(text=text, choice=winner, votes=votes)
 
 
-class MajorityVote:
+class MajorityVote(Vote):
     """One expert, one vote; deterministic tie-break by router score."""
 
     name: ClassVar[str] = "majority"
@@ -58,7 +78,7 @@ class MajorityVote:
         return _tally(route, answers, {})
 
 
-class WeightedVote:
+class WeightedVote(Vote):
     """Votes weighted by the router's score for each expert (its confidence in that expert here)."""
 
     name: ClassVar[str] = "weighted"

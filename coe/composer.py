@@ -1,6 +1,9 @@
 """The SDK object: route a batch, run it expert-batched, fuse each query's answers.
 
-`ask(q)` is `ask_batch([q])`: one query is a batch of one, on the one code path.
+One code path: `ask(q)` is `ask_batch([q])` is `run([q])` is `compare([q], {router}, {aggregator})`.
+`compare` routes a batch with several routers, runs the union of their (expert, query) requests once,
+expert-batched, and fuses each router's picks with each aggregator: what evaluation and side-by-side
+comparison need, with every generation computed once.
 """
 
 from __future__ import annotations
@@ -8,7 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 from coe.aggregate import Aggregator, MajorityVote
 from coe.answers import extract_choice, format_question, is_correct, strip_reasoning
@@ -22,6 +27,29 @@ from coe.schema import Answer, ExpertAnswer, ExpertSpec, Query, Route
 from coe.types import BatchStats, Generation, GenerationParams, Prompt
 
 QueryLike = Query | str
+PairKey = tuple[str, str]
+"""(expert id, query id)."""
+
+
+class GenerationCache(Protocol):
+    """Generations already made, by (expert id, query id): what resumable runs skip."""
+
+    def get_many(self, keys: Sequence[PairKey]) -> dict[PairKey, Generation]: ...
+
+    def put_many(self, generations: Mapping[PairKey, Generation]) -> None: ...
+
+
+class MemoryCache:
+    """A GenerationCache in a dict, for repeated comparisons in one process."""
+
+    def __init__(self) -> None:
+        self._items: dict[PairKey, Generation] = {}
+
+    def get_many(self, keys: Sequence[PairKey]) -> dict[PairKey, Generation]:
+        return {key: self._items[key] for key in keys if key in self._items}
+
+    def put_many(self, generations: Mapping[PairKey, Generation]) -> None:
+        self._items.update(generations)
 
 
 @dataclass(frozen=True)
@@ -29,6 +57,7 @@ class BatchResult:
     answers: list[Answer]
     routes: list[Route]
     stats: BatchStats
+    """The scheduler's record of the batch (shared by every result of one `compare`)."""
 
 
 class Composer:
@@ -44,6 +73,7 @@ class Composer:
         scheduler: Scheduler | None = None,
         params: GenerationParams | None = None,
         k: int | None = None,
+        cache: GenerationCache | None = None,
         cache_dir: Path | None = None,
     ) -> None:
         self.registry = experts if isinstance(experts, Registry) else Registry(experts, source="the given experts")
@@ -53,6 +83,7 @@ class Composer:
         self.scheduler = scheduler or Scheduler(self.backends)
         self.params = params or GenerationParams()
         self.k = k
+        self.cache = cache
 
     def ask(self, question: QueryLike, choices: Sequence[str] | None = None) -> Answer:
         """Answer one question (with `choices`, as multiple choice)."""
@@ -64,85 +95,114 @@ class Composer:
         return self.run(queries).answers
 
     def run(self, queries: Sequence[QueryLike], on_progress: Callable[[int], None] | None = None) -> BatchResult:
-        """Route, schedule, fuse; `on_progress(n)` is called as expert requests finish."""
+        """Route, schedule, fuse with this composer's router and aggregator."""
+        results = self.compare(queries, {"": self.router}, {"": self.aggregator}, on_progress)
+        return results["", ""]
+
+    def compare(
+        self,
+        queries: Sequence[QueryLike],
+        routers: Mapping[str, Router],
+        aggregators: Mapping[str, Aggregator],
+        on_progress: Callable[[int], None] | None = None,
+    ) -> dict[tuple[str, str], BatchResult]:
+        """Every (router, aggregator) pair on the same batch; each (expert, query) generated once."""
         batch = [q if isinstance(q, Query) else Query(id=f"q{i}", text=q) for i, q in enumerate(queries)]
-        started = time.perf_counter()
-        routes = self.router.route(batch, self.k)
-        route_s = time.perf_counter() - started
-        requests, owners = self._requests(batch, routes)
-        generations, stats = self.scheduler.run(requests, self.params, on_progress)
-        per_query: list[list[tuple[ExpertSpec, Generation]]] = [[] for _ in batch]
-        for (query_index, expert), generation in zip(owners, generations, strict=True):
-            per_query[query_index].append((expert, generation))
         n = max(len(batch), 1)
-        shared = {"route_s": route_s / n, "load_s": stats.load_s / n}
-        answers = [
-            self._answer(query, route, pairs, shared)
-            for query, route, pairs in zip(batch, routes, per_query, strict=True)
+        timed_routes: dict[str, tuple[list[Route], float]] = {}
+        for name, router in routers.items():
+            started = time.perf_counter()
+            timed_routes[name] = (router.route(batch, self.k), time.perf_counter() - started)
+        needed = {
+            (expert_id, index): None
+            for routes, _ in timed_routes.values()
+            for index, route in enumerate(routes)
+            for expert_id in route.expert_ids
+        }
+        generations, stats = self._generate(batch, list(needed), on_progress)
+        results = {}
+        for router_name, (routes, route_s) in timed_routes.items():
+            shared = {"route_s": route_s / n, "load_s": stats.load_s / n}
+            fused = {}
+            for aggregator_name, aggregator in aggregators.items():
+                answers = self._answers(batch, routes, generations, aggregator, shared)
+                fused[router_name, aggregator_name] = BatchResult(answers=answers, routes=routes, stats=stats)
+            results.update(fused)
+        return results
+
+    def _generate(
+        self,
+        batch: Sequence[Query],
+        needed: Sequence[tuple[str, int]],
+        on_progress: Callable[[int], None] | None,
+    ) -> tuple[dict[tuple[str, int], Generation], BatchStats]:
+        """Generations for (expert id, query index) pairs: from the cache, else expert-batched."""
+        keys = {(expert_id, index): (expert_id, batch[index].id) for expert_id, index in needed}
+        cached = self.cache.get_many(list(keys.values())) if self.cache else {}
+        missing = [pair for pair in needed if keys[pair] not in cached]
+        if on_progress and len(missing) < len(needed):
+            on_progress(len(needed) - len(missing))
+        requests = [
+            Request(expert=self._expert(expert_id), prompt=_prompt(batch[index])) for expert_id, index in missing
         ]
-        stats.wall_s = time.perf_counter() - started
-        return BatchResult(answers=answers, routes=routes, stats=stats)
+        outputs, stats = self.scheduler.run(requests, self.params, on_progress)
+        made = dict(zip(missing, outputs, strict=True))
+        if self.cache:
+            self.cache.put_many({keys[pair]: generation for pair, generation in made.items()})
+        return {pair: made[pair] if pair in made else cached[keys[pair]] for pair in needed}, stats
 
-    def _requests(
-        self, batch: Sequence[Query], routes: Sequence[Route]
-    ) -> tuple[list[Request], list[tuple[int, ExpertSpec]]]:
-        requests, owners = [], []
-        for index, (query, route) in enumerate(zip(batch, routes, strict=True)):
-            prompt = Prompt(text=format_question(query.text, query.choices, query.category), query_id=query.id)
-            for expert_id in route.expert_ids:
-                try:
-                    expert = self.registry[expert_id]
-                except UnknownExpertError as error:
-                    raise UnknownExpertError(
-                        expert_id, self.registry, f"the composer's pool (router {route.router!r} chose it)"
-                    ) from error
-                requests.append(Request(expert=expert, prompt=prompt))
-                owners.append((index, expert))
-        return requests, owners
+    def _expert(self, expert_id: str) -> ExpertSpec:
+        try:
+            return self.registry[expert_id]
+        except UnknownExpertError as error:
+            raise UnknownExpertError(expert_id, self.registry, "the composer's pool (a router chose it)") from error
 
-    def _answer(
-        self, query: Query, route: Route, pairs: list[tuple[ExpertSpec, Generation]], shared: dict[str, float]
-    ) -> Answer:
-        """`shared` holds this query's share of batch-wide costs (routing, model loads)."""
-        n_choices = len(query.choices) if query.choices else 0
-        expert_answers = tuple(
-            ExpertAnswer(
-                expert=expert.id,
-                text=generation.text,
-                choice=extract_choice(strip_reasoning(generation.text), n_choices) if n_choices else None,
-                n_prompt_tokens=generation.n_prompt_tokens,
-                n_completion_tokens=generation.n_completion_tokens,
-                latency_s=generation.latency_s,
-                error=generation.error,
-            )
-            for expert, generation in pairs
-        )
+    def _answers(
+        self,
+        batch: Sequence[Query],
+        routes: Sequence[Route],
+        generations: Mapping[tuple[str, int], Generation],
+        aggregator: Aggregator,
+        shared: dict[str, float],
+    ) -> list[Answer]:
+        expert_answers = [
+            tuple(_expert_answer(query, expert_id, generations[expert_id, index]) for expert_id in route.expert_ids)
+            for index, (query, route) in enumerate(zip(batch, routes, strict=True))
+        ]
         started = time.perf_counter()
-        verdict = self.aggregator.fuse(query, route, expert_answers)
-        fuse_s = time.perf_counter() - started
-        cost_usd = sum((g.n_prompt_tokens + g.n_completion_tokens) * expert.cost_per_mtok / 1e6 for expert, g in pairs)
-        generate_s = sum(a.latency_s for a in expert_answers)
-        return Answer(
-            query_id=query.id,
-            answer=verdict.text,
-            choice=verdict.choice,
-            experts=tuple(a.expert for a in expert_answers),
-            expert_answers=expert_answers,
-            route=route,
-            aggregator=self.aggregator.name,
-            votes=verdict.votes,
-            n_prompt_tokens=sum(a.n_prompt_tokens for a in expert_answers),
-            n_completion_tokens=sum(a.n_completion_tokens for a in expert_answers),
-            cost_usd=cost_usd,
-            timings={
-                **shared,
-                "generate_s": generate_s,
-                "fuse_s": fuse_s,
-                "total_s": sum(shared.values()) + generate_s + fuse_s,
-            },
-            gold=query.gold,
-            correct=is_correct(verdict.choice, query.gold),
-        )
+        verdicts = aggregator.fuse_batch(batch, routes, expert_answers)
+        fuse_s = (time.perf_counter() - started) / max(len(batch), 1)
+        answers = []
+        for query, route, answers_of_query, verdict in zip(batch, routes, expert_answers, verdicts, strict=True):
+            generate_s = sum(a.latency_s for a in answers_of_query)
+            cost_usd = sum(
+                (a.n_prompt_tokens + a.n_completion_tokens) * self.registry[a.expert].cost_per_mtok / 1e6
+                for a in answers_of_query
+            )
+            answers.append(
+                Answer(
+                    query_id=query.id,
+                    answer=verdict.text,
+                    choice=verdict.choice,
+                    experts=tuple(a.expert for a in answers_of_query),
+                    expert_answers=answers_of_query,
+                    route=route,
+                    aggregator=aggregator.name,
+                    votes=verdict.votes,
+                    n_prompt_tokens=sum(a.n_prompt_tokens for a in answers_of_query),
+                    n_completion_tokens=sum(a.n_completion_tokens for a in answers_of_query),
+                    cost_usd=cost_usd,
+                    timings={
+                        **shared,
+                        "generate_s": generate_s,
+                        "fuse_s": fuse_s,
+                        "total_s": sum(shared.values()) + generate_s + fuse_s,
+                    },
+                    gold=query.gold,
+                    correct=is_correct(verdict.choice, query.gold),
+                )
+            )
+        return answers
 
     def close(self) -> None:
         """Unload every model and free the backends."""
@@ -155,3 +215,26 @@ class Composer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _prompt(query: Query) -> Prompt:
+    return Prompt(text=format_question(query.text, query.choices, query.category), query_id=query.id)
+
+
+def _expert_answer(query: Query, expert_id: str, generation: Generation) -> ExpertAnswer:
+    n_choices = len(query.choices) if query.choices else 0
+    return ExpertAnswer(
+        expert=expert_id,
+        text=generation.text,
+        choice=choice_of(generation.text, n_choices) if n_choices else None,
+        n_prompt_tokens=generation.n_prompt_tokens,
+        n_completion_tokens=generation.n_completion_tokens,
+        latency_s=generation.latency_s,
+        error=generation.error,
+    )
+
+
+@lru_cache(maxsize=262_144)
+def choice_of(text: str, n_choices: int) -> str | None:
+    """The letter an answer text chose; memoized, as evaluation fuses one text for many routers."""
+    return extract_choice(strip_reasoning(text), n_choices)

@@ -1,20 +1,35 @@
 """Benchmark loaders: local files first (`data_dir`), the Hugging Face hub when a network is there.
 
-Items become `Query` objects with ids, choices, gold letter and category.
+Items become `Query` objects with ids, choices, gold letter and category. GPQA is read from its
+password-protected zip in memory and never written out: its questions must not appear in plain text
+on disk, in logs, reports or fixtures (the authors' request).
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
+import zipfile
+import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from coe.errors import DatasetError
+import numpy as np
+
+from coe.answers import LETTERS
+from coe.errors import DatasetError, UnknownNameError
 from coe.schema import Query
 
 MMLU_PRO_HUB = "TIGER-Lab/MMLU-Pro"
+GPQA_HUB = "Idavidrein/gpqa"
+GPQA_PASSWORD = "deserted-untie-orchid"
+"""Published in the official GPQA README; the zip is protected against crawlers, not secret."""
+GPQA_SUBSETS = ("diamond", "main", "extended")
 MmluProSplit = Literal["test", "validation"]
+BENCHMARKS = ("mmlu-pro", "gpqa")
 
 
 def mmlu_pro_query(row: dict[str, Any]) -> Query:
@@ -60,3 +75,62 @@ def _hub_rows(name: str, config: str | None, split: str) -> list[dict[str, Any]]
         return list(datasets.load_dataset(name, config, split=split))
     except Exception as error:  # the hub client raises many kinds; all mean "not available"
         raise DatasetError(f"could not load {name} ({split}) from the hub: {error}") from error
+
+
+def gpqa_query(row: dict[str, Any], subset: str, seed: int) -> Query:
+    """One GPQA row as a Query, its four options shuffled by (seed, record id): the CSV always lists
+    the correct answer first, so unshuffled options would give the answer away."""
+    record_id = row["Record ID"]
+    options = [row["Correct Answer"], row["Incorrect Answer 1"], row["Incorrect Answer 2"], row["Incorrect Answer 3"]]
+    order = np.random.default_rng([seed, zlib.crc32(record_id.encode())]).permutation(len(options))
+    choices = tuple(options[i].strip() for i in order)
+    return Query(
+        id=record_id,
+        text=row["Question"].strip(),
+        choices=choices,
+        category=row["High-level domain"],
+        gold=LETTERS[int(np.flatnonzero(order == 0)[0])],
+        source=f"gpqa-{subset}/{row.get('Subdomain', '').strip()}",
+    )
+
+
+def load_gpqa(
+    subset: str = "diamond",
+    data_dir: Path | None = None,
+    *,
+    seed: int = 0,
+    password: str = GPQA_PASSWORD,
+    use_hub: bool = False,
+) -> list[Query]:
+    """GPQA (diamond, main or extended) from `data_dir/gpqa/dataset.zip`, read in memory."""
+    if subset not in GPQA_SUBSETS:
+        raise UnknownNameError("GPQA subset", subset, GPQA_SUBSETS)
+    if use_hub:
+        return [gpqa_query(row, subset, seed) for row in _hub_rows(GPQA_HUB, f"gpqa_{subset}", "train")]
+    if data_dir is None:
+        raise DatasetError("no data dir: set COE_DATA_DIR to a folder holding gpqa/dataset.zip")
+    path = Path(data_dir) / "gpqa" / "dataset.zip"
+    member = f"dataset/gpqa_{subset}.csv"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            raw = archive.read(member, pwd=password.encode())
+    except FileNotFoundError as error:
+        raise DatasetError(f"GPQA zip not found at {path}; set COE_DATA_DIR to the folder holding gpqa/") from error
+    except RuntimeError as error:  # zipfile's "Bad password for file"
+        raise DatasetError(f"cannot open {member} in {path}: wrong password ({error})") from error
+    except (zipfile.BadZipFile, KeyError) as error:
+        raise DatasetError(f"{path} is not the official GPQA zip (no {member}): {error}") from error
+    return [gpqa_query(row, subset, seed) for row in _csv_rows(raw.decode("utf-8"))]
+
+
+def _csv_rows(text: str) -> Iterable[dict[str, str]]:
+    return csv.DictReader(io.StringIO(text))
+
+
+def load_benchmark(bench: str, data_dir: Path | None, *, seed: int = 0, subset: str | None = None) -> list[Query]:
+    """The test items of a benchmark by name: `mmlu-pro` (test split) or `gpqa` (diamond by default)."""
+    if bench == "mmlu-pro":
+        return load_mmlu_pro("test", data_dir)
+    if bench == "gpqa":
+        return load_gpqa(subset or "diamond", data_dir, seed=seed)
+    raise UnknownNameError("benchmark", bench, BENCHMARKS)
