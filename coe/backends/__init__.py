@@ -7,6 +7,7 @@ from pathlib import Path
 from coe.backends.base import Backend
 from coe.backends.litellm import LitellmBackend
 from coe.backends.llamacpp import LlamaCppBackend
+from coe.backends.vllm import VllmBackend
 
 
 def default_backends(*, cache_dir: Path, threads: int = 0) -> dict[str, Backend]:
@@ -14,7 +15,8 @@ def default_backends(*, cache_dir: Path, threads: int = 0) -> dict[str, Backend]
     return {
         "embedded": LlamaCppBackend(cache_dir=cache_dir, threads=threads),
         "litellm": LitellmBackend(),
+        "vllm": VllmBackend(),
     }
 
 
-__all__ = ["Backend", "LitellmBackend", "LlamaCppBackend", "default_backends"]
+__all__ = ["Backend", "LitellmBackend", "LlamaCppBackend", "VllmBackend", "default_backends"]
