@@ -10,6 +10,8 @@ import re
 from collections.abc import Sequence
 
 from coe.errors import QueryError
+from coe.schema import Query
+from coe.types import Prompt
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -44,6 +46,11 @@ def format_question(question: str, choices: Sequence[str] | None = None, categor
         f"{INSTRUCTION.format(about=about)}\n\nQuestion: {question}\nOptions:\n{format_options(choices)}\n"
         "Answer: Let's think step by step."
     )
+
+
+def question_prompt(query: Query) -> Prompt:
+    """What every expert is asked for a query; keyed by the query id so generations can be cached."""
+    return Prompt(text=format_question(query.text, query.choices, query.category), query_id=query.id)
 
 
 def strip_reasoning(text: str) -> str:

@@ -3,7 +3,8 @@
 One code path: `ask(q)` is `ask_batch([q])` is `run([q])` is `compare([q], {router}, {aggregator})`.
 `compare` routes a batch with several routers, runs the union of their (expert, query) requests once,
 expert-batched, and fuses each router's picks with each aggregator: what evaluation and side-by-side
-comparison need, with every generation computed once.
+comparison need, with every generation computed once (give the scheduler a cache to reuse them
+across calls).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
 
 from coe.aggregate import Aggregator, MajorityVote
-from coe.answers import extract_choice, format_question, is_correct, strip_reasoning
+from coe.answers import extract_choice, is_correct, question_prompt, strip_reasoning
 from coe.backends import Backend, default_backends
 from coe.errors import UnknownExpertError
 from coe.outcomes import Outcomes
@@ -24,32 +24,9 @@ from coe.registry import Registry
 from coe.routers import AllRouter, Router
 from coe.scheduler import Request, Scheduler
 from coe.schema import Answer, ExpertAnswer, ExpertSpec, Query, Route
-from coe.types import BatchStats, Generation, GenerationParams, Prompt
+from coe.types import BatchStats, Generation, GenerationParams
 
 QueryLike = Query | str
-PairKey = tuple[str, str]
-"""(expert id, query id)."""
-
-
-class GenerationCache(Protocol):
-    """Generations already made, by (expert id, query id): what resumable runs skip."""
-
-    def get_many(self, keys: Sequence[PairKey]) -> dict[PairKey, Generation]: ...
-
-    def put_many(self, generations: Mapping[PairKey, Generation]) -> None: ...
-
-
-class MemoryCache:
-    """A GenerationCache in a dict, for repeated comparisons in one process."""
-
-    def __init__(self) -> None:
-        self._items: dict[PairKey, Generation] = {}
-
-    def get_many(self, keys: Sequence[PairKey]) -> dict[PairKey, Generation]:
-        return {key: self._items[key] for key in keys if key in self._items}
-
-    def put_many(self, generations: Mapping[PairKey, Generation]) -> None:
-        self._items.update(generations)
 
 
 @dataclass(frozen=True)
@@ -73,7 +50,6 @@ class Composer:
         scheduler: Scheduler | None = None,
         params: GenerationParams | None = None,
         k: int | None = None,
-        cache: GenerationCache | None = None,
         cache_dir: Path | None = None,
     ) -> None:
         self.registry = experts if isinstance(experts, Registry) else Registry(experts, source="the given experts")
@@ -83,7 +59,6 @@ class Composer:
         self.scheduler = scheduler or Scheduler(self.backends)
         self.params = params or GenerationParams()
         self.k = k
-        self.cache = cache
 
     def ask(self, question: QueryLike, choices: Sequence[str] | None = None) -> Answer:
         """Answer one question (with `choices`, as multiple choice)."""
@@ -136,20 +111,10 @@ class Composer:
         needed: Sequence[tuple[str, int]],
         on_progress: Callable[[int], None] | None,
     ) -> tuple[dict[tuple[str, int], Generation], BatchStats]:
-        """Generations for (expert id, query index) pairs: from the cache, else expert-batched."""
-        keys = {(expert_id, index): (expert_id, batch[index].id) for expert_id, index in needed}
-        cached = self.cache.get_many(list(keys.values())) if self.cache else {}
-        missing = [pair for pair in needed if keys[pair] not in cached]
-        if on_progress and len(missing) < len(needed):
-            on_progress(len(needed) - len(missing))
-        requests = [
-            Request(expert=self._expert(expert_id), prompt=_prompt(batch[index])) for expert_id, index in missing
-        ]
+        """Generations for (expert id, query index) pairs, expert-batched by the scheduler."""
+        requests = [Request(expert=self._expert(e), prompt=question_prompt(batch[i])) for e, i in needed]
         outputs, stats = self.scheduler.run(requests, self.params, on_progress)
-        made = dict(zip(missing, outputs, strict=True))
-        if self.cache:
-            self.cache.put_many({keys[pair]: generation for pair, generation in made.items()})
-        return {pair: made[pair] if pair in made else cached[keys[pair]] for pair in needed}, stats
+        return dict(zip(needed, outputs, strict=True)), stats
 
     def _expert(self, expert_id: str) -> ExpertSpec:
         try:
@@ -215,10 +180,6 @@ class Composer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _prompt(query: Query) -> Prompt:
-    return Prompt(text=format_question(query.text, query.choices, query.category), query_id=query.id)
 
 
 def _expert_answer(query: Query, expert_id: str, generation: Generation) -> ExpertAnswer:

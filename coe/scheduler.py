@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from coe.backends.base import Backend
 from coe.errors import BackendError, SchedulerError, UnknownNameError
@@ -24,6 +24,33 @@ from coe.types import BatchStats, Generation, GenerationParams, LoadReport, Prom
 
 # Backend kinds whose experts need no model load: their groups run concurrently.
 REMOTE_KINDS = frozenset({"litellm", "replay"})
+
+CacheKey = tuple[str, str]
+"""(expert id, query id)."""
+
+
+class GenerationCache(Protocol):
+    """Generations already made, by (expert id, query id): asked again, they are not recomputed."""
+
+    def get_many(self, keys: Sequence[CacheKey]) -> dict[CacheKey, Generation]: ...
+
+    def put_many(self, generations: Mapping[CacheKey, Generation]) -> None: ...
+
+
+class MemoryCache:
+    """A GenerationCache in a dict: one evaluation seed, or repeated comparisons in one process."""
+
+    def __init__(self) -> None:
+        self._items: dict[CacheKey, Generation] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get_many(self, keys: Sequence[CacheKey]) -> dict[CacheKey, Generation]:
+        return {key: self._items[key] for key in keys if key in self._items}
+
+    def put_many(self, generations: Mapping[CacheKey, Generation]) -> None:
+        self._items.update(generations)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +81,7 @@ class Scheduler:
         mode: Literal["batched", "naive"] = "batched",
         max_resident: int = 1,
         max_remote_groups: int = 4,
+        cache: GenerationCache | None = None,
     ) -> None:
         if mode not in ("batched", "naive"):
             raise UnknownNameError("scheduler mode", mode, ["batched", "naive"])
@@ -63,6 +91,7 @@ class Scheduler:
         self.mode = mode
         self.max_resident = max_resident
         self.max_remote_groups = max_remote_groups
+        self.cache = cache
         self._resident: OrderedDict[tuple[str, str], ExpertSpec] = OrderedDict()
 
     def run(
@@ -71,7 +100,26 @@ class Scheduler:
         params: GenerationParams,
         on_done: Callable[[int], None] | None = None,
     ) -> tuple[list[Generation], BatchStats]:
-        """One generation per request, in input order, and what the batch cost."""
+        """One generation per request, in input order, and what the batch cost. With a cache, cached
+        requests are answered from it and only the others run (successful ones are then cached)."""
+        if self.cache is None:
+            return self._run(requests, params, on_done)
+        keys = [(r.expert.id, r.prompt.query_id) if r.prompt.query_id else None for r in requests]
+        cached = self.cache.get_many([key for key in keys if key is not None])
+        missing = [i for i, key in enumerate(keys) if key not in cached]
+        if on_done and len(missing) < len(requests):
+            on_done(len(requests) - len(missing))
+        outputs, stats = self._run([requests[i] for i in missing], params, on_done)
+        fresh = dict(zip(missing, outputs, strict=True))
+        self.cache.put_many({keys[i]: g for i, g in fresh.items() if keys[i] is not None and g.ok})  # type: ignore[misc]
+        return [fresh[i] if i in fresh else cached[keys[i]] for i in range(len(requests))], stats  # type: ignore[index]
+
+    def _run(
+        self,
+        requests: Sequence[Request],
+        params: GenerationParams,
+        on_done: Callable[[int], None] | None,
+    ) -> tuple[list[Generation], BatchStats]:
         started = time.perf_counter()
         results: list[Generation | None] = [None] * len(requests)
         stats = BatchStats(n_requests=len(requests))

@@ -7,6 +7,7 @@ from pathlib import Path
 from coe.backends.base import Backend
 from coe.backends.litellm import LitellmBackend
 from coe.backends.llamacpp import LlamaCppBackend
+from coe.backends.replay import ReplayBackend
 from coe.backends.vllm import VllmBackend
 
 
@@ -15,8 +16,9 @@ def default_backends(*, cache_dir: Path, threads: int = 0) -> dict[str, Backend]
     return {
         "embedded": LlamaCppBackend(cache_dir=cache_dir, threads=threads),
         "litellm": LitellmBackend(),
+        "replay": ReplayBackend(),
         "vllm": VllmBackend(),
     }
 
 
-__all__ = ["Backend", "LitellmBackend", "LlamaCppBackend", "VllmBackend", "default_backends"]
+__all__ = ["Backend", "LitellmBackend", "LlamaCppBackend", "ReplayBackend", "VllmBackend", "default_backends"]

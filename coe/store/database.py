@@ -1,8 +1,5 @@
-"""Persistence with SQLAlchemy 2: a SQLite file by default, any SQLAlchemy URL (PostgreSQL for a team).
-
-The only module that imports SQLAlchemy. Tables: experts (the registry); profiling outcomes and
-evaluation runs add theirs below.
-"""
+"""The database: a SQLite file by default, any SQLAlchemy URL (PostgreSQL for a team); the registry's
+experts. Profiles and runs have their own modules beside this one."""
 
 from __future__ import annotations
 
@@ -13,25 +10,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import DateTime, String, Text, create_engine, delete, select
+from sqlalchemy import create_engine, delete, event, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from coe.errors import ConfigError, RegistryError, UnknownExpertError
 from coe.schema import ExpertSpec
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class ExpertRow(Base):
-    __tablename__ = "experts"
-
-    id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    spec_json: Mapped[str] = mapped_column(Text)
-    source: Mapped[str] = mapped_column(Text)
-    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+from coe.store.tables import Base, ExpertRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +60,8 @@ class Store:
             if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self._engine = create_engine(parsed)
+            if parsed.get_backend_name() == "sqlite":
+                event.listen(self._engine, "connect", _sqlite_pragmas)
             Base.metadata.create_all(self._engine)
         return self._engine
 
@@ -145,3 +132,11 @@ class Store:
                 "re-import its registry file"
             ) from error
         return StoredExpert(spec=spec, source=row.source, imported_at=row.imported_at)
+
+
+def _sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
+    """Foreign keys on (cascading deletes), WAL so a reader never blocks a running evaluation."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()

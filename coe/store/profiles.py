@@ -1,0 +1,157 @@
+"""Stored profiles: which expert got which profiling item right, with the model identity and date."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+
+from coe.store.database import Store, now
+from coe.store.tables import ProfileItemRow, ProfileOutcomeRow, ProfileRow
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRecord:
+    id: int
+    key: str
+    bench: str
+    split: str
+    pool: str
+    experts: dict[str, str]
+    """expert id -> hash of its spec."""
+    params: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileItem:
+    item_id: str
+    category: str | None
+    skills: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileOutcome:
+    item_id: str
+    expert_id: str
+    choice: str | None
+    correct: bool | None
+    text: str | None = None
+    n_tokens: int = 0
+    error: str | None = None
+
+
+class ProfileStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def save(
+        self,
+        *,
+        key: str,
+        bench: str,
+        split: str,
+        pool: str,
+        experts: dict[str, str],
+        params: dict[str, Any],
+        items: Sequence[ProfileItem],
+        outcomes: Sequence[ProfileOutcome],
+    ) -> ProfileRecord:
+        """Store a profile in one transaction, replacing one with the same key."""
+        with self.store.session() as session:
+            session.execute(delete(ProfileRow).where(ProfileRow.key == key))
+            row = ProfileRow(
+                key=key,
+                bench=bench,
+                split=split,
+                pool=pool,
+                experts_json=json.dumps(experts, sort_keys=True),
+                params_json=json.dumps(params, sort_keys=True),
+                created_at=now(),
+            )
+            session.add(row)
+            session.flush()
+            if items:
+                session.execute(
+                    insert(ProfileItemRow),
+                    [
+                        {
+                            "profile_id": row.id,
+                            "item_id": item.item_id,
+                            "position": position,
+                            "category": item.category,
+                            "skills_json": json.dumps(list(item.skills)),
+                        }
+                        for position, item in enumerate(items)
+                    ],
+                )
+            if outcomes:
+                session.execute(
+                    insert(ProfileOutcomeRow),
+                    [
+                        {
+                            "profile_id": row.id,
+                            "item_id": o.item_id,
+                            "expert_id": o.expert_id,
+                            "choice": o.choice,
+                            "correct": o.correct,
+                            "text": o.text,
+                            "n_tokens": o.n_tokens,
+                            "error": o.error,
+                        }
+                        for o in outcomes
+                    ],
+                )
+            return _record(row)
+
+    def find(self, key: str) -> ProfileRecord | None:
+        with self.store.session() as session:
+            row = session.scalars(select(ProfileRow).where(ProfileRow.key == key)).one_or_none()
+            return _record(row) if row else None
+
+    def list(self) -> list[ProfileRecord]:
+        with self.store.session() as session:
+            return [_record(row) for row in session.scalars(select(ProfileRow).order_by(ProfileRow.created_at))]
+
+    def items(self, profile_id: int) -> list[ProfileItem]:
+        with self.store.session() as session:
+            rows = session.execute(
+                select(ProfileItemRow.item_id, ProfileItemRow.category, ProfileItemRow.skills_json)
+                .where(ProfileItemRow.profile_id == profile_id)
+                .order_by(ProfileItemRow.position)
+            ).all()
+        return [ProfileItem(item_id, category, tuple(json.loads(skills))) for item_id, category, skills in rows]
+
+    def outcomes(self, profile_id: int, *, with_text: bool = False) -> list[ProfileOutcome]:
+        columns = [
+            ProfileOutcomeRow.item_id,
+            ProfileOutcomeRow.expert_id,
+            ProfileOutcomeRow.choice,
+            ProfileOutcomeRow.correct,
+            ProfileOutcomeRow.text if with_text else ProfileOutcomeRow.n_tokens,
+            ProfileOutcomeRow.n_tokens,
+            ProfileOutcomeRow.error,
+        ]
+        with self.store.session() as session:
+            rows = session.execute(select(*columns).where(ProfileOutcomeRow.profile_id == profile_id)).all()
+        return [
+            ProfileOutcome(item, expert, choice, correct, text if with_text else None, n_tokens, error)
+            for item, expert, choice, correct, text, n_tokens, error in rows
+        ]
+
+
+def _record(row: ProfileRow) -> ProfileRecord:
+    return ProfileRecord(
+        id=row.id,
+        key=row.key,
+        bench=row.bench,
+        split=row.split,
+        pool=row.pool,
+        experts=json.loads(row.experts_json),
+        params=json.loads(row.params_json),
+        created_at=row.created_at,
+    )

@@ -1,0 +1,148 @@
+"""Stored evaluation runs: every item's route, expert answers and fused answer, so a run resumes
+where it stopped and any number traces back to items."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import distinct, insert, select, update
+
+from coe.errors import RunError
+from coe.store.database import Store, now
+from coe.store.tables import RunGenerationRow, RunResultRow, RunRouteRow, RunRow
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    config: dict[str, Any]
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    summary: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    seed: int
+    router: str
+    aggregator: str
+    item_id: str
+    category: str | None
+    choice: str | None
+    correct: bool
+    n_calls: int
+    cost_usd: float
+    latency_s: float
+
+
+class RunStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def create(self, run_id: str, config: dict[str, Any]) -> RunRecord:
+        with self.store.session() as session:
+            if session.get(RunRow, run_id) is not None:
+                raise RunError(f"run {run_id!r} already exists; resume it with --resume {run_id}")
+            row = RunRow(
+                id=run_id,
+                config_json=json.dumps(config, sort_keys=True),
+                status="running",
+                created_at=now(),
+                updated_at=now(),
+            )
+            session.add(row)
+            return _record(row)
+
+    def get(self, run_id: str) -> RunRecord:
+        with self.store.session() as session:
+            row = session.get(RunRow, run_id)
+            if row is None:
+                known = session.scalars(select(RunRow.id).order_by(RunRow.created_at.desc()).limit(10)).all()
+                raise RunError(f"no run {run_id!r} in {self.store.url}; recent runs: {', '.join(known) or '(none)'}")
+            return _record(row)
+
+    def list(self) -> list[RunRecord]:
+        with self.store.session() as session:
+            return [_record(row) for row in session.scalars(select(RunRow).order_by(RunRow.created_at))]
+
+    def finish(self, run_id: str, summary: dict[str, Any]) -> None:
+        with self.store.session() as session:
+            session.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id)
+                .values(status="done", summary_json=json.dumps(summary), updated_at=now())
+            )
+
+    def finished_items(self, run_id: str, seed: int) -> set[str]:
+        """Items whose results are stored for this seed (a chunk is stored whole, so any row means all)."""
+        with self.store.session() as session:
+            rows = session.scalars(
+                select(distinct(RunResultRow.item_id)).where(RunResultRow.run_id == run_id, RunResultRow.seed == seed)
+            )
+            return set(rows)
+
+    def save_chunk(
+        self,
+        run_id: str,
+        seed: int,
+        *,
+        generations: Sequence[dict[str, Any]],
+        routes: Sequence[dict[str, Any]],
+        results: Sequence[dict[str, Any]],
+    ) -> None:
+        """One transaction per chunk of items: a run killed midway keeps every finished chunk."""
+        with self.store.session() as session:
+            if generations:
+                known = set(
+                    session.execute(
+                        select(RunGenerationRow.expert_id, RunGenerationRow.item_id).where(
+                            RunGenerationRow.run_id == run_id,
+                            RunGenerationRow.item_id.in_({g["item_id"] for g in generations}),
+                        )
+                    ).tuples()
+                )
+                fresh = [{"run_id": run_id, **g} for g in generations if (g["expert_id"], g["item_id"]) not in known]
+                if fresh:
+                    session.execute(insert(RunGenerationRow), fresh)
+            if routes:
+                session.execute(insert(RunRouteRow), [{"run_id": run_id, "seed": seed, **r} for r in routes])
+            if results:
+                session.execute(insert(RunResultRow), [{"run_id": run_id, "seed": seed, **r} for r in results])
+            session.execute(update(RunRow).where(RunRow.id == run_id).values(updated_at=now()))
+
+    def results(self, run_id: str) -> list[ResultRow]:
+        columns = (
+            RunResultRow.seed,
+            RunResultRow.router,
+            RunResultRow.aggregator,
+            RunResultRow.item_id,
+            RunResultRow.category,
+            RunResultRow.choice,
+            RunResultRow.correct,
+            RunResultRow.n_calls,
+            RunResultRow.cost_usd,
+            RunResultRow.latency_s,
+        )
+        with self.store.session() as session:
+            rows = session.execute(select(*columns).where(RunResultRow.run_id == run_id)).tuples().all()
+        return [ResultRow(*row) for row in rows]
+
+    def count_generations(self, run_id: str) -> int:
+        with self.store.session() as session:
+            return len(session.execute(select(RunGenerationRow.item_id).where(RunGenerationRow.run_id == run_id)).all())
+
+
+def _record(row: RunRow) -> RunRecord:
+    return RunRecord(
+        id=row.id,
+        config=json.loads(row.config_json),
+        status=row.status,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        summary=json.loads(row.summary_json) if row.summary_json else None,
+    )

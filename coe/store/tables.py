@@ -1,0 +1,122 @@
+"""The database tables: experts (the registry), profiles (measured outcomes), evaluation runs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ExpertRow(Base):
+    __tablename__ = "experts"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    spec_json: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text)
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ProfileRow(Base):
+    """One profiling of a pool on a benchmark split; `key` identifies equal inputs for reuse."""
+
+    __tablename__ = "profiles"
+    __table_args__ = (UniqueConstraint("key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(64))
+    bench: Mapped[str] = mapped_column(String(40))
+    split: Mapped[str] = mapped_column(Text)
+    pool: Mapped[str] = mapped_column(Text)
+    experts_json: Mapped[str] = mapped_column(Text)
+    """Each expert's id and the hash of its full spec: the model identity the outcomes belong to."""
+    params_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ProfileItemRow(Base):
+    __tablename__ = "profile_items"
+
+    profile_id: Mapped[int] = mapped_column(ForeignKey("profiles.id", ondelete="CASCADE"), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    category: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    skills_json: Mapped[str] = mapped_column(Text)
+
+
+class ProfileOutcomeRow(Base):
+    __tablename__ = "profile_outcomes"
+
+    profile_id: Mapped[int] = mapped_column(ForeignKey("profiles.id", ondelete="CASCADE"), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expert_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    choice: Mapped[str | None] = mapped_column(String(1), nullable=True)
+    correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    """None when the expert gave no answer because it failed (an error), not because it was wrong."""
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """Left out for recorded (replay) experts and for benchmarks whose text must not be stored (GPQA)."""
+    n_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RunRow(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    config_json: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    summary_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RunGenerationRow(Base):
+    """An expert's answer to a test item within a run (shared by every router that chose it)."""
+
+    __tablename__ = "run_generations"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    expert_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    choice: Mapped[str | None] = mapped_column(String(1), nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    n_prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    n_completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RunRouteRow(Base):
+    """A router's choice for a test item in one seed of a run."""
+
+    __tablename__ = "run_routes"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    seed: Mapped[int] = mapped_column(Integer, primary_key=True)
+    router: Mapped[str] = mapped_column(String(40), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    experts_json: Mapped[str] = mapped_column(Text)
+    """[[expert id, score], ...] in the router's order."""
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class RunResultRow(Base):
+    """The fused answer of one (router, aggregator) on a test item in one seed."""
+
+    __tablename__ = "run_results"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    seed: Mapped[int] = mapped_column(Integer, primary_key=True)
+    router: Mapped[str] = mapped_column(String(40), primary_key=True)
+    aggregator: Mapped[str] = mapped_column(String(40), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    category: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    choice: Mapped[str | None] = mapped_column(String(1), nullable=True)
+    correct: Mapped[bool] = mapped_column(Boolean)
+    n_calls: Mapped[int] = mapped_column(Integer)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
