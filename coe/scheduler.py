@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from coe.backends.base import Backend
+from coe.backends.base import Backend, GroupBackend
 from coe.errors import BackendError, SchedulerError, UnknownNameError
 from coe.schema import ExpertSpec
 from coe.types import BatchStats, Generation, GenerationParams, LoadReport, Prompt
@@ -226,6 +226,17 @@ class Scheduler:
         backend = self.backends[group.kind]
         outputs: dict[int, Generation] = {}
         started = time.perf_counter()
+        if isinstance(backend, GroupBackend):  # the whole group (base + adapters) in one engine call
+            indices = [i for expert_indices in group.by_expert.values() for i in expert_indices]
+            try:
+                generations = backend.generate_group(
+                    [(requests[i].expert, requests[i].prompt) for i in indices], params
+                )
+            except BackendError as error:
+                generations = [Generation(text="", error=str(error))] * len(indices)
+            outputs = dict(zip(indices, generations, strict=True))
+            report(len(indices))
+            return outputs, time.perf_counter() - started
         for indices in group.by_expert.values():
             expert = requests[indices[0]].expert
             prompts = [requests[i].prompt for i in indices]

@@ -13,6 +13,9 @@ from typing import Protocol, runtime_checkable
 from coe.schema import ExpertSpec
 from coe.types import Generation, GenerationParams, LoadReport, Prompt
 
+COMPLETION_STOPS = ("\nQuestion:", "\n\n\n")
+"""Where a base model prompted completion-style stops: before it invents the next question."""
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -37,6 +40,15 @@ class Backend(Protocol):
     def close(self) -> None:
         """Free everything."""
         ...
+
+
+@runtime_checkable
+class GroupBackend(Backend, Protocol):
+    """A backend that runs a base model and its adapters in one call (vLLM: a LoRA request per prompt)."""
+
+    def generate_group(
+        self, requests: Sequence[tuple[ExpertSpec, Prompt]], params: GenerationParams
+    ) -> list[Generation]: ...
 
 
 class NoLoadMixin:

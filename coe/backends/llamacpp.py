@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coe.backends.base import COMPLETION_STOPS
 from coe.backends.weights import locate_weights
 from coe.errors import BackendError, BackendUnavailableError
 from coe.schema import EmbeddedBackendSpec, ExpertSpec
 from coe.types import Generation, GenerationParams, LoadReport, Prompt
-
-COMPLETION_STOPS = ("\nQuestion:", "\n\n\n")
 
 
 @dataclass(slots=True)

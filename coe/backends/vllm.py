@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coe.backends.llamacpp import COMPLETION_STOPS
+from coe.backends.base import COMPLETION_STOPS
 from coe.errors import BackendError, BackendUnavailableError, GenerationError
 from coe.schema import ExpertSpec, VllmBackendSpec
 from coe.types import Generation, GenerationParams, LoadReport, Prompt
