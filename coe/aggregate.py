@@ -7,12 +7,18 @@ Verdict into an `Answer` with the route, tokens and timings.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from coe.schema import ExpertAnswer, Query, Route
+from coe.answers import choice_of, format_question, strip_reasoning
+from coe.errors import ConfigError, UnknownNameError
+from coe.registry import Registry
+from coe.scheduler import Request, Scheduler
+from coe.schema import ExpertAnswer, ExpertSpec, Query, Route
+from coe.types import GenerationParams, Prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +92,86 @@ class WeightedVote(Vote):
     def fuse(self, query: Query, route: Route, answers: Sequence[ExpertAnswer]) -> Verdict:
         weights = {choice.expert: max(choice.score, 1e-9) for choice in route.experts}
         return _tally(route, answers, weights)
+
+
+SYNTHESIS = (
+    "You have been provided with a set of responses from different experts to the question below. "
+    "Critically evaluate them: some may be biased or incorrect. Synthesize them into a single, accurate "
+    'answer. Think step by step, then finish with "the answer is (X)" where X is the correct letter.'
+)
+
+
+class LlmSynthesis:
+    """An aggregator expert reads the chosen experts' answers and writes the final one
+    (Mixture-of-Agents, Symbolic-MoE). Reasoning before `</think>` is stripped from its inputs; a
+    unanimous vote needs no synthesis; an unreadable synthesis falls back to the majority vote."""
+
+    name: ClassVar[str] = "llm"
+
+    def __init__(
+        self, expert: ExpertSpec, scheduler: Scheduler, params: GenerationParams | None = None, max_chars: int = 2000
+    ) -> None:
+        self.expert = expert
+        self.scheduler = scheduler
+        self.params = params or GenerationParams(max_tokens=512)
+        self.max_chars = max_chars
+
+    def fuse(self, query: Query, route: Route, answers: Sequence[ExpertAnswer]) -> Verdict:
+        return self.fuse_batch([query], [route], [answers])[0]
+
+    def fuse_batch(
+        self, queries: Sequence[Query], routes: Sequence[Route], answers: Sequence[Sequence[ExpertAnswer]]
+    ) -> list[Verdict]:
+        votes = [_tally(route, answers_of, {}) for route, answers_of in zip(routes, answers, strict=True)]
+        pending = [
+            i
+            for i, (verdict, answers_of) in enumerate(zip(votes, answers, strict=True))
+            if len([a for a in answers_of if a.error is None]) > 1 and len(verdict.votes) != 1
+        ]
+        prompts = [self.prompt(queries[i], answers[i]) for i in pending]
+        requests = [Request(self.expert, Prompt(text, query_id=_digest(text))) for text in prompts]
+        outputs, _ = self.scheduler.run(requests, self.params)
+        verdicts = list(votes)
+        for i, output in zip(pending, outputs, strict=True):
+            n_choices = len(queries[i].choices or ())
+            choice = choice_of(output.text, n_choices) if output.ok and n_choices else None
+            if output.ok and (choice is not None or not n_choices):
+                verdicts[i] = Verdict(text=output.text, choice=choice, votes=votes[i].votes)
+        return verdicts
+
+    def prompt(self, query: Query, answers: Sequence[ExpertAnswer]) -> str:
+        responses = "\n\n".join(
+            f"Response {n}:\n{strip_reasoning(a.text)[: self.max_chars]}"
+            for n, a in enumerate((a for a in answers if a.error is None), 1)
+        )
+        return f"{SYNTHESIS}\n\n{format_question(query.text, query.choices, query.category)}\n\n{responses}"
+
+
+def _digest(text: str) -> str:
+    """A cache key for a synthesis prompt: the same inputs are synthesized once."""
+    return "fuse:" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+AGGREGATORS = ("majority", "weighted", "llm")
+
+
+def make_aggregator(
+    name: str,
+    *,
+    registry: Registry | None = None,
+    scheduler: Scheduler | None = None,
+    expert: str | None = None,
+) -> Aggregator:
+    """An aggregator by name; `llm` needs the aggregator expert's id, the registry and a scheduler."""
+    if name == "majority":
+        return MajorityVote()
+    if name == "weighted":
+        return WeightedVote()
+    if name == "llm":
+        if registry is None or scheduler is None or expert is None:
+            raise ConfigError(
+                "the llm aggregator needs an aggregator expert: pass --aggregator-expert ID "
+                "(or run `coe aggregators probe` to choose and store one)"
+            )
+        return LlmSynthesis(registry[expert], scheduler)
+    raise UnknownNameError("aggregator", name, AGGREGATORS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 from coe.errors import QueryError
 from coe.schema import Query
@@ -16,8 +17,11 @@ from coe.types import Prompt
 LETTERS = "ABCDEFGHIJ"
 
 _LEVEL1 = re.compile(r"answer is \(?([A-J])\)?")
-_LEVEL2 = re.compile(r".*[aA]nswer:\s*([A-J])", re.DOTALL)
-_LEVEL3 = re.compile(r"\b[A-J]\b(?!.*\b[A-J]\b)", re.DOTALL)
+# MMLU-Pro's level 2 is `.*[aA]nswer:\s*([A-J])` (DOTALL, greedy: the last place it matches) and level 3
+# `\b[A-J]\b(?!.*\b[A-J]\b)` (the last standalone letter). Both backtrack quadratically on long
+# responses (1.6 ms each here); the last match of these linear patterns is the same answer.
+_LEVEL2 = re.compile(r"(?=[aA]nswer:\s*([A-J]))")
+_LEVEL3 = re.compile(r"\b[A-J]\b")
 _THINK_END = "</think>"
 
 INSTRUCTION = (
@@ -61,15 +65,23 @@ def strip_reasoning(text: str) -> str:
 def extract_choice_with_level(text: str, n_choices: int = 10) -> tuple[str | None, str | None]:
     """The chosen letter and the chain level that found it (`l1`, `l2`, `l3`), or (None, None)."""
     valid = letters_for(n_choices)
-    for level, found in (
-        ("l1", _LEVEL1.search(text)),
-        ("l2", _LEVEL2.search(text)),
-        ("l3", _LEVEL3.search(text)),
-    ):
-        if found:
-            letter = found.group(1) if found.groups() else found.group(0)
-            return (letter, level) if letter in valid else (None, None)
-    return None, None
+    first = _LEVEL1.search(text)
+    if first:
+        letter, level = first.group(1), "l1"
+    elif last := _last(_LEVEL2, text):
+        letter, level = last.group(1), "l2"
+    elif last := _last(_LEVEL3, text):
+        letter, level = last.group(0), "l3"
+    else:
+        return None, None
+    return (letter, level) if letter in valid else (None, None)
+
+
+def _last(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    found = None
+    for found in pattern.finditer(text):  # noqa: B007 - the last one is what we want
+        pass
+    return found
 
 
 def extract_choice(text: str, n_choices: int = 10) -> str | None:
@@ -82,3 +94,10 @@ def is_correct(choice: str | None, gold: str | None) -> bool | None:
     if gold is None:
         return None
     return choice is not None and choice == gold
+
+
+@lru_cache(maxsize=262_144)
+def choice_of(text: str, n_choices: int) -> str | None:
+    """The letter an answer text chose, reasoning stripped; memoized, as evaluation reads one text for
+    many routers and aggregators."""
+    return extract_choice(strip_reasoning(text), n_choices)

@@ -12,11 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from coe.aggregate import Aggregator, MajorityVote
-from coe.answers import extract_choice, is_correct, question_prompt, strip_reasoning
+from coe.answers import choice_of, is_correct, question_prompt
 from coe.backends import Backend, default_backends
 from coe.errors import UnknownExpertError
 from coe.outcomes import Outcomes
@@ -112,7 +111,8 @@ class Composer:
         on_progress: Callable[[int], None] | None,
     ) -> tuple[dict[tuple[str, int], Generation], BatchStats]:
         """Generations for (expert id, query index) pairs, expert-batched by the scheduler."""
-        requests = [Request(expert=self._expert(e), prompt=question_prompt(batch[i])) for e, i in needed]
+        prompts = {i: question_prompt(batch[i]) for i in {i for _, i in needed}}
+        requests = [Request(expert=self._expert(e), prompt=prompts[i]) for e, i in needed]
         outputs, stats = self.scheduler.run(requests, self.params, on_progress)
         return dict(zip(needed, outputs, strict=True)), stats
 
@@ -145,7 +145,7 @@ class Composer:
                 for a in answers_of_query
             )
             answers.append(
-                Answer(
+                Answer.model_construct(  # built from validated parts: skip re-validating 10^5 answers
                     query_id=query.id,
                     answer=verdict.text,
                     choice=verdict.choice,
@@ -184,7 +184,7 @@ class Composer:
 
 def _expert_answer(query: Query, expert_id: str, generation: Generation) -> ExpertAnswer:
     n_choices = len(query.choices) if query.choices else 0
-    return ExpertAnswer(
+    return ExpertAnswer.model_construct(
         expert=expert_id,
         text=generation.text,
         choice=choice_of(generation.text, n_choices) if n_choices else None,
@@ -193,9 +193,3 @@ def _expert_answer(query: Query, expert_id: str, generation: Generation) -> Expe
         latency_s=generation.latency_s,
         error=generation.error,
     )
-
-
-@lru_cache(maxsize=262_144)
-def choice_of(text: str, n_choices: int) -> str | None:
-    """The letter an answer text chose; memoized, as evaluation fuses one text for many routers."""
-    return extract_choice(strip_reasoning(text), n_choices)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from coe.cli import ask, registry
+from coe.cli import adapters, ask, evals, registry
 from coe.cli.common import console, state
 from coe.errors import (
     BackendError,
@@ -28,7 +28,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(registry.app, name="registry")
+app.add_typer(adapters.app, name="adapters")
 ask.register(app)
+evals.register(app)
 
 EXIT_CODES: tuple[tuple[type[CoeError], int], ...] = (
     (ConfigError, 2),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import distinct, insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from coe.errors import RunError
 from coe.store.database import Store, now
@@ -81,10 +81,8 @@ class RunStore:
     def finished_items(self, run_id: str, seed: int) -> set[str]:
         """Items whose results are stored for this seed (a chunk is stored whole, so any row means all)."""
         with self.store.session() as session:
-            rows = session.scalars(
-                select(distinct(RunResultRow.item_id)).where(RunResultRow.run_id == run_id, RunResultRow.seed == seed)
-            )
-            return set(rows)
+            query = select(RunResultRow.item_id).where(RunResultRow.run_id == run_id, RunResultRow.seed == seed)
+            return set(session.scalars(query.distinct()))
 
     def save_chunk(
         self,
@@ -132,9 +130,19 @@ class RunStore:
             rows = session.execute(select(*columns).where(RunResultRow.run_id == run_id)).tuples().all()
         return [ResultRow(*row) for row in rows]
 
+    def routes(self, run_id: str) -> list[tuple[int, str, str, list[tuple[str, float]]]]:
+        """(seed, router, item id, [(expert, score), ...]) for every stored route."""
+        columns = (RunRouteRow.seed, RunRouteRow.router, RunRouteRow.item_id, RunRouteRow.experts_json)
+        with self.store.session() as session:
+            rows = session.execute(select(*columns).where(RunRouteRow.run_id == run_id)).tuples().all()
+        return [
+            (seed, router, item, [tuple(pair) for pair in json.loads(experts)]) for seed, router, item, experts in rows
+        ]
+
     def count_generations(self, run_id: str) -> int:
         with self.store.session() as session:
-            return len(session.execute(select(RunGenerationRow.item_id).where(RunGenerationRow.run_id == run_id)).all())
+            query = select(func.count()).select_from(RunGenerationRow).where(RunGenerationRow.run_id == run_id)
+            return int(session.scalar(query) or 0)
 
 
 def _record(row: RunRow) -> RunRecord:

@@ -1,0 +1,3 @@
+from coe.cli import main
+
+main()

@@ -1,0 +1,198 @@
+"""`coe profile`, `coe eval`, `coe report`: measuring pools and comparing compositions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from coe.cli.common import backends, load_pool, out, progress, settings
+from coe.errors import RunError
+from coe.evals.datasets import load_benchmark
+from coe.evals.run import EvalConfig, run_eval
+from coe.evals.splits import make_split
+from coe.evals.summary import EvalSummary
+from coe.profile import profile
+from coe.scheduler import Scheduler
+from coe.store import RunStore, Store
+from coe.types import GenerationParams
+
+BenchOption = Annotated[str, typer.Option("--bench", help="mmlu-pro or gpqa.")]
+PoolOption = Annotated[Path, typer.Option("--pool", help="Registry file of the expert pool.")]
+SplitOption = Annotated[str, typer.Option("--split", help="random:N:SEED, ids:FILE or symbolic-moe.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("profile")(profile_command)
+    app.command("eval")(eval_command)
+    app.command("report")(report_command)
+
+
+def profile_command(
+    pool: PoolOption,
+    bench: BenchOption = "mmlu-pro",
+    split: SplitOption = "random:1400:0",
+    max_tokens: Annotated[int, typer.Option(help="Generation budget per expert.")] = 512,
+    annotate: Annotated[bool, typer.Option(help="Tag profiling items with taxonomy skills (MiniLM).")] = True,
+) -> None:
+    """Run every expert of a pool over the profiling items and store the measured profile."""
+    current = settings()
+    registry = load_pool(pool)
+    queries = load_benchmark(bench, current.data_dir)
+    by_id = {q.id: q for q in queries}
+    chosen = make_split(split, queries, bench, current.data_dir)
+    items = [by_id[i] for i in chosen.profile_ids]
+    annotator = None
+    if annotate:
+        from coe.embed import Encoder
+        from coe.skills import EmbeddingAnnotator, bundled_taxonomy
+
+        taxonomy = bundled_taxonomy("mmlu_pro" if bench == "mmlu-pro" else "gpqa")
+        annotator = EmbeddingAnnotator(taxonomy, Encoder(cache_dir=current.cache_dir))
+    with progress(f"profiling {len(items)} items × {len(registry)} experts", len(items) * len(registry)) as advance:
+        measured = profile(
+            Store(current.database_url),
+            registry,
+            bench=bench,
+            split=chosen.spec,
+            items=items,
+            scheduler=Scheduler(backends()),
+            params=GenerationParams(max_tokens=max_tokens, seed=current.seed),
+            annotator=annotator,
+            keep_text=bench != "gpqa",
+            on_progress=advance,
+        )
+    outcomes = measured.outcomes
+    state = "reused the stored profile" if measured.reused else "stored"
+    created = f"{measured.record.created_at:%Y-%m-%d %H:%M}"
+    out.print(f"profile {measured.record.id} ({state}): {bench} {chosen.spec}, {len(items)} items, {created}")
+    categories = outcomes.category_accuracy()
+    table = Table(title="measured accuracy (profiling items)")
+    table.add_column("expert")
+    table.add_column("overall")
+    for category in categories:
+        table.add_column(category[:10])
+    overall = outcomes.accuracy()
+    for j, expert in enumerate(outcomes.expert_ids):
+        table.add_row(expert, f"{overall[j]:.3f}", *(f"{values[j]:.2f}" for values in categories.values()))
+    out.print(table)
+
+
+def eval_command(
+    pool: Annotated[Path | None, typer.Option("--pool", help="Registry file of the expert pool.")] = None,
+    bench: Annotated[str | None, typer.Option("--bench", help="mmlu-pro or gpqa.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="random:N:SEED, ids:FILE or symbolic-moe.")] = None,
+    routers: Annotated[str | None, typer.Option(help="Comma-separated routers.")] = None,
+    aggregators: Annotated[str | None, typer.Option(help="Comma-separated aggregators.")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="Experts per query.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most N test items per seed (stratified).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Generation budget per expert.")] = None,
+    aggregator_expert: Annotated[str | None, typer.Option(help="Expert of the llm aggregator.")] = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Write the JSON summary here.")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="Continue this run where it stopped.")] = None,
+) -> None:
+    """Evaluate routers × aggregators against baselines over seeds; resumable."""
+    current = settings()
+    store = Store(current.database_url)
+    given = {
+        "pool": str(pool) if pool else None,
+        "bench": bench,
+        "split": split,
+        "routers": tuple(routers.split(",")) if routers else None,
+        "aggregators": tuple(aggregators.split(",")) if aggregators else None,
+        "k": k,
+        "seeds": tuple(int(s) for s in seeds.split(",")) if seeds else None,
+        "limit": limit,
+        "max_tokens": max_tokens,
+        "aggregator_expert": aggregator_expert,
+    }
+    given = {key: value for key, value in given.items() if value is not None}
+    if resume:
+        stored = RunStore(store).get(resume).config
+        config = EvalConfig.model_validate({**stored, **given})
+    else:
+        missing = [name for name in ("pool", "bench", "split") if name not in given]
+        if missing:
+            raise RunError(f"coe eval needs --{', --'.join(missing)} (or --resume RUN_ID)")
+        config = EvalConfig.model_validate(given)
+    summary = run_eval(
+        config,
+        store=store,
+        backends=backends(),
+        data_dir=current.data_dir,
+        cache_dir=current.cache_dir,
+        run_id=resume,
+        progress=progress,
+    )
+    print_summary(summary)
+    if json_file:
+        json_file.write_text(json.dumps(json_summary(summary), indent=2))
+        out.print(f"wrote {json_file}")
+
+
+def json_summary(summary: EvalSummary) -> dict:
+    """The documented JSON shape (plus the run id and per-seed details)."""
+    data = summary.model_dump(mode="json")
+    return {
+        "run_id": data["run_id"],
+        "bench": data["bench"],
+        "pool": data["pool"],
+        "split": data["split"],
+        "seeds": data["seeds"],
+        "n_test": data["n_test"],
+        "results": data["results"],
+        "best_single": data["best_single"],
+        "oracle": data["oracle"],
+        "per_category": data["per_category"],
+    }
+
+
+def print_summary(summary: EvalSummary) -> None:
+    title = f"{summary.bench}, pool {Path(summary.pool).name}, split {summary.split}, seeds {summary.seeds}"
+    table = Table(title=f"{title}, {summary.n_test} test items per seed")
+    for column in ("router", "aggregator", "accuracy", "Δ vs best-single", "calls/query", "loads", "time (s)"):
+        table.add_column(column, justify="left" if column in ("router", "aggregator") else "right")
+    for r in summary.results:
+        table.add_row(
+            r.router,
+            r.aggregator,
+            f"{r.accuracy_mean:.4f} ± {r.accuracy_std:.4f}",
+            f"{100 * r.delta_vs_best_single:+.2f} pts",
+            f"{r.calls_per_query:.2f}",
+            f"{r.n_loads:g}",
+            f"{r.wall_s:.1f}",
+        )
+    out.print(table)
+    best = summary.best_single
+    out.print(f"best single expert (chosen on profiling): {best.expert} {best.accuracy_mean:.4f}")
+    if summary.oracle:
+        out.print(f"oracle (upper bound): {summary.oracle.accuracy_mean:.4f}")
+    rows = list(summary.per_category)
+    categories = sorted({c for values in summary.per_category.values() for c in values})
+    per_category = Table(title="accuracy per category (mean over seeds)")
+    per_category.add_column("router/aggregator")
+    for category in categories:
+        per_category.add_column(category[:10], justify="right")
+    for row in rows:
+        per_category.add_row(row, *(f"{summary.per_category[row].get(c, float('nan')):.2f}" for c in categories))
+    out.print(per_category)
+    out.print(f"run id: {summary.run_id}  (coe report {summary.run_id})")
+
+
+def report_command(
+    run_id: Annotated[str, typer.Argument(help="A run id (see the end of `coe eval`).")],
+    output: Annotated[Path, typer.Option(help="Folder for the Markdown and plots.")] = Path("evals/results"),
+) -> None:
+    """Write a run's Markdown report and plots."""
+    from coe.evals.report import write_report
+
+    current = settings()
+    record = RunStore(Store(current.database_url)).get(run_id)
+    if record.summary is None:
+        raise RunError(f"run {run_id!r} has not finished; finish it with `coe eval --resume {run_id}`")
+    path = write_report(EvalSummary.model_validate(record.summary), output)
+    out.print(f"wrote {path} and its plots")

@@ -1,0 +1,152 @@
+"""The numbers of a run, from its stored rows: accuracy mean ± std over seeds per router × aggregator,
+Δ vs the best single expert, expert calls per query, model loads, time; per category; the oracle."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from coe.registry import Registry
+from coe.scheduler import REMOTE_KINDS
+from coe.store import RunStore
+
+if TYPE_CHECKING:
+    from coe.evals.run import EvalConfig
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ResultSummary(_Model):
+    router: str
+    aggregator: str
+    k: int
+    accuracy_mean: float
+    accuracy_std: float
+    accuracy_per_seed: list[float]
+    delta_vs_best_single: float
+    calls_per_query: float
+    n_loads: float
+    """Distinct models this router needs loaded per seed (expert-batched: loads = distinct bases)."""
+    wall_s: float
+    """Per seed: routing + this router's share of loads + its experts' generation time + fusing."""
+    cost_per_query_usd: float
+
+
+class BestSingle(_Model):
+    expert: str
+    experts_per_seed: list[str]
+    accuracy_mean: float
+    accuracy_std: float
+
+
+class Oracle(_Model):
+    accuracy_mean: float
+    accuracy_std: float
+
+
+class EvalSummary(_Model):
+    run_id: str
+    bench: str
+    pool: str
+    split: str
+    seeds: list[int]
+    n_test: int
+    results: list[ResultSummary]
+    best_single: BestSingle
+    oracle: Oracle | None
+    per_category: dict[str, dict[str, float]]
+    """"router/aggregator" -> category -> accuracy (mean over seeds)."""
+
+
+def summarize(run_id: str, config: EvalConfig, runs: RunStore, registry: Registry) -> EvalSummary:
+    rows = runs.results(run_id)
+    accuracy: dict[tuple[str, str], dict[int, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    calls: dict[tuple[str, str], list[int]] = defaultdict(list)
+    costs: dict[tuple[str, str], list[float]] = defaultdict(list)
+    latency: dict[tuple[str, str, int], float] = defaultdict(float)
+    by_category: dict[tuple[str, str], dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    n_test: Counter[int] = Counter()
+    for row in rows:
+        key = (row.router, row.aggregator)
+        accuracy[key][row.seed].append(row.correct)
+        calls[key].append(row.n_calls)
+        costs[key].append(row.cost_usd)
+        latency[row.router, row.aggregator, row.seed] += row.latency_s
+        by_category[key][row.category or ""].append(row.correct)
+        if key == ("best-single", config.aggregators[0]):
+            n_test[row.seed] += 1
+    seeds = list(config.seeds)
+    loads, chosen = _route_facts(runs, run_id, registry, seeds)
+
+    def seed_means(key: tuple[str, str]) -> list[float]:
+        return [float(np.mean(accuracy[key][seed])) for seed in seeds if accuracy[key][seed]]
+
+    best_key = ("best-single", config.aggregators[0])
+    best_scores = seed_means(best_key)
+    best_mean = float(np.mean(best_scores)) if best_scores else 0.0
+    results = [
+        ResultSummary(
+            router=router,
+            aggregator=aggregator,
+            k=config.k,
+            accuracy_mean=float(np.mean(scores)),
+            accuracy_std=_std(scores),
+            accuracy_per_seed=scores,
+            delta_vs_best_single=float(np.mean(scores)) - best_mean,
+            calls_per_query=float(np.mean(calls[router, aggregator])),
+            n_loads=float(np.mean([loads.get((router, seed), 0) for seed in seeds])),
+            wall_s=float(np.mean([latency[router, aggregator, seed] for seed in seeds])),
+            cost_per_query_usd=float(np.mean(costs[router, aggregator])),
+        )
+        for router in dict.fromkeys(("best-single", *config.routers))
+        for aggregator in config.aggregators
+        if (scores := seed_means((router, aggregator)))
+    ]
+    oracle_scores = seed_means(("oracle", config.aggregators[0]))
+    return EvalSummary(
+        run_id=run_id,
+        bench=config.bench,
+        pool=config.pool,
+        split=config.split,
+        seeds=seeds,
+        n_test=int(np.mean(list(n_test.values()))) if n_test else 0,
+        results=results,
+        best_single=BestSingle(
+            expert=Counter(chosen).most_common(1)[0][0] if chosen else "",
+            experts_per_seed=chosen,
+            accuracy_mean=best_mean,
+            accuracy_std=_std(best_scores),
+        ),
+        oracle=Oracle(accuracy_mean=float(np.mean(oracle_scores)), accuracy_std=_std(oracle_scores))
+        if oracle_scores
+        else None,
+        per_category={
+            f"{router}/{aggregator}": {category: float(np.mean(values)) for category, values in sorted(cats.items())}
+            for (router, aggregator), cats in by_category.items()
+        },
+    )
+
+
+def _std(values: list[float]) -> float:
+    """Sample standard deviation over seeds (0 for a single seed)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _route_facts(
+    runs: RunStore, run_id: str, registry: Registry, seeds: list[int]
+) -> tuple[dict[tuple[str, int], int], list[str]]:
+    """From the stored routes, in one pass: distinct local models per (router, seed), and the
+    expert best-single chose in each seed."""
+    keys: dict[tuple[str, int], set[str]] = defaultdict(set)
+    local = {e.id: e.load_key for e in registry.experts if e.backend_kind not in REMOTE_KINDS}
+    best: dict[int, str] = {}
+    for seed, router, _, experts in runs.routes(run_id):
+        keys[router, seed].update(local[expert] for expert, _ in experts if expert in local)
+        if router == "best-single" and experts:
+            best.setdefault(seed, experts[0][0])
+    return {key: len(value) for key, value in keys.items()}, [best[seed] for seed in seeds if seed in best]

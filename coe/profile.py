@@ -1,0 +1,132 @@
+"""Profiling: run every expert of a pool over the profiling items (expert-batched), score their
+answers, and keep the outcomes in the database with the pool's model identity, the split and the date.
+
+Profiles are measured, never declared: routers fit on these outcomes (per item, per category, per
+skill); a second run with the same inputs reuses the stored profile instead of running the experts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from coe.answers import choice_of, question_prompt
+from coe.outcomes import Outcomes
+from coe.registry import Registry
+from coe.scheduler import Request, Scheduler
+from coe.schema import ExpertSpec, Query
+from coe.skills import SkillAnnotator
+from coe.store import ProfileItem, ProfileOutcome, ProfileRecord, ProfileStore, Store
+from coe.types import Generation, GenerationParams
+
+
+@dataclass(frozen=True)
+class Profile:
+    record: ProfileRecord
+    outcomes: Outcomes
+    reused: bool
+    """True when the stored profile was reused and no expert ran."""
+
+
+def expert_fingerprint(expert: ExpertSpec) -> str:
+    """The model identity a profile belongs to: the hash of the expert's full spec."""
+    return hashlib.sha256(expert.model_dump_json().encode()).hexdigest()[:16]
+
+
+def profile_key(bench: str, items: Sequence[Query], experts: Sequence[ExpertSpec], params: GenerationParams) -> str:
+    """Equal inputs, equal key: benchmark, exact items, experts' identities, generation settings."""
+    payload = {
+        "bench": bench,
+        "items": hashlib.sha256("\n".join(q.id for q in items).encode()).hexdigest(),
+        "experts": {e.id: expert_fingerprint(e) for e in experts},
+        "params": [params.max_tokens, params.temperature, params.seed, list(params.stop)],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def measure(
+    registry: Registry,
+    items: Sequence[Query],
+    scheduler: Scheduler,
+    params: GenerationParams,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, list[list[Generation]]]:
+    """Every expert on every item: the correctness matrix (NaN where an expert failed) and outputs."""
+    experts = registry.experts
+    requests = [Request(expert, question_prompt(item)) for item in items for expert in experts]
+    outputs, _ = scheduler.run(requests, params, on_progress)
+    rows = [outputs[i * len(experts) : (i + 1) * len(experts)] for i in range(len(items))]
+    correct = np.full((len(items), len(experts)), np.nan)
+    for i, (item, generations) in enumerate(zip(items, rows, strict=True)):
+        n_choices = len(item.choices or ())
+        for j, generation in enumerate(generations):
+            if generation.ok and item.gold is not None:
+                correct[i, j] = float(choice_of(generation.text, n_choices) == item.gold) if n_choices else np.nan
+    return correct, rows
+
+
+def profile(
+    store: Store,
+    registry: Registry,
+    *,
+    bench: str,
+    split: str,
+    items: Sequence[Query],
+    scheduler: Scheduler,
+    params: GenerationParams,
+    annotator: SkillAnnotator | None = None,
+    keep_text: bool = True,
+    reuse: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+) -> Profile:
+    """Measure the pool on `items` (or reuse the stored profile of the same inputs) and store it."""
+    profiles = ProfileStore(store)
+    key = profile_key(bench, items, registry.experts, params)
+    found = profiles.find(key) if reuse else None
+    if found is not None:
+        return Profile(found, _stored_outcomes(profiles, found, registry, items), reused=True)
+    correct, outputs = measure(registry, items, scheduler, params, on_progress)
+    skills = annotator.annotate(items) if annotator is not None else [item.skills for item in items]
+    annotated = [item.model_copy(update={"skills": tuple(s)}) for item, s in zip(items, skills, strict=True)]
+    stored = [
+        ProfileOutcome(
+            item_id=item.id,
+            expert_id=expert.id,
+            choice=choice_of(g.text, len(item.choices or ())) if g.ok and item.choices else None,
+            correct=None if np.isnan(correct[i, j]) else bool(correct[i, j]),
+            text=g.text if keep_text and expert.backend_kind != "replay" else None,
+            n_tokens=g.n_prompt_tokens + g.n_completion_tokens,
+            error=g.error,
+        )
+        for i, item in enumerate(items)
+        for j, (expert, g) in enumerate(zip(registry.experts, outputs[i], strict=True))
+    ]
+    record = profiles.save(
+        key=key,
+        bench=bench,
+        split=split,
+        pool=registry.source,
+        experts={e.id: expert_fingerprint(e) for e in registry.experts},
+        params={"max_tokens": params.max_tokens, "temperature": params.temperature, "seed": params.seed},
+        items=[ProfileItem(item.id, item.category, item.skills) for item in annotated],
+        outcomes=stored,
+    )
+    return Profile(record, Outcomes(tuple(registry.experts), tuple(annotated), correct), reused=False)
+
+
+def _stored_outcomes(
+    profiles: ProfileStore, record: ProfileRecord, registry: Registry, items: Sequence[Query]
+) -> Outcomes:
+    skills = {item.item_id: item.skills for item in profiles.items(record.id)}
+    column = {expert.id: j for j, expert in enumerate(registry.experts)}
+    row = {item.id: i for i, item in enumerate(items)}
+    correct = np.full((len(items), len(column)), np.nan)
+    for outcome in profiles.outcomes(record.id):
+        if outcome.correct is not None and outcome.item_id in row and outcome.expert_id in column:
+            correct[row[outcome.item_id], column[outcome.expert_id]] = float(outcome.correct)
+    annotated = tuple(item.model_copy(update={"skills": skills.get(item.id, item.skills)}) for item in items)
+    return Outcomes(tuple(registry.experts), annotated, correct)
