@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from coe.answers import choice_of
 from coe.backends.replay import NO_RECORD, ReplayBackend
-from coe.composer import choice_of
 from coe.errors import BackendError, BackendUnavailableError
 from coe.registry import Registry
 from coe.schema import ExpertSpec, ReplayBackendSpec
