@@ -92,6 +92,7 @@ def eval_command(
     limit: Annotated[int | None, typer.Option(help="At most N test items per seed (stratified).")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Generation budget per expert.")] = None,
     aggregator_expert: Annotated[str | None, typer.Option(help="Expert of the llm aggregator.")] = None,
+    chunk_size: Annotated[int | None, typer.Option(help="Test items stored per transaction (resume unit).")] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the JSON summary here.")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue this run where it stopped.")] = None,
 ) -> None:
@@ -109,6 +110,7 @@ def eval_command(
         "limit": limit,
         "max_tokens": max_tokens,
         "aggregator_expert": aggregator_expert,
+        "chunk_size": chunk_size,
     }
     given = {key: value for key, value in given.items() if value is not None}
     if resume:

@@ -33,7 +33,7 @@ from coe.routers.base import Router
 from coe.scheduler import MemoryCache, Scheduler
 from coe.schema import Query
 from coe.store import RunStore, Store
-from coe.types import GenerationParams
+from coe.types import Generation, GenerationParams
 
 ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 """(description, total) -> a context yielding `advance(n)`; the CLI gives a progress bar."""
@@ -96,7 +96,14 @@ def run_eval(
     queries = load_benchmark(config.bench, data_dir, subset=config.gpqa_subset)
     by_id = {query.id: query for query in queries}
     params = GenerationParams(max_tokens=config.max_tokens)
-    scheduler = Scheduler(backends, cache=MemoryCache())
+    cache = MemoryCache()
+    cache.put_many(
+        {
+            (expert, item): Generation(text, n_prompt, n_completion, latency)
+            for expert, item, text, n_prompt, n_completion, latency in runs.stored_texts(run_id)
+        }
+    )
+    scheduler = Scheduler(backends, cache=cache)
     composer = Composer(registry, backends=backends, scheduler=scheduler, params=params, k=config.k)
     collaborators = _Collaborators(config, cache_dir)
     aggregators = {

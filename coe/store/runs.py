@@ -102,7 +102,7 @@ class RunStore:
                             RunGenerationRow.run_id == run_id,
                             RunGenerationRow.item_id.in_({g["item_id"] for g in generations}),
                         )
-                    ).tuples()
+                    )
                 )
                 fresh = [{"run_id": run_id, **g} for g in generations if (g["expert_id"], g["item_id"]) not in known]
                 if fresh:
@@ -127,17 +127,34 @@ class RunStore:
             RunResultRow.latency_s,
         )
         with self.store.session() as session:
-            rows = session.execute(select(*columns).where(RunResultRow.run_id == run_id)).tuples().all()
+            rows = session.execute(select(*columns).where(RunResultRow.run_id == run_id)).all()
         return [ResultRow(*row) for row in rows]
 
     def routes(self, run_id: str) -> list[tuple[int, str, str, list[tuple[str, float]]]]:
         """(seed, router, item id, [(expert, score), ...]) for every stored route."""
         columns = (RunRouteRow.seed, RunRouteRow.router, RunRouteRow.item_id, RunRouteRow.experts_json)
         with self.store.session() as session:
-            rows = session.execute(select(*columns).where(RunRouteRow.run_id == run_id)).tuples().all()
+            rows = session.execute(select(*columns).where(RunRouteRow.run_id == run_id)).all()
         return [
             (seed, router, item, [tuple(pair) for pair in json.loads(experts)]) for seed, router, item, experts in rows
         ]
+
+    def stored_texts(self, run_id: str) -> list[tuple[str, str, str, int, int, float]]:
+        """(expert, item, text, prompt tokens, completion tokens, latency) of every successful generation
+        whose text was kept: what a resumed run need not generate again."""
+        columns = (
+            RunGenerationRow.expert_id,
+            RunGenerationRow.item_id,
+            RunGenerationRow.text,
+            RunGenerationRow.n_prompt_tokens,
+            RunGenerationRow.n_completion_tokens,
+            RunGenerationRow.latency_s,
+        )
+        query = select(*columns).where(
+            RunGenerationRow.run_id == run_id, RunGenerationRow.text.is_not(None), RunGenerationRow.error.is_(None)
+        )
+        with self.store.session() as session:
+            return list(session.execute(query))
 
     def count_generations(self, run_id: str) -> int:
         with self.store.session() as session:
