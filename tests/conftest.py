@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from coe.backends.llamacpp import LlamaCppBackend
+from coe.embed import Encoder
 from coe.registry import Registry
 from coe.settings import Settings, apply_offline_environment
 
@@ -51,3 +52,9 @@ def embedded_backend(weights_cache: Path) -> Iterator[LlamaCppBackend]:
     """The real llama.cpp backend; models load once per session and are reused."""
     with LlamaCppBackend(cache_dir=weights_cache) as backend:
         yield backend
+
+
+@pytest.fixture(scope="session")
+def minilm(weights_cache: Path) -> Encoder:
+    """The real MiniLM sentence encoder (loaded once), caching embeddings in the session's cache."""
+    return Encoder(cache_dir=weights_cache)

@@ -1,4 +1,13 @@
-"""Routers pick experts per query; every one follows the contract in `coe.routers.base`."""
+"""Routers pick experts per query; every one follows the contract in `coe.routers.base`.
+
+Collaborators are objects given to the constructor, never built from settings inside a router:
+`encoder` (one `coe.embed.Encoder`, whose `cache_dir` keeps query embeddings on disk) for knn,
+skill and classifier, and `annotator` (a `coe.skills` annotator) for skill. Left as None, a router
+builds the default MiniLM encoder in `fit`, caching in memory only. An evaluation builds one encoder
+and one annotator and passes the same ones to every router, e.g.
+`make_router(name, k=3, random_state=seed, encoder=encoder, annotator=annotator)`:
+`make_router` keeps only the parameters each router takes.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +16,22 @@ from typing import Any
 from coe.errors import UnknownNameError
 from coe.routers.base import Router
 from coe.routers.baselines import AllRouter, BestSingleRouter, OracleRouter, RandomRouter
+from coe.routers.classifier import ClassifierRouter
+from coe.routers.knn import KnnRouter
+from coe.routers.skill import SkillRouter
 
-ROUTERS: dict[str, type[Router]] = {cls.name: cls for cls in (BestSingleRouter, RandomRouter, AllRouter, OracleRouter)}
+ROUTERS: dict[str, type[Router]] = {
+    cls.name: cls
+    for cls in (
+        BestSingleRouter,
+        RandomRouter,
+        AllRouter,
+        OracleRouter,
+        KnnRouter,
+        SkillRouter,
+        ClassifierRouter,
+    )
+}
 
 
 def make_router(name: str, **params: Any) -> Router:
@@ -24,8 +47,11 @@ __all__ = [
     "ROUTERS",
     "AllRouter",
     "BestSingleRouter",
+    "ClassifierRouter",
+    "KnnRouter",
     "OracleRouter",
     "RandomRouter",
     "Router",
+    "SkillRouter",
     "make_router",
 ]

@@ -45,6 +45,13 @@ class Router(ABC):
             setattr(self, name, value)
         return self
 
+    def provenance(self) -> dict[str, Any]:
+        """`get_params()` made JSON-safe for a Route: collaborators (encoder, annotator) by their repr."""
+        return {
+            name: value if value is None or isinstance(value, str | int | float | bool) else repr(value)
+            for name, value in self.get_params().items()
+        }
+
     def __repr__(self) -> str:
         args = ", ".join(f"{key}={value!r}" for key, value in self.get_params().items())
         return f"{type(self).__name__}({args})"
@@ -71,7 +78,7 @@ class Router(ABC):
             ),
             reason=reason,
             router=self.name,
-            params=self.get_params(),
+            params=self.provenance(),
         )
 
 

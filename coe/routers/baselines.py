@@ -76,7 +76,8 @@ class AllRouter(Router):
 
 
 class OracleRouter(Router):
-    """An expert that was correct on this very item: an upper bound, not a deployable router.
+    """An expert that was correct on this very item: an upper bound, not a deployable router. Among
+    the correct experts it picks the best overall (by accuracy − λ·cost with `cost_weight`).
 
     Fit it on outcomes that include the items it will route (e.g. every expert run on the test set).
     """
@@ -84,13 +85,14 @@ class OracleRouter(Router):
     name = "oracle"
     picks_k = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, cost_weight: float = 0.0) -> None:
+        self.cost_weight = cost_weight
         self.k = 1
 
     def fit(self, outcomes: Outcomes) -> Self:
         self.experts_ = outcomes.expert_ids
-        accuracy = outcomes.accuracy()
-        self.rank_ = top_k(accuracy, len(self.experts_))
+        scores = penalized(outcomes.accuracy(), outcomes.costs(), self.cost_weight)
+        self.rank_ = top_k(scores, len(self.experts_))
         self.row_ = {item.id: i for i, item in enumerate(outcomes.items)}
         self.correct_ = outcomes.correct
         return self

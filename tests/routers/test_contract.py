@@ -1,8 +1,14 @@
-"""One conformance suite for every router, in the manner of scikit-learn's estimator checks."""
+"""One conformance suite for every router, in the manner of scikit-learn's estimator checks.
+
+Routers that embed queries get the session's real MiniLM encoder (the skill router builds its default
+embedding annotator on it), as `coe eval` passes its one encoder to every router."""
+
+import json
 
 import numpy as np
 import pytest
 
+from coe.embed import Encoder
 from coe.errors import NotFittedError, UnknownNameError
 from coe.outcomes import Outcomes
 from coe.routers import ROUTERS, Router, make_router
@@ -37,8 +43,8 @@ def outcomes() -> Outcomes:
 
 
 @pytest.fixture(params=sorted(ROUTERS))
-def router(request: pytest.FixtureRequest) -> Router:
-    return make_router(request.param, k=2, random_state=0)
+def router(request: pytest.FixtureRequest, minilm: Encoder) -> Router:
+    return make_router(request.param, k=2, random_state=0, encoder=minilm)
 
 
 def test_route_before_fit_raises(router: Router) -> None:
@@ -63,12 +69,13 @@ def test_one_route_per_query_with_known_experts(router: Router, outcomes: Outcom
             assert len(route.experts) == 2
         else:
             assert 1 <= len(route.experts) <= len(EXPERTS)
-        assert route.params == router.get_params()
+        assert route.params == router.provenance()
+        assert json.loads(route.model_dump_json())["params"] == route.params
 
 
 def test_same_seed_same_routes(router: Router, outcomes: Outcomes) -> None:
     first = router.fit(outcomes).route(QUERIES)
-    second = make_router(router.name, k=2, random_state=0).fit(outcomes).route(QUERIES)
+    second = make_router(router.name, **router.get_params()).fit(outcomes).route(QUERIES)
     assert first == second
 
 
@@ -81,7 +88,7 @@ def test_refit_overwrites(router: Router, outcomes: Outcomes) -> None:
     router.fit(outcomes)
     flipped = Outcomes(EXPERTS, QUERIES, 1 - CORRECT)
     router.fit(flipped)
-    fresh = make_router(router.name, k=2, random_state=0).fit(flipped)
+    fresh = make_router(router.name, **router.get_params()).fit(flipped)
     assert router.route(QUERIES) == fresh.route(QUERIES)
 
 
@@ -91,7 +98,7 @@ def test_get_params_round_trips(router: Router) -> None:
 
 
 def test_unknown_router_lists_the_known_ones() -> None:
-    with pytest.raises(UnknownNameError, match="unknown router 'smart'; known: all, best-single"):
+    with pytest.raises(UnknownNameError, match="unknown router 'smart'; known: all, best-single, classifier, knn"):
         make_router("smart")
 
 
@@ -99,6 +106,12 @@ def test_best_single_picks_the_most_accurate_and_cost_weight_trades_it_off(outco
     assert make_router("best-single").fit(outcomes).route(QUERIES[:1])[0].expert_ids == ["beta"]
     cheap = make_router("best-single", cost_weight=0.5).fit(outcomes)
     assert cheap.route(QUERIES[:1])[0].expert_ids == ["alpha"]
+
+
+def test_oracle_with_a_cost_weight_picks_the_cheapest_correct_expert(outcomes: Outcomes) -> None:
+    # q1: alpha (free) and beta were both right; beta is more accurate, alpha cheaper.
+    assert make_router("oracle").fit(outcomes).route(QUERIES[1:2])[0].expert_ids == ["beta"]
+    assert make_router("oracle", cost_weight=1.0).fit(outcomes).route(QUERIES[1:2])[0].expert_ids == ["alpha"]
 
 
 def test_oracle_picks_a_correct_expert_and_says_it_is_an_upper_bound(outcomes: Outcomes) -> None:

