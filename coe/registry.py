@@ -170,7 +170,7 @@ class Registry(Mapping[str, ExpertSpec]):
 
     @classmethod
     def from_file(cls, path: Path, data_dir: Path | None = None) -> Registry:
-        return cls(load_registry_file(path, data_dir), source=str(path))
+        return cls(load_registry_file(path, data_dir), source=str(Path(path).resolve()))
 
     def __getitem__(self, expert_id: str) -> ExpertSpec:
         try:

@@ -25,10 +25,14 @@ PoolOption = Annotated[Path, typer.Option("--pool", help="Registry file of the e
 SplitOption = Annotated[str, typer.Option("--split", help="random:N:SEED, ids:FILE or symbolic-moe.")]
 
 
+aggregators_app = typer.Typer(help="Aggregators: choose the LLM aggregator expert.")
+
+
 def register(app: typer.Typer) -> None:
     app.command("profile")(profile_command)
     app.command("eval")(eval_command)
     app.command("report")(report_command)
+    app.add_typer(aggregators_app, name="aggregators")
 
 
 def profile_command(
@@ -92,6 +96,7 @@ def eval_command(
     limit: Annotated[int | None, typer.Option(help="At most N test items per seed (stratified).")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Generation budget per expert.")] = None,
     aggregator_expert: Annotated[str | None, typer.Option(help="Expert of the llm aggregator.")] = None,
+    aggregator_pool: Annotated[Path | None, typer.Option(help="Registry holding the llm aggregator expert.")] = None,
     chunk_size: Annotated[int | None, typer.Option(help="Test items stored per transaction (resume unit).")] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the JSON summary here.")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue this run where it stopped.")] = None,
@@ -110,6 +115,7 @@ def eval_command(
         "limit": limit,
         "max_tokens": max_tokens,
         "aggregator_expert": aggregator_expert,
+        "aggregator_pool": str(aggregator_pool) if aggregator_pool else None,
         "chunk_size": chunk_size,
     }
     given = {key: value for key, value in given.items() if value is not None}
@@ -198,3 +204,65 @@ def report_command(
         raise RunError(f"run {run_id!r} has not finished; finish it with `coe eval --resume {run_id}`")
     path = write_report(EvalSummary.model_validate(record.summary), output)
     out.print(f"wrote {path} and its plots")
+
+
+@aggregators_app.command("probe")
+def probe_command(
+    pool: PoolOption,
+    bench: BenchOption = "mmlu-pro",
+    split: SplitOption = "random:1400:0",
+    candidates: Annotated[str | None, typer.Option(help="Comma-separated candidate ids (default: all live).")] = None,
+    aggregator_pool: Annotated[Path | None, typer.Option(help="Registry of the candidates (default: --pool).")] = None,
+    items: Annotated[int, typer.Option(help="Probe items (one correct, up to two incorrect answers).")] = 50,
+    max_tokens: Annotated[int, typer.Option(help="Generation budget of a synthesis.")] = 512,
+) -> None:
+    """Rank candidate aggregator experts by how often their synthesis recovers the correct answer,
+    and store the winner for `coe eval --aggregators llm`."""
+    from coe.evals.probe import run_probe
+
+    current = settings()
+    store = Store(current.database_url)
+    registry = load_pool(pool)
+    candidate_pool = load_pool(aggregator_pool) if aggregator_pool else registry
+    chosen = (
+        [candidate_pool[c] for c in candidates.split(",")]
+        if candidates
+        else [e for e in candidate_pool.experts if e.backend_kind != "replay"]
+    )
+    if not chosen:
+        raise RunError(f"{candidate_pool.source} has no expert that can synthesize; pass --aggregator-pool")
+    queries = load_benchmark(bench, current.data_dir)
+    by_id = {q.id: q for q in queries}
+    profile_items = [by_id[i] for i in make_split(split, queries, bench, current.data_dir).profile_ids]
+    scheduler = Scheduler(backends())
+    params = GenerationParams(max_tokens=max_tokens, seed=current.seed)
+    with progress("profiling (reused when stored)", len(profile_items) * len(registry)) as advance:
+        measured = profile(
+            store,
+            registry,
+            bench=bench,
+            split=split,
+            items=profile_items,
+            scheduler=scheduler,
+            params=params,
+            keep_text=bench != "gpqa",
+            on_progress=advance,
+        )
+    result = run_probe(
+        store,
+        registry,
+        chosen,
+        bench=bench,
+        profile_id=measured.record.id,
+        items=profile_items,
+        scheduler=scheduler,
+        params=params,
+        n_items=items,
+    )
+    table = Table(title=f"aggregator probe: {result.n_items} items, one correct and up to two incorrect answers")
+    table.add_column("candidate")
+    table.add_column("recovers the correct answer", justify="right")
+    for expert, score in sorted(result.scores.items(), key=lambda pair: -pair[1]):
+        table.add_row(expert, f"{score:.3f}")
+    out.print(table)
+    out.print(f"chose and stored {result.chosen} as the llm aggregator of {registry.source} on {bench}")

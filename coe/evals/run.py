@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from coe.aggregate import make_aggregator
+from coe.aggregate import Aggregator, make_aggregator
 from coe.backends import Backend
 from coe.composer import BatchResult, Composer
 from coe.errors import RunError
@@ -32,7 +32,7 @@ from coe.routers import make_router
 from coe.routers.base import Router
 from coe.scheduler import MemoryCache, Scheduler
 from coe.schema import Query
-from coe.store import RunStore, Store
+from coe.store import RunStore, Store, latest_aggregator_choice
 from coe.types import Generation, GenerationParams
 
 ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
@@ -58,7 +58,9 @@ class EvalConfig(BaseModel):
     max_tokens: int = Field(default=512, ge=1)
     gpqa_subset: str = "diamond"
     aggregator_expert: str | None = None
-    """The expert the `llm` aggregator uses (see `coe aggregators probe`)."""
+    """The expert the `llm` aggregator uses; default: the one `coe aggregators probe` stored."""
+    aggregator_pool: str | None = None
+    """The registry file holding the aggregator expert, when it is not in the pool."""
     chunk_size: int = Field(default=2000, ge=1)
 
 
@@ -106,10 +108,7 @@ def run_eval(
     scheduler = Scheduler(backends, cache=cache)
     composer = Composer(registry, backends=backends, scheduler=scheduler, params=params, k=config.k)
     collaborators = _Collaborators(config, cache_dir)
-    aggregators = {
-        name: make_aggregator(name, registry=registry, scheduler=scheduler, expert=config.aggregator_expert)
-        for name in config.aggregators
-    }
+    aggregators = _aggregators(config, registry, scheduler, store, data_dir)
     bar = progress or (lambda description, total: nullcontext(lambda n: None))
     for seed in config.seeds:
         split = make_split(seeded_split(config.split, seed), queries, config.bench, data_dir)
@@ -145,6 +144,20 @@ def run_eval(
     summary = summarize(run_id, config, runs, registry)
     runs.finish(run_id, summary.model_dump(mode="json"))
     return summary
+
+
+def _aggregators(
+    config: EvalConfig, pool: Registry, scheduler: Scheduler, store: Store, data_dir: Path | None
+) -> dict[str, Aggregator]:
+    expert = config.aggregator_expert
+    registry = Registry.from_file(Path(config.aggregator_pool), data_dir) if config.aggregator_pool else pool
+    if "llm" in config.aggregators and expert is None:
+        stored = latest_aggregator_choice(store, pool=pool.source, bench=config.bench)
+        expert = stored.expert_id if stored else None
+    return {
+        name: make_aggregator(name, registry=registry, scheduler=scheduler, expert=expert)
+        for name in config.aggregators
+    }
 
 
 class _Collaborators:

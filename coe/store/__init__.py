@@ -1,10 +1,19 @@
 """Persistence with SQLAlchemy 2 (the only package that imports it)."""
 
 from coe.store.database import ImportSummary, Store, StoredExpert
-from coe.store.profiles import ProfileItem, ProfileOutcome, ProfileRecord, ProfileStore
+from coe.store.profiles import (
+    AggregatorChoice,
+    ProfileItem,
+    ProfileOutcome,
+    ProfileRecord,
+    ProfileStore,
+    latest_aggregator_choice,
+    save_aggregator_choice,
+)
 from coe.store.runs import ResultRow, RunRecord, RunStore
 
 __all__ = [
+    "AggregatorChoice",
     "ImportSummary",
     "ProfileItem",
     "ProfileOutcome",
@@ -15,4 +24,6 @@ __all__ = [
     "RunStore",
     "Store",
     "StoredExpert",
+    "latest_aggregator_choice",
+    "save_aggregator_choice",
 ]

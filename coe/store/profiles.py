@@ -1,4 +1,5 @@
-"""Stored profiles: which expert got which profiling item right, with the model identity and date."""
+"""Stored profiles: which expert got which profiling item right, with the model identity and date;
+and the aggregator expert a probe chose from them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 
 from coe.store.database import Store, now
-from coe.store.tables import ProfileItemRow, ProfileOutcomeRow, ProfileRow
+from coe.store.tables import AggregatorChoiceRow, ProfileItemRow, ProfileOutcomeRow, ProfileRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,3 +156,46 @@ def _record(row: ProfileRow) -> ProfileRecord:
         params=json.loads(row.params_json),
         created_at=row.created_at,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class AggregatorChoice:
+    pool: str
+    bench: str
+    expert_id: str
+    scores: dict[str, float]
+    n_items: int
+    created_at: datetime
+
+
+def save_aggregator_choice(
+    store: Store, *, pool: str, bench: str, expert_id: str, scores: dict[str, float], n_items: int
+) -> AggregatorChoice:
+    choice = AggregatorChoice(pool, bench, expert_id, scores, n_items, now())
+    with store.session() as session:
+        session.add(
+            AggregatorChoiceRow(
+                pool=pool,
+                bench=bench,
+                expert_id=expert_id,
+                scores_json=json.dumps(scores),
+                n_items=n_items,
+                created_at=choice.created_at,
+            )
+        )
+    return choice
+
+
+def latest_aggregator_choice(store: Store, *, pool: str, bench: str) -> AggregatorChoice | None:
+    with store.session() as session:
+        row = session.scalars(
+            select(AggregatorChoiceRow)
+            .where(AggregatorChoiceRow.pool == pool, AggregatorChoiceRow.bench == bench)
+            .order_by(AggregatorChoiceRow.created_at.desc(), AggregatorChoiceRow.id.desc())
+            .limit(1)
+        ).one_or_none()
+        if row is None:
+            return None
+        return AggregatorChoice(
+            row.pool, row.bench, row.expert_id, json.loads(row.scores_json), row.n_items, row.created_at
+        )

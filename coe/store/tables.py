@@ -120,3 +120,18 @@ class RunResultRow(Base):
     n_calls: Mapped[int] = mapped_column(Integer)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class AggregatorChoiceRow(Base):
+    """The aggregator expert a probe chose for a pool and benchmark, with every candidate's score."""
+
+    __tablename__ = "aggregator_choices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pool: Mapped[str] = mapped_column(Text)
+    bench: Mapped[str] = mapped_column(String(40))
+    expert_id: Mapped[str] = mapped_column(String(200))
+    scores_json: Mapped[str] = mapped_column(Text)
+    """candidate id -> share of probe items where its synthesis recovered the correct answer."""
+    n_items: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
