@@ -90,7 +90,8 @@ def fused_accuracy(
         ]
         calls += len(answers)
         discount = [GUESS_WEIGHT if guesses[column[c.expert]] else 1.0 for c in route.experts]
-        equal = _rescored(route, discount)
+        # one vote each (half for a guess); the router's scores still break ties, as in MajorityVote
+        equal = _rescored(route, [d + 1e-6 * c.score for c, d in zip(route.experts, discount, strict=True)])
         weighted = _rescored(route, [c.score * d for c, d in zip(route.experts, discount, strict=True)])
         for name, aggregator, fused_route in (
             ("majority", MajorityVote(), route),
@@ -109,16 +110,18 @@ def _rescored(route: Route, scores: Sequence[float]) -> Route:
     return route.model_copy(update={"experts": experts})
 
 
-def router_builder(spec: str, k: int, encoder: Encoder, annotator: EmbeddingAnnotator) -> Callable[[], Router]:
-    """`name` or `name:key=value,key=value` (values read as YAML scalars) to a router factory."""
+def router_builder(spec: str, k: int, encoder: Encoder, annotator: EmbeddingAnnotator) -> Callable[[int], Router]:
+    """`name` or `name:key=value,key=value` (values read as YAML scalars) to a factory taking the seed,
+    which becomes the router's `random_state` as in `coe eval`."""
     name, _, rest = spec.partition(":")
     params = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in rest.split(",") if item)}
-    return lambda: make_router(name, **{"k": k, "encoder": encoder, "annotator": annotator, **params})
+    shared = {"k": k, "encoder": encoder, "annotator": annotator}
+    return lambda seed: make_router(name, **{**shared, "random_state": seed, **params})
 
 
 def evaluate_seed(
     seed: int,
-    builders: dict[str, Callable[[], Router]],
+    builders: dict[str, Callable[[int], Router]],
     registry: Registry,
     queries: Sequence[Query],
     letters: np.ndarray,
@@ -134,12 +137,12 @@ def evaluate_seed(
     test_rows = [row_of[i] for i in split.test_ids]
     profiling = Outcomes(experts, tuple(queries[i] for i in profile_rows), correct[profile_rows])
     test_queries = [queries[i] for i in test_rows]
-    builders = {**builders, "oracle": lambda: make_router("oracle")}
+    builders = {**builders, "oracle": lambda seed: make_router("oracle")}
     scored = {}
     for name, build in builders.items():
         started = time.perf_counter()
         fitted = profiling if name != "oracle" else Outcomes(experts, tuple(test_queries), correct[test_rows])
-        routes = build().fit(fitted).route(test_queries)
+        routes = build(seed).fit(fitted).route(test_queries)
         scored[name] = fused_accuracy(routes, test_queries, letters[test_rows], guessed[test_rows], ids)
         scored[name]["seconds"] = time.perf_counter() - started
     return scored
@@ -166,7 +169,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--k", type=int, default=3)
-    parser.add_argument("--routers", nargs="+", default=["knn", "skill", "classifier", "classifier:k=1"])
+    parser.add_argument(
+        "--routers",
+        nargs="+",
+        default=[
+            "knn",
+            "skill",
+            "skill:weighting=shift-square",
+            "skill:replace=true",
+            "skill:prune_below=0.05",
+            "classifier",
+            "classifier:k=1",
+        ],
+        help="router names, each optionally with parameters: name:key=value,key=value",
+    )
     args = parser.parse_args()
     apply_offline_environment()
     settings = Settings()
@@ -178,9 +194,9 @@ def main() -> None:
     annotator = EmbeddingAnnotator(bundled_taxonomy("mmlu_pro"), encoder)
     builders = {spec: router_builder(spec, args.k, encoder, annotator) for spec in args.routers}
     builders |= {
-        f"random:k={args.k}": lambda: make_router("random", k=args.k),
-        "best-single": lambda: make_router("best-single"),
-        "all": lambda: make_router("all"),
+        f"random:k={args.k}": lambda seed: make_router("random", k=args.k, random_state=seed),
+        "best-single": lambda seed: make_router("best-single"),
+        "all": lambda seed: make_router("all"),
     }
     results: dict[str, list[dict[str, float]]] = {}
     for seed in args.seeds:

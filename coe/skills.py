@@ -122,7 +122,13 @@ class EmbeddingAnnotator:
     more (up to `max_keywords`) while within `margin` of the best similarity."""
 
     def __init__(
-        self, taxonomy: SkillTaxonomy, encoder: Encoder, *, min_keywords: int = 2, max_keywords: int = 5, margin=0.05
+        self,
+        taxonomy: SkillTaxonomy,
+        encoder: Encoder,
+        *,
+        min_keywords: int = 2,
+        max_keywords: int = 5,
+        margin: float = 0.05,
     ) -> None:
         self.index = _TaxonomyIndex(taxonomy, encoder)
         self.min_keywords = min_keywords

@@ -26,6 +26,7 @@ from coe.schema import Query, Route
 from coe.skills import EmbeddingAnnotator, SkillAnnotator, bundled_taxonomy
 
 Weighting = Literal["softmax", "shift-square"]
+PRIOR_ITEMS = 10.0
 
 
 def skill_profile(skills: Sequence[Sequence[str]], correct: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -67,8 +68,8 @@ def recruit_weights(local: np.ndarray, strength: np.ndarray) -> np.ndarray:
 
 class SkillRouter(Router):
     """Symbolic-MoE's skill-based recruiting. A Route's scores are each drawn expert's accuracy on the
-    profiled items sharing the query's skills (times its draws: drawn with replacement, a route lists
-    each expert once and may list fewer than k)."""
+    profiled items sharing the query's skills, shrunk toward its overall accuracy (times its draws:
+    drawn with replacement, a route lists each expert once and may list fewer than k)."""
 
     name = "skill"
 
@@ -169,8 +170,10 @@ class SkillRouter(Router):
     def _route(self, queries: list[Query], k: int) -> list[Route]:
         skills = self._skills_of(queries) if queries else []
         local, measured = self._local(skills)
-        # the vote weight: accuracy on the profiled items sharing the query's skills (overall when none)
-        accuracy = np.where(measured > 0, (local + measured) / np.maximum(2 * measured, 1), self.overall_)
+        # the vote weight: accuracy on the profiled items sharing the query's skills, shrunk toward
+        # the overall accuracy by PRIOR_ITEMS pseudo-items (few items share a fine skill)
+        hits = (local + measured) / 2
+        accuracy = (hits + PRIOR_ITEMS * self.overall_) / (measured + PRIOR_ITEMS)
         draws = self._draw(queries, recruit_weights(local, self.strength_), k, self.active_)
         routes = []
         for i, (query, (picked, counts)) in enumerate(zip(queries, draws, strict=True)):

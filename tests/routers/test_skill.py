@@ -61,7 +61,7 @@ def test_a_query_is_recruited_by_its_skills(outcomes: Outcomes) -> None:
     assert {route.expert_ids[0] for route in router.route(queries)} == {"beta"}
     law = router.route([Query(id="law", text="?", skills=("contract law",))])[0]
     assert law.expert_ids == ["gamma"]
-    assert law.experts[0].score == 1.0  # gamma's accuracy on the contract-law items
+    assert law.experts[0].score == pytest.approx((2 + 10 * 0.5) / (2 + 10))  # 2 of 2 on contract law
     assert "contract law" in law.reason
 
 
@@ -81,7 +81,8 @@ def test_draws_with_replacement_list_each_expert_once_with_its_draws(outcomes: O
     routes = router.route([Query(id=f"q{i}", text="?", skills=("genetics",)) for i in range(10)])
     for route in routes:
         assert route.expert_ids == ["beta"]  # drawn three times: the only expert right on genetics
-        assert route.experts[0].score == pytest.approx(3 * 1.0)  # its genetics accuracy, once per draw
+        # its genetics accuracy (2 of 2) shrunk toward its overall (2 of 6), once per draw
+        assert route.experts[0].score == pytest.approx(3 * (2 + 10 * 2 / 6) / (2 + 10))
 
 
 def test_pruning_drops_experts_rarely_recruited_on_the_profiling_items(outcomes: Outcomes) -> None:
