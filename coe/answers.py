@@ -97,7 +97,14 @@ def is_correct(choice: str | None, gold: str | None) -> bool | None:
 
 
 @lru_cache(maxsize=262_144)
+def read_choice(text: str, n_choices: int) -> tuple[str | None, bool]:
+    """The letter an answer chose (reasoning stripped) and whether it was only guessed: found by the
+    chain's last resort (a standalone letter) because the response never states an answer. Memoized,
+    as evaluation reads one text for many routers and aggregators."""
+    letter, level = extract_choice_with_level(strip_reasoning(text), n_choices)
+    return letter, level == "l3"
+
+
 def choice_of(text: str, n_choices: int) -> str | None:
-    """The letter an answer text chose, reasoning stripped; memoized, as evaluation reads one text for
-    many routers and aggregators."""
-    return extract_choice(strip_reasoning(text), n_choices)
+    """The letter an answer text chose, reasoning stripped."""
+    return read_choice(text, n_choices)[0]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coe.aggregate import Aggregator, MajorityVote
-from coe.answers import choice_of, is_correct, question_prompt
+from coe.answers import is_correct, question_prompt, read_choice
 from coe.backends import Backend, default_backends
 from coe.errors import UnknownExpertError
 from coe.outcomes import Outcomes
@@ -184,10 +184,12 @@ class Composer:
 
 def _expert_answer(query: Query, expert_id: str, generation: Generation) -> ExpertAnswer:
     n_choices = len(query.choices) if query.choices else 0
+    choice, guessed = read_choice(generation.text, n_choices) if n_choices else (None, False)
     return ExpertAnswer.model_construct(
         expert=expert_id,
         text=generation.text,
-        choice=choice_of(generation.text, n_choices) if n_choices else None,
+        choice=choice,
+        guessed=guessed,
         n_prompt_tokens=generation.n_prompt_tokens,
         n_completion_tokens=generation.n_completion_tokens,
         latency_s=generation.latency_s,

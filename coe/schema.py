@@ -259,6 +259,8 @@ class ExpertAnswer(Frozen):
     expert: str
     text: str
     choice: str | None = None
+    guessed: bool = False
+    """The letter was found only as a stray standalone letter: the response never states an answer."""
     n_prompt_tokens: int = 0
     n_completion_tokens: int = 0
     latency_s: float = 0.0

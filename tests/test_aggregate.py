@@ -55,6 +55,16 @@ def test_weighted_vote_lets_a_trusted_expert_outvote_two() -> None:
     assert weighted.choice == "B" and weighted.votes == pytest.approx({"B": 0.9, "C": 0.5})
 
 
+def test_weighted_vote_counts_a_guessed_letter_for_little() -> None:
+    stated = answer("a", "B")
+    guesses = [ExpertAnswer(expert=e, text="B or C... maybe C", choice="C", guessed=True) for e in ("b", "c")]
+    scores = route(("a", 0.5), ("b", 0.5), ("c", 0.5))
+    assert MajorityVote().fuse(QUERY, scores, [stated, *guesses]).choice == "C"
+    weighted = WeightedVote().fuse(QUERY, scores, [stated, *guesses])
+    assert weighted.choice == "B" and weighted.votes == pytest.approx({"B": 0.5, "C": 0.1})
+    assert WeightedVote(guess_weight=1.0).fuse(QUERY, scores, [stated, *guesses]).choice == "C"
+
+
 def test_no_letter_and_open_questions_take_the_top_ranked_answer() -> None:
     verdict = MajorityVote().fuse(QUERY, route(("a", 0.9), ("b", 0.1)), [answer("b", None), answer("a", None)])
     assert verdict.choice is None and verdict.text == "no idea"

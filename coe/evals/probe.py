@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coe.aggregate import LlmSynthesis
-from coe.answers import choice_of, question_prompt
+from coe.answers import question_prompt, read_choice
 from coe.errors import RunError
 from coe.registry import Registry
 from coe.scheduler import Request, Scheduler
@@ -49,8 +49,8 @@ def build_probe_items(
             text = texts.get((expert, item.id))
             if text is None:
                 continue
-            choice = choice_of(text, n_choices)
-            answer = ExpertAnswer(expert=expert, text=text, choice=choice)
+            choice, guessed = read_choice(text, n_choices)
+            answer = ExpertAnswer(expert=expert, text=text, choice=choice, guessed=guessed)
             (right if choice == item.gold else wrong).append(answer)
         if right and wrong:
             picked = [right[int(rng.integers(len(right)))], *(wrong[i] for i in rng.permutation(len(wrong))[:2])]
