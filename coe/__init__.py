@@ -1,7 +1,7 @@
 """coe — Composition of Experts: route each query to the right LLM experts, run them
 expert-batched (each model loaded once), and fuse their answers."""
 
-from coe.aggregate import MajorityVote, Verdict, WeightedVote
+from coe.aggregate import LlmSynthesis, MajorityVote, Verdict, WeightedVote, make_aggregator
 from coe.backends import LitellmBackend, LlamaCppBackend
 from coe.composer import BatchResult, Composer
 from coe.errors import (
@@ -18,7 +18,18 @@ from coe.errors import (
 )
 from coe.outcomes import Outcomes
 from coe.registry import Registry
-from coe.routers import ROUTERS, AllRouter, BestSingleRouter, OracleRouter, RandomRouter, Router, make_router
+from coe.routers import (
+    ROUTERS,
+    AllRouter,
+    BestSingleRouter,
+    ClassifierRouter,
+    KnnRouter,
+    OracleRouter,
+    RandomRouter,
+    Router,
+    SkillRouter,
+    make_router,
+)
 from coe.scheduler import Scheduler
 from coe.schema import Answer, ExpertAnswer, ExpertChoice, ExpertSpec, Query, Route
 from coe.settings import Settings
@@ -32,6 +43,7 @@ __all__ = [
     "BackendUnavailableError",
     "BatchResult",
     "BestSingleRouter",
+    "ClassifierRouter",
     "CoeError",
     "Composer",
     "ConfigError",
@@ -41,8 +53,10 @@ __all__ = [
     "ExpertSpec",
     "GenerationError",
     "GenerationParams",
+    "KnnRouter",
     "LitellmBackend",
     "LlamaCppBackend",
+    "LlmSynthesis",
     "MajorityVote",
     "NotFittedError",
     "OracleRouter",
@@ -56,8 +70,10 @@ __all__ = [
     "Router",
     "Scheduler",
     "Settings",
+    "SkillRouter",
     "UnknownExpertError",
     "Verdict",
     "WeightedVote",
+    "make_aggregator",
     "make_router",
 ]
