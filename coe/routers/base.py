@@ -64,6 +64,7 @@ class Router(ABC):
         """One Route per query, in order."""
         if not hasattr(self, "experts_"):
             raise NotFittedError(self.name)
+        self._provenance = self.provenance()  # once per batch, not per route
         return self._route(list(queries), k or self.k)
 
     @abstractmethod
@@ -71,14 +72,15 @@ class Router(ABC):
 
     def _make_route(self, query: Query, indices: Sequence[int], scores: Sequence[float], reason: str) -> Route:
         experts: list[str] = self.experts_  # type: ignore[attr-defined]
-        return Route(
+        return Route.model_construct(  # built from known-good values, many thousand per batch
             query_id=query.id,
             experts=tuple(
-                ExpertChoice(expert=experts[i], score=float(s)) for i, s in zip(indices, scores, strict=True)
+                ExpertChoice.model_construct(expert=experts[i], score=float(s))
+                for i, s in zip(indices, scores, strict=True)
             ),
             reason=reason,
             router=self.name,
-            params=self.provenance(),
+            params=self._provenance,
         )
 
 
