@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -15,7 +16,9 @@ from coe.evals.datasets import load_benchmark
 from coe.evals.run import EvalConfig, run_eval
 from coe.evals.splits import make_split
 from coe.evals.summary import EvalSummary
+from coe.outcomes import Outcomes
 from coe.profile import profile
+from coe.routers.skill import skill_profile
 from coe.scheduler import Scheduler
 from coe.store import RunStore, Store
 from coe.types import GenerationParams
@@ -82,6 +85,22 @@ def profile_command(
     overall = outcomes.accuracy()
     for j, expert in enumerate(outcomes.expert_ids):
         table.add_row(expert, f"{overall[j]:.3f}", *(f"{values[j]:.2f}" for values in categories.values()))
+    out.print(table)
+    if any(item.skills for item in outcomes.items):
+        print_skill_profiles(outcomes)
+
+
+def print_skill_profiles(outcomes: Outcomes) -> None:
+    """Symbolic-MoE's ±1 profiles: each expert's strongest and weakest skills."""
+    names, scores, _ = skill_profile([item.skills for item in outcomes.items], outcomes.correct)
+    table = Table(title="skill profiles (+1 per right, −1 per wrong answer on an item needing the skill)")
+    for column in ("expert", "strongest skills", "weakest skills"):
+        table.add_column(column)
+    for j, expert in enumerate(outcomes.expert_ids):
+        order = np.argsort(-scores[:, j], kind="stable")
+        strongest = ", ".join(f"{names[i]} {scores[i, j]:+.0f}" for i in order[:3])
+        weakest = ", ".join(f"{names[i]} {scores[i, j]:+.0f}" for i in order[::-1][:3])
+        table.add_row(expert, strongest, weakest)
     out.print(table)
 
 

@@ -76,3 +76,13 @@ def test_unknown_expert_exits_3(env: dict[str, str]) -> None:
     result = coe("registry", "show", "gpt-9", env=env, check=False)
     assert result.returncode == 3
     assert "unknown expert 'gpt-9'" in result.stderr and "coe registry list" in result.stderr
+
+
+def test_profile_stores_and_then_reuses_a_profile(env: dict[str, str], tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(str(qid) for qid in range(70, 110)))
+    args = ("profile", "--pool", str(REPO / "registry" / "replay-mmlu-pro-ref8.yaml"), "--split", f"ids:{ids}")
+    first = coe(*args, env=env).stdout
+    assert "(stored)" in first and "40 items" in first
+    assert "gemini-1.5-flash-002" in first and "strongest skills" in first
+    assert "(reused the stored profile)" in coe(*args, env=env).stdout
