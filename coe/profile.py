@@ -81,18 +81,51 @@ def profile(
     annotator: SkillAnnotator | None = None,
     keep_text: bool = True,
     reuse: bool = True,
+    chunk_size: int = 100,
     on_progress: Callable[[int], None] | None = None,
 ) -> Profile:
-    """Measure the pool on `items` (or reuse the stored profile of the same inputs) and store it."""
+    """Measure the pool on `items` and store it chunk by chunk; a complete stored profile of the same
+    inputs is reused, an interrupted one is continued."""
     profiles = ProfileStore(store)
     key = profile_key(bench, items, registry.experts, params)
-    found = profiles.find(key) if reuse else None
-    if found is not None:
-        return Profile(found, _stored_outcomes(profiles, found, registry, items), reused=True)
-    correct, outputs = measure(registry, items, scheduler, params, on_progress)
-    skills = annotator.annotate(items) if annotator is not None else [item.skills for item in items]
-    annotated = [item.model_copy(update={"skills": tuple(s)}) for item, s in zip(items, skills, strict=True)]
-    stored = [
+    if not reuse:
+        profiles.remove(key)
+    record = profiles.find(key)
+    reused = record is not None and record.complete
+    if record is None or not record.complete:
+        record = profiles.open(
+            key=key,
+            bench=bench,
+            split=split,
+            pool=registry.source,
+            experts={e.id: expert_fingerprint(e) for e in registry.experts},
+            params={"max_tokens": params.max_tokens, "temperature": params.temperature, "seed": params.seed},
+        )
+        done = {item.item_id for item in profiles.items(record.id)}
+        if done and on_progress:
+            on_progress(len(done) * len(registry))
+        todo = [item for item in items if item.id not in done]
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            _profile_chunk(profiles, record.id, registry, chunk, scheduler, params, annotator, keep_text, on_progress)
+        record = profiles.finish(record.id)
+    return Profile(record, _stored_outcomes(profiles, record, registry, items), reused=reused)
+
+
+def _profile_chunk(
+    profiles: ProfileStore,
+    profile_id: int,
+    registry: Registry,
+    chunk: Sequence[Query],
+    scheduler: Scheduler,
+    params: GenerationParams,
+    annotator: SkillAnnotator | None,
+    keep_text: bool,
+    on_progress: Callable[[int], None] | None,
+) -> None:
+    correct, outputs = measure(registry, chunk, scheduler, params, on_progress)
+    skills = annotator.annotate(chunk) if annotator is not None else [item.skills for item in chunk]
+    outcomes = [
         ProfileOutcome(
             item_id=item.id,
             expert_id=expert.id,
@@ -102,20 +135,11 @@ def profile(
             n_tokens=g.n_prompt_tokens + g.n_completion_tokens,
             error=g.error,
         )
-        for i, item in enumerate(items)
+        for i, item in enumerate(chunk)
         for j, (expert, g) in enumerate(zip(registry.experts, outputs[i], strict=True))
     ]
-    record = profiles.save(
-        key=key,
-        bench=bench,
-        split=split,
-        pool=registry.source,
-        experts={e.id: expert_fingerprint(e) for e in registry.experts},
-        params={"max_tokens": params.max_tokens, "temperature": params.temperature, "seed": params.seed},
-        items=[ProfileItem(item.id, item.category, item.skills) for item in annotated],
-        outcomes=stored,
-    )
-    return Profile(record, Outcomes(tuple(registry.experts), tuple(annotated), correct), reused=False)
+    items = [ProfileItem(item.id, item.category, tuple(s)) for item, s in zip(chunk, skills, strict=True)]
+    profiles.add(profile_id, items, outcomes)
 
 
 def _stored_outcomes(

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from coe.errors import ConfigError, RegistryError, UnknownExpertError
 from coe.schema import ExpertSpec
-from coe.store.tables import Base, ExpertRow
+from coe.store.tables import SCHEMA_VERSION, Base, ExpertRow, MetaRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,19 @@ class Store:
             if parsed.get_backend_name() == "sqlite":
                 event.listen(self._engine, "connect", _sqlite_pragmas)
             Base.metadata.create_all(self._engine)
+            self._check_schema(self._engine)
         return self._engine
+
+    def _check_schema(self, engine: Engine) -> None:
+        with Session(engine) as session, session.begin():
+            row = session.get(MetaRow, "schema_version")
+            if row is None:
+                session.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif row.value != str(SCHEMA_VERSION):
+                raise ConfigError(
+                    f"database {self.url} has coe schema version {row.value}, this coe needs {SCHEMA_VERSION}; "
+                    "move the file aside (or set COE_DATABASE_URL to a new one) and import the registry again"
+                )
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 
 from coe.store.database import Store, now
 from coe.store.tables import AggregatorChoiceRow, ProfileItemRow, ProfileOutcomeRow, ProfileRow
@@ -26,6 +26,7 @@ class ProfileRecord:
     """expert id -> hash of its spec."""
     params: dict[str, Any]
     created_at: datetime
+    complete: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,44 +51,44 @@ class ProfileStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def save(
-        self,
-        *,
-        key: str,
-        bench: str,
-        split: str,
-        pool: str,
-        experts: dict[str, str],
-        params: dict[str, Any],
-        items: Sequence[ProfileItem],
-        outcomes: Sequence[ProfileOutcome],
+    def open(
+        self, *, key: str, bench: str, split: str, pool: str, experts: dict[str, str], params: dict[str, Any]
     ) -> ProfileRecord:
-        """Store a profile in one transaction, replacing one with the same key."""
+        """The profile with this key, or a new empty one: items are added chunk by chunk, so an
+        interrupted profiling continues where it stopped."""
         with self.store.session() as session:
-            session.execute(delete(ProfileRow).where(ProfileRow.key == key))
-            row = ProfileRow(
-                key=key,
-                bench=bench,
-                split=split,
-                pool=pool,
-                experts_json=json.dumps(experts, sort_keys=True),
-                params_json=json.dumps(params, sort_keys=True),
-                created_at=now(),
-            )
-            session.add(row)
-            session.flush()
+            row = session.scalars(select(ProfileRow).where(ProfileRow.key == key)).one_or_none()
+            if row is None:
+                row = ProfileRow(
+                    key=key,
+                    bench=bench,
+                    split=split,
+                    pool=pool,
+                    experts_json=json.dumps(experts, sort_keys=True),
+                    params_json=json.dumps(params, sort_keys=True),
+                    created_at=now(),
+                    complete=False,
+                )
+                session.add(row)
+                session.flush()
+            return _record(row)
+
+    def add(self, profile_id: int, items: Sequence[ProfileItem], outcomes: Sequence[ProfileOutcome]) -> None:
+        """Store a chunk of profiled items and their outcomes in one transaction."""
+        with self.store.session() as session:
+            start = session.scalar(select(func.count()).where(ProfileItemRow.profile_id == profile_id)) or 0
             if items:
                 session.execute(
                     insert(ProfileItemRow),
                     [
                         {
-                            "profile_id": row.id,
+                            "profile_id": profile_id,
                             "item_id": item.item_id,
-                            "position": position,
+                            "position": start + offset,
                             "category": item.category,
                             "skills_json": json.dumps(list(item.skills)),
                         }
-                        for position, item in enumerate(items)
+                        for offset, item in enumerate(items)
                     ],
                 )
             if outcomes:
@@ -95,7 +96,7 @@ class ProfileStore:
                     insert(ProfileOutcomeRow),
                     [
                         {
-                            "profile_id": row.id,
+                            "profile_id": profile_id,
                             "item_id": o.item_id,
                             "expert_id": o.expert_id,
                             "choice": o.choice,
@@ -107,7 +108,17 @@ class ProfileStore:
                         for o in outcomes
                     ],
                 )
+
+    def finish(self, profile_id: int) -> ProfileRecord:
+        with self.store.session() as session:
+            row = session.get(ProfileRow, profile_id)
+            assert row is not None
+            row.complete = True
             return _record(row)
+
+    def remove(self, key: str) -> None:
+        with self.store.session() as session:
+            session.execute(delete(ProfileRow).where(ProfileRow.key == key))
 
     def find(self, key: str) -> ProfileRecord | None:
         with self.store.session() as session:
@@ -155,6 +166,7 @@ def _record(row: ProfileRow) -> ProfileRecord:
         experts=json.loads(row.experts_json),
         params=json.loads(row.params_json),
         created_at=row.created_at,
+        complete=row.complete,
     )
 
 

@@ -7,9 +7,19 @@ from datetime import datetime
 from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+SCHEMA_VERSION = 2
+"""Bumped whenever a table changes; a database of another version is refused with a clear message."""
+
 
 class Base(DeclarativeBase):
     pass
+
+
+class MetaRow(Base):
+    __tablename__ = "coe_meta"
+
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 class ExpertRow(Base):
@@ -36,6 +46,8 @@ class ProfileRow(Base):
     """Each expert's id and the hash of its full spec: the model identity the outcomes belong to."""
     params_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    """False while items are still being profiled (an interrupted profiling resumes)."""
 
 
 class ProfileItemRow(Base):
