@@ -29,6 +29,7 @@ SplitOption = Annotated[str, typer.Option("--split", help="random:N:SEED, ids:FI
 
 
 aggregators_app = typer.Typer(help="Aggregators: choose the LLM aggregator expert.")
+runs_app = typer.Typer(help="Stored evaluation runs: list them, trace a number back to its items.")
 
 
 def register(app: typer.Typer) -> None:
@@ -36,6 +37,7 @@ def register(app: typer.Typer) -> None:
     app.command("eval")(eval_command)
     app.command("report")(report_command)
     app.add_typer(aggregators_app, name="aggregators")
+    app.add_typer(runs_app, name="runs")
 
 
 def profile_command(
@@ -285,3 +287,58 @@ def probe_command(
         table.add_row(expert, f"{score:.3f}")
     out.print(table)
     out.print(f"chose and stored {result.chosen} as the llm aggregator of {registry.source} on {bench}")
+
+
+@runs_app.command("list")
+def runs_list() -> None:
+    """Every stored run, newest last."""
+    table = Table(title="evaluation runs")
+    for column in ("run id", "status", "bench", "pool", "split", "seeds", "routers", "updated"):
+        table.add_column(column, no_wrap=column == "run id")
+    for run in RunStore(Store(settings().database_url)).list():
+        config = run.config
+        table.add_row(
+            run.id,
+            run.status,
+            config["bench"],
+            Path(config["pool"]).name,
+            config["split"],
+            ",".join(map(str, config["seeds"])),
+            ",".join(config["routers"]),
+            f"{run.updated_at:%Y-%m-%d %H:%M}",
+        )
+    out.print(table)
+
+
+@runs_app.command("trace")
+def runs_trace(
+    run_id: Annotated[str, typer.Argument(help="A run id.")],
+    item_id: Annotated[str, typer.Argument(help="A test item id (MMLU-Pro question_id, GPQA Record ID).")],
+) -> None:
+    """One item of a run: each router's route and reason, each expert's answer, each fused result."""
+    from coe.store import trace_item
+
+    store = Store(settings().database_url)
+    RunStore(store).get(run_id)
+    trace = trace_item(store, run_id, item_id)
+    if not trace.results:
+        raise RunError(f"run {run_id!r} has no results for item {item_id!r} (not a test item, or not reached yet)")
+    routes = Table(title=f"routes of item {item_id}")
+    for column in ("seed", "router", "experts (score)", "reason"):
+        routes.add_column(column)
+    for seed, router, experts, reason in trace.routes:
+        routes.add_row(str(seed), router, ", ".join(f"{e} ({s:.2f})" for e, s in experts), reason)
+    out.print(routes)
+    answers = Table(title="expert answers")
+    for column in ("expert", "letter", "answer (start)"):
+        answers.add_column(column)
+    for expert, choice, text, error in trace.generations:
+        shown = error or (" ".join((text or "(text not kept: recorded or protected benchmark)").split())[:100])
+        answers.add_row(expert, choice or "-", shown)
+    out.print(answers)
+    results = Table(title="fused results")
+    for column in ("seed", "router", "aggregator", "letter", "correct"):
+        results.add_column(column)
+    for seed, router, aggregator, choice, correct in trace.results:
+        results.add_row(str(seed), router, aggregator, choice or "-", "yes" if correct else "no")
+    out.print(results)

@@ -10,11 +10,12 @@ from coe.store.profiles import (
     latest_aggregator_choice,
     save_aggregator_choice,
 )
-from coe.store.runs import ResultRow, RunRecord, RunStore
+from coe.store.runs import ItemTrace, ResultRow, RunRecord, RunStore, trace_item
 
 __all__ = [
     "AggregatorChoice",
     "ImportSummary",
+    "ItemTrace",
     "ProfileItem",
     "ProfileOutcome",
     "ProfileRecord",
@@ -26,4 +27,5 @@ __all__ = [
     "StoredExpert",
     "latest_aggregator_choice",
     "save_aggregator_choice",
+    "trace_item",
 ]

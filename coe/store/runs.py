@@ -171,3 +171,47 @@ def _record(row: RunRow) -> RunRecord:
         updated_at=row.updated_at,
         summary=json.loads(row.summary_json) if row.summary_json else None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ItemTrace:
+    """Everything a run stored about one test item: each router's route, each expert's answer, each result."""
+
+    routes: list[tuple[int, str, list[tuple[str, float]], str]]
+    """(seed, router, [(expert, score)], reason)"""
+    generations: list[tuple[str, str | None, str | None, str | None]]
+    """(expert, choice, text or None when not kept, error)"""
+    results: list[tuple[int, str, str, str | None, bool]]
+    """(seed, router, aggregator, choice, correct)"""
+
+
+def trace_item(store: Store, run_id: str, item_id: str) -> ItemTrace:
+    with store.session() as session:
+        routes = session.execute(
+            select(RunRouteRow.seed, RunRouteRow.router, RunRouteRow.experts_json, RunRouteRow.reason)
+            .where(RunRouteRow.run_id == run_id, RunRouteRow.item_id == item_id)
+            .order_by(RunRouteRow.seed, RunRouteRow.router)
+        ).all()
+        generations = session.execute(
+            select(RunGenerationRow.expert_id, RunGenerationRow.choice, RunGenerationRow.text, RunGenerationRow.error)
+            .where(RunGenerationRow.run_id == run_id, RunGenerationRow.item_id == item_id)
+            .order_by(RunGenerationRow.expert_id)
+        ).all()
+        results = session.execute(
+            select(
+                RunResultRow.seed,
+                RunResultRow.router,
+                RunResultRow.aggregator,
+                RunResultRow.choice,
+                RunResultRow.correct,
+            )
+            .where(RunResultRow.run_id == run_id, RunResultRow.item_id == item_id)
+            .order_by(RunResultRow.seed, RunResultRow.router, RunResultRow.aggregator)
+        ).all()
+    return ItemTrace(
+        routes=[
+            (seed, router, [tuple(p) for p in json.loads(experts)], reason) for seed, router, experts, reason in routes
+        ],
+        generations=[tuple(row) for row in generations],
+        results=[tuple(row) for row in results],
+    )

@@ -86,3 +86,58 @@ def test_profile_stores_and_then_reuses_a_profile(env: dict[str, str], tmp_path:
     assert "(stored)" in first and "40 items" in first
     assert "gemini-1.5-flash-002" in first and "strongest skills" in first
     assert "(reused the stored profile)" in coe(*args, env=env).stdout
+
+
+def test_eval_json_summary_then_trace_an_item(env: dict[str, str], tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(str(qid) for qid in range(70, 110)))
+    summary_path = tmp_path / "out.json"
+    coe(
+        "eval",
+        "--bench",
+        "mmlu-pro",
+        "--pool",
+        str(REPO / "registry" / "replay-mmlu-pro-ref8.yaml"),
+        "--split",
+        f"ids:{ids}",
+        "--routers",
+        "best-single,random,all,oracle",
+        "--aggregators",
+        "majority,weighted",
+        "--k",
+        "3",
+        "--seeds",
+        "0,1",
+        "--limit",
+        "30",
+        "--json",
+        str(summary_path),
+        env=env,
+    )
+    summary = json.loads(summary_path.read_text())
+    assert set(summary) >= {"bench", "pool", "split", "seeds", "n_test", "results", "best_single", "oracle"}
+    assert summary["seeds"] == [0, 1] and summary["n_test"] == 30
+    row = summary["results"][0]
+    assert set(row) >= {
+        "router",
+        "aggregator",
+        "k",
+        "accuracy_mean",
+        "accuracy_std",
+        "calls_per_query",
+        "n_loads",
+        "wall_s",
+    }
+    assert set(summary["best_single"]) >= {"expert", "accuracy_mean"} and "accuracy_mean" in summary["oracle"]
+
+    run_id = summary["run_id"]
+    assert run_id in coe("runs", "list", env=env).stdout
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "coe.db") as connection:
+        (item,) = connection.execute("select item_id from run_results limit 1").fetchone()
+    trace = coe("runs", "trace", run_id, item, env=env).stdout
+    assert "routes of item" in trace and "best single expert by profiling accuracy" in trace
+    assert "fused results" in trace and "oracle" in trace
+    report = coe("report", run_id, "--output", str(tmp_path / "report"), env=env).stdout
+    assert "wrote" in report and (tmp_path / "report" / f"{run_id}.md").exists()
