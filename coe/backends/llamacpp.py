@@ -99,7 +99,9 @@ class LlamaCppBackend:
                         "`coe adapters train` (see README)",
                         expert=adapter.id,
                     )
-                infos.append(xlc.CommonAdapterLoraInfo(str(adapter_path), 1.0))
+                # Scale 0 at load: a request that names no adapter gets the plain base (each
+                # request's `lora` list sets the scales; llama.cpp falls back to these).
+                infos.append(xlc.CommonAdapterLoraInfo(str(adapter_path), 0.0))
             params.lora_adapters = infos
             params.lora_init_without_apply = True
         try:
