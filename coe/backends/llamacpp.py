@@ -105,9 +105,13 @@ class LlamaCppBackend:
             params.lora_adapters = infos
             params.lora_init_without_apply = True
         try:
-            return xlc.Server(params)
+            server = xlc.Server(params)
         except RuntimeError as error:
             raise BackendError(f"llama.cpp could not load {path}: {error}", expert=expert.id) from error
+        # A server destroyed within milliseconds of its creation hangs forever (seen with xllamacpp
+        # 2026.10); one request through it first, even a refused one, avoids that.
+        server.handle_metrics()
+        return server
 
     def address(self, expert: ExpertSpec) -> str:
         """The loopback URL of the resident model's OpenAI-compatible HTTP server."""

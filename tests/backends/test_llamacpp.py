@@ -95,3 +95,13 @@ def test_weights_lookup(tmp_path: Path) -> None:
     assert locate_weights("smollm2-135m-instruct-q4_1", tmp_path).name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     with pytest.raises(UnknownNameError, match="unknown weights package 'llama-9000'"):
         locate_weights("llama-9000", tmp_path)
+
+
+def test_unloading_right_after_loading_does_not_hang(tmp_path: Path, weights_cache: Path) -> None:
+    expert = ExpertSpec(
+        id="quick", base="smollm2", backend=EmbeddedBackendSpec(weights="smollm2-135m-instruct-q4_1", n_ctx=512)
+    )
+    with LlamaCppBackend(cache_dir=weights_cache) as backend:
+        for _ in range(3):
+            assert backend.load(expert).loaded
+            backend.unload(expert)
