@@ -241,6 +241,8 @@ def test_killed_cli_run_resumes_to_identical_numbers(tmp_path: Path, ids_file: P
         "8",
         "--max-tokens",
         "8",
+        "--chunk-size",
+        "2",
     ]
     command = [sys.executable, "-m", "coe.cli"]
     process = subprocess.Popen([*command, *args], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
