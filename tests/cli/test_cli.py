@@ -92,7 +92,7 @@ def test_eval_json_summary_then_trace_an_item(env: dict[str, str], tmp_path: Pat
     ids = tmp_path / "ids.txt"
     ids.write_text("\n".join(str(qid) for qid in range(70, 110)))
     summary_path = tmp_path / "out.json"
-    coe(
+    run = coe(
         "eval",
         "--bench",
         "mmlu-pro",
@@ -114,6 +114,9 @@ def test_eval_json_summary_then_trace_an_item(env: dict[str, str], tmp_path: Pat
         str(summary_path),
         env=env,
     )
+    # stderr is a pipe here, as in a CI log or under nohup: progress comes as lines, ending at the total
+    assert "seed 1: evaluating 30 test items: 0/30" in run.stderr
+    assert "seed 1: evaluating 30 test items: 30/30 after" in run.stderr
     summary = json.loads(summary_path.read_text())
     assert set(summary) >= {"bench", "pool", "split", "seeds", "n_test", "results", "best_single", "oracle"}
     assert summary["seeds"] == [0, 1] and summary["n_test"] == 30
