@@ -260,24 +260,10 @@ def test_killed_cli_run_resumes_to_identical_numbers(tmp_path: Path, ids_file: P
     done_before = sql(tmp_path, "select count(distinct item_id) from run_results")[0][0]
     assert 0 < done_before < 8, "the run was not caught midway"
 
-    resumed = subprocess.run(
-        [*command, "eval", "--resume", run_id, "--json", str(tmp_path / "resumed.json")],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    fresh = subprocess.run(
-        [*command, *args, "--json", str(tmp_path / "fresh.json")],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert fresh.returncode == 0, fresh.stderr
+    for finishing in (["eval", "--resume", run_id, "--json", "resumed.json"], [*args, "--json", "fresh.json"]):
+        finishing[-1] = str(tmp_path / finishing[-1])
+        done = subprocess.run([*command, *finishing], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
 
     def numbers(name: str) -> list[tuple]:
         data = json.loads((tmp_path / name).read_text())
