@@ -29,7 +29,7 @@ SplitOption = Annotated[str, typer.Option("--split", help="random:N:SEED, ids:FI
 
 
 aggregators_app = typer.Typer(help="Aggregators: choose the LLM aggregator expert.")
-runs_app = typer.Typer(help="Stored evaluation runs: list them, trace a number back to its items.")
+runs_app = typer.Typer(help="Stored evaluation runs: list them, trace a number back to its items, delete them.")
 
 
 def register(app: typer.Typer) -> None:
@@ -308,6 +308,15 @@ def runs_list() -> None:
             f"{run.updated_at:%Y-%m-%d %H:%M}",
         )
     out.print(table)
+
+
+@runs_app.command("delete")
+def runs_delete(run_ids: Annotated[list[str], typer.Argument(help="Run ids (see coe runs list).")]) -> None:
+    """Delete runs with their routes, answers and results (profiles stay: other runs reuse them)."""
+    runs = RunStore(Store(settings().database_url))
+    for run_id in run_ids:
+        runs.delete(run_id)
+        out.print(f"deleted run {run_id}")
 
 
 @runs_app.command("trace")

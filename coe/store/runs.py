@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from coe.errors import RunError
 from coe.store.database import Store, now
@@ -69,6 +69,12 @@ class RunStore:
     def list(self) -> list[RunRecord]:
         with self.store.session() as session:
             return [_record(row) for row in session.scalars(select(RunRow).order_by(RunRow.created_at))]
+
+    def delete(self, run_id: str) -> None:
+        """A run and everything stored under it (its rows cascade); unknown ids are an error."""
+        self.get(run_id)
+        with self.store.session() as session:
+            session.execute(delete(RunRow).where(RunRow.id == run_id))
 
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
         with self.store.session() as session:

@@ -19,6 +19,9 @@ def coe(*args: str, env: dict[str, str], check: bool = True) -> subprocess.Compl
     return result
 
 
+RUN_TABLES = ("runs", "run_generations", "run_routes", "run_results")
+
+
 @pytest.fixture
 def env(tmp_path: Path, weights_cache: Path) -> dict[str, str]:
     return {"COE_DATABASE_URL": f"sqlite:///{tmp_path / 'coe.db'}", "COE_CACHE_DIR": str(weights_cache)}
@@ -144,3 +147,11 @@ def test_eval_json_summary_then_trace_an_item(env: dict[str, str], tmp_path: Pat
     assert "fused results" in trace and "oracle" in trace
     report = coe("report", run_id, "--output", str(tmp_path / "report"), env=env).stdout
     assert "wrote" in report and (tmp_path / "report" / f"{run_id}.md").exists()
+
+    assert f"deleted run {run_id}" in coe("runs", "delete", run_id, env=env).stdout
+    with sqlite3.connect(tmp_path / "coe.db") as connection:
+        left = [connection.execute(f"select count(*) from {table}").fetchone()[0] for table in RUN_TABLES]
+        (profiles,) = connection.execute("select count(*) from profiles").fetchone()
+    assert left == [0, 0, 0, 0] and profiles == 1  # the run is gone; its profile (one ids: split) stays
+    again = coe("runs", "delete", run_id, env=env, check=False)
+    assert again.returncode == 6 and f"no run {run_id!r}" in again.stderr
