@@ -84,6 +84,7 @@ class LlamaCppBackend:
         params.n_parallel = 1
         params.cache_prompt = False
         params.verbosity = 0
+        params.endpoint_metrics = True  # makes the metrics call below a round trip through the loop
         params.hostnames = ["127.0.0.1"]
         params.port = 0
         threads = spec.threads or self.threads or (os.cpu_count() or 1)
@@ -108,8 +109,9 @@ class LlamaCppBackend:
             server = xlc.Server(params)
         except RuntimeError as error:
             raise BackendError(f"llama.cpp could not load {path}: {error}", expert=expert.id) from error
-        # A server destroyed within milliseconds of its creation hangs forever (seen with xllamacpp
-        # 2026.10); one request through it first, even a refused one, avoids that.
+        # xllamacpp's constructor returns before its task loop starts; a server destroyed in that
+        # gap never sees the stop signal and its destructor waits forever (xllamacpp 2026.10).
+        # A metrics request is answered by the loop itself, so once it returns the loop runs.
         server.handle_metrics()
         return server
 

@@ -1,5 +1,7 @@
 """The embedded backend on real GGUF models (SmolLM2 135M, Gemma 3 270M)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,11 +99,30 @@ def test_weights_lookup(tmp_path: Path) -> None:
         locate_weights("llama-9000", tmp_path)
 
 
-def test_unloading_right_after_loading_does_not_hang(tmp_path: Path, weights_cache: Path) -> None:
-    expert = ExpertSpec(
-        id="quick", base="smollm2", backend=EmbeddedBackendSpec(weights="smollm2-135m-instruct-q4_1", n_ctx=512)
+UNLOAD_RIGHT_AFTER_LOAD = """
+import sys
+from pathlib import Path
+from coe.backends.llamacpp import LlamaCppBackend
+from coe.schema import EmbeddedBackendSpec, ExpertSpec
+expert = ExpertSpec(
+    id="quick", base="smollm2", backend=EmbeddedBackendSpec(weights="smollm2-135m-instruct-q4_1", n_ctx=512)
+)
+with LlamaCppBackend(cache_dir=Path(sys.argv[1])) as backend:
+    for _ in range(10):
+        assert backend.load(expert).loaded
+        backend.unload(expert)
+print("done")
+"""
+
+
+def test_unloading_right_after_loading_does_not_hang(weights_cache: Path) -> None:
+    # Without the start-up barrier in `_start_server` this hung within four cycles, every time,
+    # inside xllamacpp's destructor (holding the GIL): only a child process can be timed out.
+    finished = subprocess.run(
+        [sys.executable, "-c", UNLOAD_RIGHT_AFTER_LOAD, str(weights_cache)],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
-    with LlamaCppBackend(cache_dir=weights_cache) as backend:
-        for _ in range(3):
-            assert backend.load(expert).loaded
-            backend.unload(expert)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.strip() == "done"
