@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -210,7 +209,10 @@ def test_an_adapter_changes_the_output_and_shares_the_base_engine(
 
 def _shared_prefix(texts: list[str], others: list[str]) -> int:
     """Characters the two lists agree on from the start of each pair of texts, summed."""
-    return sum(len(os.path.commonprefix([a, b])) for a, b in zip(texts, others, strict=True))
+    return sum(
+        next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        for a, b in zip(texts, others, strict=True)
+    )
 
 
 @needs_vllm
