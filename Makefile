@@ -7,7 +7,7 @@ setup:
 demo: setup
 	.venv/bin/coe demo
 
-# The suite takes about 5 minutes on 2 cores; a hang fails it after 40 instead of stalling CI.
+# The suite takes 4-9 minutes on 2 cores; a hang fails it after 40 instead of stalling CI.
 test: setup
 	scripts/check
 	timeout -s INT -k 30 2400 .venv/bin/pytest -q
