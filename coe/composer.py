@@ -48,7 +48,6 @@ class Composer:
         backends: Mapping[str, Backend] | None = None,
         scheduler: Scheduler | None = None,
         params: GenerationParams | None = None,
-        k: int | None = None,
         cache_dir: Path | None = None,
     ) -> None:
         self.registry = experts if isinstance(experts, Registry) else Registry(experts, source="the given experts")
@@ -57,7 +56,6 @@ class Composer:
         self.backends = backends or default_backends(cache_dir=cache_dir or Path.home() / ".cache" / "coe")
         self.scheduler = scheduler or Scheduler(self.backends)
         self.params = params or GenerationParams()
-        self.k = k
 
     def ask(self, question: QueryLike, choices: Sequence[str] | None = None) -> Answer:
         """Answer one question (with `choices`, as multiple choice)."""
@@ -86,7 +84,7 @@ class Composer:
         timed_routes: dict[str, tuple[list[Route], float]] = {}
         for name, router in routers.items():
             started = time.perf_counter()
-            timed_routes[name] = (router.route(batch, self.k), time.perf_counter() - started)
+            timed_routes[name] = (router.route(batch), time.perf_counter() - started)
         needed = {
             (expert_id, index): None
             for routes, _ in timed_routes.values()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,6 +134,8 @@ class Encoder:
         self.batch_size = batch_size
         self._cache = EmbeddingCache(cache_dir / "embeddings" / model if cache_dir else None)
         self._model: Any = None
+        self._lock = threading.Lock()
+        """Routers share one encoder across threads: the cache and the model are used one call at a time."""
         self.n_encoded = 0
         """How many texts this encoder computed rather than took from the cache."""
 
@@ -149,11 +152,12 @@ class Encoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dim) normalised float32 vectors, in order."""
         keys = [text_key(text) for text in texts]
-        missing = self._cache.missing(keys)
-        if missing:
-            text_of = dict(zip(keys, texts, strict=True))
-            self._cache.put(missing, self._encode_uncached([text_of[key] for key in missing]))
-        return self._cache.get(keys) if keys else np.zeros((0, 0), dtype=np.float32)
+        with self._lock:
+            missing = self._cache.missing(keys)
+            if missing:
+                text_of = dict(zip(keys, texts, strict=True))
+                self._cache.put(missing, self._encode_uncached([text_of[key] for key in missing]))
+            return self._cache.get(keys) if keys else np.zeros((0, 0), dtype=np.float32)
 
     def _encode_uncached(self, texts: list[str]) -> np.ndarray:
         model = self._load_model()

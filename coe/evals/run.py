@@ -106,7 +106,7 @@ def run_eval(
         }
     )
     scheduler = Scheduler(backends, cache=cache)
-    composer = Composer(registry, backends=backends, scheduler=scheduler, params=params, k=config.k)
+    composer = Composer(registry, backends=backends, scheduler=scheduler, params=params)
     collaborators = _Collaborators(config, cache_dir)
     aggregators = _aggregators(config, registry, scheduler, store, data_dir)
     bar = progress or (lambda description, total: nullcontext(lambda n: None))

@@ -1,8 +1,12 @@
 """The router contract, in the scikit-learn habit.
 
 `__init__` stores keyword-only hyperparameters unchanged; `fit(outcomes)` learns trailing-underscore
-attributes and returns self (refitting overwrites); `route(queries, k)` is batch-only and raises
-`NotFittedError` before fit; `get_params()` returns the constructor arguments for provenance.
+attributes and returns self (refitting overwrites); `route(queries)` is batch-only, picks `k` experts
+per query (the router's own `k`: the one it was fitted for) and raises `NotFittedError` before fit;
+`get_params()` returns the constructor arguments for provenance.
+
+`route` writes no instance state, so one fitted router serves several threads at once: a router's
+`_route` returns plain `Pick`s and the base class turns them into `Route`s.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import inspect
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -18,6 +23,15 @@ import numpy as np
 from coe.errors import NotFittedError
 from coe.outcomes import Outcomes
 from coe.schema import ExpertChoice, Query, Route
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """A router's decision for one query: expert indices (best first), their scores, and why."""
+
+    indices: Sequence[int]
+    scores: Sequence[float]
+    reason: str
 
 
 class Router(ABC):
@@ -28,6 +42,7 @@ class Router(ABC):
     """False for routers whose number of experts is fixed by design (best-single, oracle, all)."""
 
     k: int
+    experts_: list[str]
 
     def get_params(self) -> dict[str, Any]:
         signature = inspect.signature(type(self).__init__)
@@ -60,28 +75,31 @@ class Router(ABC):
     def fit(self, outcomes: Outcomes) -> Self:
         """Learn from profiling outcomes; returns self."""
 
-    def route(self, queries: Sequence[Query], k: int | None = None) -> list[Route]:
+    def route(self, queries: Sequence[Query]) -> list[Route]:
         """One Route per query, in order."""
         if not hasattr(self, "experts_"):
             raise NotFittedError(self.name)
-        self._provenance = self.provenance()  # once per batch, not per route
-        return self._route(list(queries), k or self.k)
+        queries = list(queries)
+        picks = self._route(queries)
+        experts: list[str] = self.experts_
+        params = self.provenance()  # once per batch, not per route
+        return [
+            Route.model_construct(  # built from known-good values, many thousand per batch
+                query_id=query.id,
+                experts=tuple(
+                    ExpertChoice.model_construct(expert=experts[i], score=float(s))
+                    for i, s in zip(pick.indices, pick.scores, strict=True)
+                ),
+                reason=pick.reason,
+                router=self.name,
+                params=params,
+            )
+            for query, pick in zip(queries, picks, strict=True)
+        ]
 
     @abstractmethod
-    def _route(self, queries: list[Query], k: int) -> list[Route]: ...
-
-    def _make_route(self, query: Query, indices: Sequence[int], scores: Sequence[float], reason: str) -> Route:
-        experts: list[str] = self.experts_  # type: ignore[attr-defined]
-        return Route.model_construct(  # built from known-good values, many thousand per batch
-            query_id=query.id,
-            experts=tuple(
-                ExpertChoice.model_construct(expert=experts[i], score=float(s))
-                for i, s in zip(indices, scores, strict=True)
-            ),
-            reason=reason,
-            router=self.name,
-            params=self._provenance,
-        )
+    def _route(self, queries: list[Query]) -> list[Pick]:
+        """One Pick per query, in order; reads fitted state only."""
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Self
 
 from coe.outcomes import Outcomes
-from coe.routers.base import Router, penalized, query_rng, top_k
-from coe.schema import Query, Route
+from coe.routers.base import Pick, Router, penalized, query_rng, top_k
+from coe.schema import Query
 
 
 class BestSingleRouter(Router):
@@ -27,10 +27,10 @@ class BestSingleRouter(Router):
         self.measured_ = not outcomes.is_empty
         return self
 
-    def _route(self, queries: list[Query], k: int) -> list[Route]:
+    def _route(self, queries: list[Query]) -> list[Pick]:
         basis = "profiling accuracy" if self.measured_ else "declared prior"
         reason = f"best single expert by {basis} ({self.score_:.3f})"
-        return [self._make_route(q, [self.best_], [self.score_], reason) for q in queries]
+        return [Pick([self.best_], [self.score_], reason) for _ in queries]
 
 
 class RandomRouter(Router):
@@ -46,12 +46,12 @@ class RandomRouter(Router):
         self.experts_ = outcomes.expert_ids
         return self
 
-    def _route(self, queries: list[Query], k: int) -> list[Route]:
+    def _route(self, queries: list[Query]) -> list[Pick]:
         n = len(self.experts_)
         routes = []
         for query in queries:
-            picked = query_rng(self.random_state, query.id).choice(n, size=min(k, n), replace=False)
-            routes.append(self._make_route(query, picked, [1.0 / n] * len(picked), f"{len(picked)} at random"))
+            picked = query_rng(self.random_state, query.id).choice(n, size=min(self.k, n), replace=False)
+            routes.append(Pick(picked, [1.0 / n] * len(picked), f"{len(picked)} at random"))
         return routes
 
 
@@ -70,9 +70,9 @@ class AllRouter(Router):
         self.order_ = top_k(self.scores_, len(self.experts_))
         return self
 
-    def _route(self, queries: list[Query], k: int) -> list[Route]:
+    def _route(self, queries: list[Query]) -> list[Pick]:
         reason = f"all {len(self.experts_)} experts"
-        return [self._make_route(q, self.order_, self.scores_[self.order_], reason) for q in queries]
+        return [Pick(self.order_, self.scores_[self.order_], reason) for _ in queries]
 
 
 class OracleRouter(Router):
@@ -97,18 +97,18 @@ class OracleRouter(Router):
         self.correct_ = outcomes.correct
         return self
 
-    def _route(self, queries: list[Query], k: int) -> list[Route]:
+    def _route(self, queries: list[Query]) -> list[Pick]:
         routes = []
         for query in queries:
             row = self.row_.get(query.id)
             if row is None:
-                routes.append(self._make_route(query, [self.rank_[0]], [0.0], "ORACLE (upper bound): outcome unknown"))
+                routes.append(Pick([self.rank_[0]], [0.0], "ORACLE (upper bound): outcome unknown"))
                 continue
             right = [int(i) for i in self.rank_ if self.correct_[row, i] == 1]
             if right:
                 reason = f"ORACLE (upper bound): {len(right)} expert(s) were correct on this item"
-                routes.append(self._make_route(query, [right[0]], [1.0], reason))
+                routes.append(Pick([right[0]], [1.0], reason))
             else:
                 reason = "ORACLE (upper bound): no expert was correct on this item"
-                routes.append(self._make_route(query, [self.rank_[0]], [0.0], reason))
+                routes.append(Pick([self.rank_[0]], [0.0], reason))
         return routes

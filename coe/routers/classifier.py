@@ -18,8 +18,8 @@ import numpy as np
 from coe.embed import Encoder
 from coe.errors import UnknownExpertError
 from coe.outcomes import Outcomes
-from coe.routers.base import Router, penalized, top_k
-from coe.schema import Query, Route
+from coe.routers.base import Pick, Router, penalized, top_k
+from coe.schema import Query
 
 BudgetUnit = Literal["params_b", "cost"]
 MULTIPLIERS = np.concatenate([[0.0], np.geomspace(1e-5, 1e3, 161)])
@@ -126,20 +126,20 @@ class ClassifierRouter(Router):
         probabilities[:, self.classifier_.classes_] = self.classifier_.predict_proba(vectors)
         return probabilities
 
-    def _route(self, queries: list[Query], k: int) -> list[Route]:
+    def _route(self, queries: list[Query]) -> list[Pick]:
         if not queries:
             return []
         probabilities = self.category_probabilities(queries)
         routes = []
-        for query, row in zip(queries, probabilities, strict=True):
+        for row in probabilities:
             best = int(np.argmax(row))
             if not self.categories_ or row[best] < self.threshold:
-                picked = self.generalists_[:k]
+                picked = self.generalists_[: self.k]
                 name = self.categories_[best] if self.categories_ else "none"
                 reason = f"uncertain category ({name} p={row[best]:.2f} < {self.threshold}): generalist first"
-                routes.append(self._make_route(query, picked, self.overall_[picked], reason))
+                routes.append(Pick(picked, self.overall_[picked], reason))
                 continue
-            picked = list(self.table_[best][:k])
+            picked = list(self.table_[best][: self.k])
             reason = f"category {self.categories_[best]} (p={row[best]:.2f}): its best experts"
-            routes.append(self._make_route(query, picked, self.accuracy_[best][picked], reason))
+            routes.append(Pick(picked, self.accuracy_[best][picked], reason))
         return routes

@@ -18,8 +18,8 @@ import numpy as np
 
 from coe.embed import Encoder, VectorIndex
 from coe.outcomes import Outcomes
-from coe.routers.base import Router, penalized, top_k
-from coe.schema import Query, Route
+from coe.routers.base import Pick, Router, penalized, top_k
+from coe.schema import Query
 
 NEIGHBOURS_GRID = (10, 25, 50, 100, 200, 400)
 TEMPERATURE_GRID = (0.02, 0.05, 0.1, 1.0)
@@ -168,11 +168,11 @@ class KnnRouter(Router):
             prior_strength=self.prior_strength_,
         )
 
-    def _route(self, queries: list[Query], k: int) -> list[Route]:
+    def _route(self, queries: list[Query]) -> list[Pick]:
         if not queries:
             return []
         accuracy = self.scores(queries)
-        picked = top_k(penalized(accuracy, self.costs_, self.cost_weight), min(k, len(self.experts_)))
+        picked = top_k(penalized(accuracy, self.costs_, self.cost_weight), min(self.k, len(self.experts_)))
         if self.index_ is None:
             basis = "declared priors (no profiling items)"
         elif np.isinf(self.prior_strength_):
@@ -183,8 +183,8 @@ class KnnRouter(Router):
                 f"prior strength {self.prior_strength_})"
             )
         routes = []
-        for query, row, chosen in zip(queries, accuracy, picked, strict=True):
+        for row, chosen in zip(accuracy, picked, strict=True):
             estimates = ", ".join(f"{self.experts_[i]} {row[i]:.2f}" for i in chosen)
             reason = f"accuracy on {basis}: {estimates}"
-            routes.append(self._make_route(query, chosen, row[chosen], reason))
+            routes.append(Pick(chosen, row[chosen], reason))
         return routes

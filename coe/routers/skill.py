@@ -21,8 +21,8 @@ import numpy as np
 
 from coe.embed import Encoder
 from coe.outcomes import Outcomes
-from coe.routers.base import Router, penalized, query_rng, top_k
-from coe.schema import Query, Route
+from coe.routers.base import Pick, Router, penalized, query_rng, top_k
+from coe.schema import Query
 from coe.skills import EmbeddingAnnotator, SkillAnnotator, bundled_taxonomy
 
 Weighting = Literal["softmax", "shift-square"]
@@ -167,20 +167,20 @@ class SkillRouter(Router):
             drawn.append((picks, np.ones(len(picks))))
         return drawn
 
-    def _route(self, queries: list[Query], k: int) -> list[Route]:
+    def _route(self, queries: list[Query]) -> list[Pick]:
         skills = self._skills_of(queries) if queries else []
         local, measured = self._local(skills)
         # the vote weight: accuracy on the profiled items sharing the query's skills, shrunk toward
         # the overall accuracy by PRIOR_ITEMS pseudo-items (few items share a fine skill)
         hits = (local + measured) / 2
         accuracy = (hits + PRIOR_ITEMS * self.overall_) / (measured + PRIOR_ITEMS)
-        draws = self._draw(queries, recruit_weights(local, self.strength_), k, self.active_)
+        draws = self._draw(queries, recruit_weights(local, self.strength_), self.k, self.active_)
         routes = []
-        for i, (query, (picked, counts)) in enumerate(zip(queries, draws, strict=True)):
+        for i, (picked, counts) in enumerate(draws):
             known = [s for s in skills[i] if s in self.skill_row_]
             reason = (
                 f"skills {', '.join(skills[i]) or '(none)'}"
                 f" ({len(known)} profiled); drew {len(picked)} by local × global ({self.weighting})"
             )
-            routes.append(self._make_route(query, picked, accuracy[i, picked] * counts, reason))
+            routes.append(Pick(picked, accuracy[i, picked] * counts, reason))
         return routes

@@ -4,6 +4,7 @@ Routers that embed queries get the session's real MiniLM encoder (the skill rout
 embedding annotator on it), as `coe eval` passes its one encoder to every router."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def test_fit_returns_self(router: Router, outcomes: Outcomes) -> None:
 
 
 def test_one_route_per_query_with_known_experts(router: Router, outcomes: Outcomes) -> None:
-    routes = router.fit(outcomes).route(QUERIES, k=2)
+    routes = router.fit(outcomes).route(QUERIES)
     assert [r.query_id for r in routes] == [q.id for q in QUERIES]
     known = {e.id for e in EXPERTS}
     for route in routes:
@@ -120,3 +121,15 @@ def test_oracle_picks_a_correct_expert_and_says_it_is_an_upper_bound(outcomes: O
         chosen = [e.id for e in EXPERTS].index(route.expert_ids[0])
         assert row[chosen] == 1
         assert route.reason.startswith("ORACLE (upper bound)")
+
+
+def test_concurrent_routing_matches_sequential_routing(router: Router, outcomes: Outcomes) -> None:
+    """The service routes from several threads at once: no shared state may be written by `route`."""
+    router.fit(outcomes)
+    batches = [
+        [Query(id=f"t{t}q{i}", text=f"Thread {t} asks question {i}: what is {t} times {i}?") for i in range(6)]
+        for t in range(8)
+    ]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent = list(pool.map(router.route, batches))
+    assert concurrent == [router.route(batch) for batch in batches]
