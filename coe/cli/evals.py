@@ -85,7 +85,7 @@ def profiles_list() -> None:
     table = Table(title="stored profiles")
     for column in ("id", "name", "experts", "items", "max tokens", "complete", "created"):
         table.add_column(column, no_wrap=column == "name")
-    for record in profiles.list():
+    for record in profiles.all():
         table.add_row(
             str(record.id),
             profile_name(record),
@@ -276,7 +276,7 @@ def runs_list() -> None:
     table = Table(title="evaluation runs")
     for column in ("run id", "status", "bench", "pool", "split", "seeds", "routers", "updated"):
         table.add_column(column, no_wrap=column == "run id")
-    for run in RunStore(Store(settings().database_url)).list():
+    for run in RunStore(Store(settings().database_url)).all():
         config = run.config
         table.add_row(
             run.id,
