@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from coe.aggregate import Aggregator, make_aggregator
 from coe.backends import Backend, default_backends
-from coe.composer import Composer
+from coe.composer import Composer, Recovery
 from coe.datasets import BENCHMARKS, is_redacted, load_benchmark
 from coe.errors import ConfigError
 from coe.outcomes import Outcomes
@@ -109,6 +109,8 @@ class CompositionSpec(Frozen):
     seed: int = 0
     """The router's random state (random draws, cross-validation folds)."""
     generation: GenerationSpec = GenerationSpec()
+    recovery: Recovery = Recovery()
+    """Failed generations: retries with backoff, then the route's next-ranked expert replaces them."""
     executor: Literal["local"] = "local"
 
     @model_validator(mode="before")
@@ -333,6 +335,7 @@ class CompositionBuilder:
             backends=self.backends,
             scheduler=self.scheduler,
             params=params,
+            recovery=spec.recovery,
         )
 
 

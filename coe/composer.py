@@ -5,14 +5,20 @@ One code path: `ask(q)` is `ask_batch([q])` is `run([q])` is `compare([q], {rout
 expert-batched, and fuses each router's picks with each aggregator: what evaluation and side-by-side
 comparison need, with every generation computed once (give the scheduler a cache to reuse them
 across calls).
+
+Failures are handled here, once, for every face: a failed generation is retried (after a backoff)
+when its failure is retryable, and a picked expert that still fails is replaced by the next expert its
+route ranks (`Route.fallbacks`); each replacement is recorded on the Answer (`Answer.fallbacks`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import Field
 
 from coe.aggregate import Aggregator, MajorityVote
 from coe.answers import is_correct, question_prompt, read_choice
@@ -22,10 +28,23 @@ from coe.outcomes import Outcomes
 from coe.registry import Registry
 from coe.routers import AllRouter, Router
 from coe.scheduler import Request, Scheduler
-from coe.schema import Answer, ExpertAnswer, ExpertSpec, Query, Route
-from coe.types import BatchStats, Generation, GenerationParams
+from coe.schema import Answer, ExpertAnswer, ExpertSpec, Fallback, Frozen, Query, Route
+from coe.types import BatchStats, Failure, Generation, GenerationParams
 
 QueryLike = Query | str
+ExpertSink = Callable[[str, str], None]
+"""`on_text(expert, text)`: a piece of a streamed answer and the expert writing it."""
+
+
+class Recovery(Frozen):
+    """What the Composer does when an expert's generation fails."""
+
+    retries: int = Field(default=1, ge=0)
+    """Times a retryable failure (timeout, connection, rate limit, server error) is tried again."""
+    backoff_s: float = Field(default=0.5, ge=0)
+    """Wait before the first retry; doubled before each next one."""
+    replace: bool = True
+    """Replace a picked expert that still fails by the next expert its route ranks."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +67,7 @@ class Composer:
         backends: Mapping[str, Backend] | None = None,
         scheduler: Scheduler | None = None,
         params: GenerationParams | None = None,
+        recovery: Recovery | None = None,
         cache_dir: Path | None = None,
     ) -> None:
         self.registry = experts if isinstance(experts, Registry) else Registry(experts, source="the given experts")
@@ -56,6 +76,7 @@ class Composer:
         self.backends = backends or default_backends(cache_dir=cache_dir or Path.home() / ".cache" / "coe")
         self.scheduler = scheduler or Scheduler(self.backends)
         self.params = params or GenerationParams()
+        self.recovery = recovery or Recovery()
 
     def ask(self, question: QueryLike, choices: Sequence[str] | None = None) -> Answer:
         """Answer one question (with `choices`, as multiple choice)."""
@@ -66,9 +87,27 @@ class Composer:
     def ask_batch(self, queries: Sequence[QueryLike]) -> list[Answer]:
         return self.run(queries).answers
 
-    def run(self, queries: Sequence[QueryLike], on_progress: Callable[[int], None] | None = None) -> BatchResult:
-        """Route, schedule, fuse with this composer's router and aggregator."""
-        results = self.compare(queries, {"": self.router}, {"": self.aggregator}, on_progress)
+    def run(
+        self,
+        queries: Sequence[QueryLike],
+        on_progress: Callable[[int], None] | None = None,
+        *,
+        params: GenerationParams | None = None,
+        experts: Collection[str] | None = None,
+        avoid: Mapping[str, Failure] | None = None,
+        stream: Mapping[int, ExpertSink] | None = None,
+    ) -> BatchResult:
+        """Route, schedule, fuse with this composer's router and aggregator (options as in `compare`)."""
+        results = self.compare(
+            queries,
+            {"": self.router},
+            {"": self.aggregator},
+            on_progress,
+            params=params,
+            experts=experts,
+            avoid=avoid,
+            stream=stream,
+        )
         return results["", ""]
 
     def compare(
@@ -77,41 +116,98 @@ class Composer:
         routers: Mapping[str, Router],
         aggregators: Mapping[str, Aggregator],
         on_progress: Callable[[int], None] | None = None,
+        *,
+        params: GenerationParams | None = None,
+        experts: Collection[str] | None = None,
+        avoid: Mapping[str, Failure] | None = None,
+        stream: Mapping[int, ExpertSink] | None = None,
     ) -> dict[tuple[str, str], BatchResult]:
-        """Every (router, aggregator) pair on the same batch; each (expert, query) generated once."""
+        """Every (router, aggregator) pair on the same batch; each (expert, query) generated once.
+
+        `params` replace the composer's generation settings for this batch; `experts` restricts the
+        routes to these experts (each route keeps its size, taking the best-ranked allowed ones);
+        `avoid` names experts not to call (e.g. cooling down after failures), replaced like failed
+        ones; `stream` maps a query's position to a sink that receives its answer's text as it is
+        written, when its route picks one expert."""
         batch = [q if isinstance(q, Query) else Query(id=f"q{i}", text=q) for i, q in enumerate(queries)]
         n = max(len(batch), 1)
         timed_routes: dict[str, tuple[list[Route], float]] = {}
         for name, router in routers.items():
             started = time.perf_counter()
-            timed_routes[name] = (router.route(batch), time.perf_counter() - started)
-        needed = {
-            (expert_id, index): None
-            for routes, _ in timed_routes.values()
-            for index, route in enumerate(routes)
-            for expert_id in route.expert_ids
+            routes = router.route(batch)
+            if experts is not None:
+                routes = [restricted(route, set(experts)) for route in routes]
+            timed_routes[name] = (routes, time.perf_counter() - started)
+        lineups = {
+            name: [_Lineup(route, avoid or {}, self.recovery.replace) for route in routes]
+            for name, (routes, _) in timed_routes.items()
         }
-        generations, stats = self._generate(batch, list(needed), on_progress)
+        sinks = _Sinks(stream or {}, lineups)
+        generations, stats = self._settle(batch, lineups, params or self.params, sinks, on_progress)
         results = {}
         for router_name, (routes, route_s) in timed_routes.items():
             shared = {"route_s": route_s / n, "load_s": stats.load_s / n}
-            fused = {}
             for aggregator_name, aggregator in aggregators.items():
-                answers = self._answers(batch, routes, generations, aggregator, shared)
-                fused[router_name, aggregator_name] = BatchResult(answers=answers, routes=routes, stats=stats)
-            results.update(fused)
+                answers = self._answers(batch, routes, lineups[router_name], generations, aggregator, shared)
+                results[router_name, aggregator_name] = BatchResult(answers=answers, routes=routes, stats=stats)
         return results
+
+    def _settle(
+        self,
+        batch: Sequence[Query],
+        lineups: Mapping[str, Sequence[_Lineup]],
+        params: GenerationParams,
+        sinks: _Sinks,
+        on_progress: Callable[[int], None] | None,
+    ) -> tuple[dict[tuple[str, int], Generation], BatchStats]:
+        """Generate every lineup's experts; replace the failed ones and generate again until settled."""
+        generations: dict[tuple[str, int], Generation] = {}
+        stats = BatchStats()
+        while True:
+            for per_query in lineups.values():
+                for index, lineup in enumerate(per_query):
+                    lineup.settle(index, generations, sinks.emitted)
+            needed = list(
+                dict.fromkeys(
+                    (expert, index)
+                    for per_query in lineups.values()
+                    for index, lineup in enumerate(per_query)
+                    for expert in lineup.called
+                    if (expert, index) not in generations
+                )
+            )
+            if not needed:
+                return generations, stats
+            fresh, more = self._generate(batch, needed, params, sinks, on_progress)
+            generations.update(fresh)
+            stats.merge(more)
 
     def _generate(
         self,
         batch: Sequence[Query],
         needed: Sequence[tuple[str, int]],
+        params: GenerationParams,
+        sinks: _Sinks,
         on_progress: Callable[[int], None] | None,
     ) -> tuple[dict[tuple[str, int], Generation], BatchStats]:
-        """Generations for (expert id, query index) pairs, expert-batched by the scheduler."""
+        """Generations for (expert id, query index) pairs, expert-batched by the scheduler; retryable
+        failures are tried again after a backoff, unless their stream already began."""
         prompts = {i: question_prompt(batch[i]) for i in {i for _, i in needed}}
-        requests = [Request(expert=self._expert(e), prompt=prompts[i]) for e, i in needed]
-        outputs, stats = self.scheduler.run(requests, self.params, on_progress)
+        requests = [Request(self._expert(e), prompts[i], sinks.sink(e, i)) for e, i in needed]
+        outputs, stats = self.scheduler.run(requests, params, on_progress)
+        for attempt in range(self.recovery.retries):
+            again = [
+                j
+                for j, output in enumerate(outputs)
+                if output.error is not None and output.error.retryable and not sinks.emitted(*needed[j])
+            ]
+            if not again:
+                break
+            time.sleep(self.recovery.backoff_s * 2**attempt)
+            retried, more = self.scheduler.run([requests[j] for j in again], params)
+            stats.merge(more)
+            for j, output in zip(again, retried, strict=True):
+                outputs[j] = output
         return dict(zip(needed, outputs, strict=True)), stats
 
     def _expert(self, expert_id: str) -> ExpertSpec:
@@ -124,19 +220,23 @@ class Composer:
         self,
         batch: Sequence[Query],
         routes: Sequence[Route],
+        lineups: Sequence[_Lineup],
         generations: Mapping[tuple[str, int], Generation],
         aggregator: Aggregator,
         shared: dict[str, float],
     ) -> list[Answer]:
         expert_answers = [
-            tuple(_expert_answer(query, expert_id, generations[expert_id, index]) for expert_id in route.expert_ids)
-            for index, (query, route) in enumerate(zip(batch, routes, strict=True))
+            tuple(_expert_answer(query, expert_id, generations[expert_id, index]) for expert_id in lineup.called)
+            for index, (query, lineup) in enumerate(zip(batch, lineups, strict=True))
         ]
+        voting = [lineup.route_of_answers(route) for route, lineup in zip(routes, lineups, strict=True)]
         started = time.perf_counter()
-        verdicts = aggregator.fuse_batch(batch, routes, expert_answers)
+        verdicts = aggregator.fuse_batch(batch, voting, expert_answers)
         fuse_s = (time.perf_counter() - started) / max(len(batch), 1)
         answers = []
-        for query, route, answers_of_query, verdict in zip(batch, routes, expert_answers, verdicts, strict=True):
+        for query, route, lineup, answers_of_query, verdict in zip(
+            batch, routes, lineups, expert_answers, verdicts, strict=True
+        ):
             generate_s = sum(a.latency_s for a in answers_of_query)
             cost_usd = sum(
                 (a.n_prompt_tokens + a.n_completion_tokens) * self.registry[a.expert].cost_per_mtok / 1e6
@@ -163,6 +263,7 @@ class Composer:
                     },
                     gold=query.gold,
                     correct=is_correct(verdict.choice, query.gold),
+                    fallbacks=tuple(lineup.fallbacks),
                 )
             )
         return answers
@@ -178,6 +279,100 @@ class Composer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def restricted(route: Route, allowed: Collection[str]) -> Route:
+    """The route over `allowed` experts only: its best-ranked allowed experts, as many as it picked."""
+    ranked = [choice for choice in (*route.experts, *route.fallbacks) if choice.expert in allowed]
+    k = len(route.experts)
+    return route.model_copy(
+        update={
+            "experts": tuple(ranked[:k]),
+            "fallbacks": tuple(ranked[k:]),
+            "reason": f"{route.reason}; restricted to {len(allowed)} expert(s)",
+        }
+    )
+
+
+class _Lineup:
+    """Who answers one query for one router: the route's picks in order, each one that fails (or is
+    avoided) followed by its replacement, the next expert the route ranks."""
+
+    def __init__(self, route: Route, avoid: Mapping[str, Failure], replace: bool) -> None:
+        self.called: list[str] = []
+        """The experts asked, in route order (a replacement right after the expert it replaces)."""
+        self.fallbacks: list[Fallback] = []
+        self._spare = [choice.expert for choice in route.fallbacks] if replace else []
+        self._avoid = avoid
+        self._replace = replace
+        self._settled: set[str] = set()
+        for expert in route.expert_ids:
+            if expert not in avoid:
+                self.called.append(expert)
+                continue
+            replacement = self._replacement()
+            self.fallbacks.append(Fallback(expert=expert, error=avoid[expert], replacement=replacement))
+            self.called.extend([replacement] if replacement else [])
+
+    def settle(
+        self,
+        index: int,
+        generations: Mapping[tuple[str, int], Generation],
+        emitted: Callable[[str, int], bool],
+    ) -> None:
+        """Replace each newly failed expert (not one whose streamed answer already began)."""
+        for expert in list(self.called):
+            generation = generations.get((expert, index))
+            if generation is None or generation.error is None or expert in self._settled:
+                continue
+            self._settled.add(expert)
+            if not self._replace or emitted(expert, index):
+                continue
+            replacement = self._replacement()
+            self.fallbacks.append(Fallback(expert=expert, error=generation.error, replacement=replacement))
+            if replacement:
+                self.called.insert(self.called.index(expert) + 1, replacement)
+
+    def _replacement(self) -> str | None:
+        while self._spare:
+            expert = self._spare.pop(0)
+            if expert not in self._avoid and expert not in self.called:
+                return expert
+        return None
+
+    def route_of_answers(self, route: Route) -> Route:
+        """The route as the aggregator should weigh it: the experts that were asked, with their scores."""
+        if not self.fallbacks:
+            return route
+        scores = {choice.expert: choice for choice in (*route.experts, *route.fallbacks)}
+        return route.model_copy(update={"experts": tuple(scores[expert] for expert in self.called)})
+
+
+class _Sinks:
+    """Text sinks of streamed queries (those whose route picks one expert), and whether each
+    (expert, query) began its stream: a stream that began cannot be retried or replaced."""
+
+    def __init__(self, stream: Mapping[int, ExpertSink], lineups: Mapping[str, Sequence[_Lineup]]) -> None:
+        self._stream = {
+            index: sink
+            for index, sink in stream.items()
+            if all(len(per_query[index].called) <= 1 for per_query in lineups.values())
+        }
+        self._began: set[tuple[str, int]] = set()
+
+    def sink(self, expert: str, index: int) -> Callable[[str], None] | None:
+        target = self._stream.get(index)
+        if target is None:
+            return None
+
+        def on_text(text: str) -> None:
+            self._began.add((expert, index))
+            target(expert, text)
+
+        return on_text
+
+    def emitted(self, expert: str, index: int) -> bool:
+        return (expert, index) in self._began
 
 
 def _expert_answer(query: Query, expert_id: str, generation: Generation) -> ExpertAnswer:

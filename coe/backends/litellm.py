@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from coe.backends.base import NoLoadMixin
+from coe.backends.base import Capabilities, NoLoadMixin, TextSink
 from coe.errors import BackendError, BackendUnavailableError, GenerationError
 from coe.schema import ExpertSpec, LitellmBackendSpec
 from coe.types import FailureKind, Generation, GenerationParams, Prompt
@@ -49,11 +49,35 @@ _RETRYABLE_KINDS = frozenset({"rate_limit", "timeout", "connection", "server"})
 class LitellmBackend(NoLoadMixin):
     """Calls models through litellm; nothing to load, so loads are free."""
 
+    capabilities = Capabilities(needs_load=False, streams=True)
+
     def generate(self, expert: ExpertSpec, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
         spec = _litellm_spec(expert)
         litellm = _import_litellm(expert.id)
         with ThreadPoolExecutor(max_workers=min(spec.max_concurrency, max(len(prompts), 1))) as pool:
             return list(pool.map(lambda prompt: self._call(litellm, expert, spec, prompt, params), prompts))
+
+    def stream(self, expert: ExpertSpec, prompt: Prompt, params: GenerationParams, on_text: TextSink) -> Generation:
+        """One prompt, streamed: each delta goes to `on_text`; a failure midway keeps the text so far."""
+        spec = _litellm_spec(expert)
+        litellm = _import_litellm(expert.id)
+        pieces: list[str] = []
+        usage: Any = None
+        started = time.perf_counter()
+        try:
+            chunks = litellm.completion(
+                **_arguments(spec, prompt, params), stream=True, stream_options={"include_usage": True}
+            )
+            for chunk in chunks:
+                usage = getattr(chunk, "usage", None) or usage
+                piece = chunk.choices[0].delta.content if chunk.choices else None
+                if piece:
+                    pieces.append(piece)
+                    on_text(piece)
+        except Exception as error:  # a provider error fails this prompt, keeping what was streamed
+            mapped = map_litellm_error(error, expert.id)
+            return Generation(text="".join(pieces), latency_s=time.perf_counter() - started, error=mapped.failure())
+        return _generation("".join(pieces), usage, time.perf_counter() - started)
 
     def _call(
         self,
@@ -63,32 +87,40 @@ class LitellmBackend(NoLoadMixin):
         prompt: Prompt,
         params: GenerationParams,
     ) -> Generation:
-        messages = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
-        messages.append({"role": "user", "content": prompt.text})
         started = time.perf_counter()
         try:
-            response = litellm.completion(
-                model=spec.model,
-                messages=messages,
-                api_base=spec.api_base,
-                api_key=spec.api_key,
-                max_tokens=params.max_tokens,
-                temperature=params.temperature,
-                seed=params.seed,
-                stop=list(params.stop) or None,
-                timeout=spec.timeout_s,
-                num_retries=spec.num_retries,
-            )
+            response = litellm.completion(**_arguments(spec, prompt, params))
         except Exception as error:  # every provider error becomes this prompt's error, not the batch's
             mapped = map_litellm_error(error, expert.id)
             return Generation(text="", latency_s=time.perf_counter() - started, error=mapped.failure())
-        usage = getattr(response, "usage", None)
-        return Generation(
-            text=response.choices[0].message.content or "",
-            n_prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            n_completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            latency_s=time.perf_counter() - started,
-        )
+        text = response.choices[0].message.content or ""
+        return _generation(text, getattr(response, "usage", None), time.perf_counter() - started)
+
+
+def _arguments(spec: LitellmBackendSpec, prompt: Prompt, params: GenerationParams) -> dict[str, Any]:
+    messages = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
+    messages.append({"role": "user", "content": prompt.text})
+    return {
+        "model": spec.model,
+        "messages": messages,
+        "api_base": spec.api_base,
+        "api_key": spec.api_key,
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "seed": params.seed,
+        "stop": list(params.stop) or None,
+        "timeout": spec.timeout_s,
+        "num_retries": spec.num_retries,
+    }
+
+
+def _generation(text: str, usage: Any, latency_s: float) -> Generation:
+    return Generation(
+        text=text,
+        n_prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        n_completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        latency_s=latency_s,
+    )
 
 
 def map_litellm_error(error: Exception, expert: str) -> GenerationError:

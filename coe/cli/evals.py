@@ -127,6 +127,10 @@ def eval_command(
     chunk_size: Annotated[int | None, typer.Option(help="Test items stored per transaction (resume unit).")] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the JSON summary here.")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue this run where it stopped.")] = None,
+    fallback: Annotated[
+        bool | None,
+        typer.Option("--fallback/--no-fallback", help="Replace a failed expert by the router's next-ranked one."),
+    ] = None,
 ) -> None:
     """Evaluate routers × aggregators against baselines over seeds; resumable."""
     current = settings()
@@ -144,6 +148,7 @@ def eval_command(
         "aggregator_expert": aggregator_expert,
         "aggregator_pool": aggregator_pool,
         "chunk_size": chunk_size,
+        "fallback": fallback,
     }
     given = {key: value for key, value in given.items() if value is not None}
     if resume:

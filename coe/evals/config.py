@@ -27,6 +27,9 @@ class EvalConfig(BaseModel):
     aggregator_pool: str | None = None
     """The pool (file or name) holding the aggregator expert, when it is not in the pool."""
     chunk_size: int = Field(default=2000, ge=1)
+    fallback: bool = False
+    """Replace a picked expert that fails by the router's next-ranked one, as the service does. Off by
+    default: a recorded expert missing an item then abstains, and each router is measured on its picks."""
 
 
 def seeded_split(spec: str, seed: int) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from coe.backends import Backend
 from coe.compose import AggregatorSpec, CompositionBuilder, GenerationSpec, ProgressFactory, RouterSpec, SplitProfile
-from coe.composer import BatchResult, Composer
+from coe.composer import BatchResult, Composer, Recovery
 from coe.datasets import is_redacted
 from coe.errors import RunError
 from coe.evals.config import EvalConfig, seeded_split
@@ -70,7 +70,8 @@ def run_eval(
     params = generation.params()
     queries = builder.benchmark(config.bench, config.gpqa_subset)
     by_id = {query.id: query for query in queries}
-    composer = Composer(registry, backends=builder.backends, scheduler=scheduler, params=params)
+    recovery = Recovery(replace=config.fallback)
+    composer = Composer(registry, backends=builder.backends, scheduler=scheduler, params=params, recovery=recovery)
     bar = builder.progress
     for seed in config.seeds:
         source = SplitProfile(
@@ -174,6 +175,7 @@ def _chunks(items: Sequence[Query], size: int) -> Iterator[Sequence[Query]]:
 
 
 def _check_resumable(stored: dict[str, Any], config: EvalConfig, run_id: str) -> None:
+    stored = EvalConfig.model_validate(stored).model_dump(mode="json")  # fields added since: their defaults
     wanted = config.model_dump(mode="json")
     differing = sorted(key for key in wanted.keys() | stored.keys() if stored.get(key) != wanted.get(key))
     if differing:

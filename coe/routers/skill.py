@@ -182,5 +182,6 @@ class SkillRouter(Router):
                 f"skills {', '.join(skills[i]) or '(none)'}"
                 f" ({len(known)} profiled); drew {len(picked)} by local × global ({self.weighting})"
             )
-            routes.append(Pick(picked, accuracy[i, picked] * counts, reason))
+            rest = np.setdiff1d(top_k(accuracy[i], len(self.experts_)), picked, assume_unique=True)
+            routes.append(Pick(picked, accuracy[i, picked] * counts, reason, rest, accuracy[i, rest]))
         return routes

@@ -1,0 +1,86 @@
+"""API keys at the door: `Authorization: Bearer KEY`, checked against the hashes in the database
+(re-read every `refresh_s`, so a revoked key stops working within that time), with an optional
+per-key request rate. The key itself is never logged or kept; only its name travels on."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from coe.service.errors import ServiceError
+from coe.store import KeyStore, hash_key
+
+
+class Gatekeeper:
+    def __init__(
+        self,
+        keys: KeyStore,
+        *,
+        required: bool = False,
+        refresh_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.keys = keys
+        self.required = required
+        """Keys are required even when none exists (a service bound beyond loopback)."""
+        self.refresh_s = refresh_s
+        self._clock = clock
+        self._active: dict[str, tuple[str, int | None]] = {}
+        self._read_at = -float("inf")
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self._active)
+
+    def stale(self) -> bool:
+        return self._clock() - self._read_at >= self.refresh_s
+
+    def refresh(self) -> None:
+        """Re-read the active keys (a database query: call it off the event loop)."""
+        active = self.keys.active_hashes()
+        with self._lock:
+            self._active, self._read_at = active, self._clock()
+
+    def admit(self, authorization: str | None) -> str | None:
+        """The name of the key presented, or None when no key is needed; 401 or 429 otherwise."""
+        if not self._active and not self.required:
+            return None
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise _unauthorized(
+                "missing API key: send `Authorization: Bearer <key>` (create one with `coe keys create`)"
+            )
+        entry = self._active.get(hash_key(key.strip()))
+        if entry is None:
+            raise _unauthorized("invalid or revoked API key")
+        name, per_minute = entry
+        if per_minute:
+            self._take(name, per_minute)
+        return name
+
+    def _take(self, name: str, per_minute: int) -> None:
+        """A token bucket per key: `per_minute` requests a minute, bursts up to that many."""
+        now = self._clock()
+        with self._lock:
+            tokens, then = self._buckets.get(name, (float(per_minute), now))
+            tokens = min(float(per_minute), tokens + (now - then) * per_minute / 60)
+            if tokens < 1:
+                wait = (1 - tokens) * 60 / per_minute
+                self._buckets[name] = (tokens, now)
+                raise ServiceError(
+                    429,
+                    f"rate limit of key {name!r} reached ({per_minute} requests per minute)",
+                    kind="rate_limit_error",
+                    code="rate_limit_exceeded",
+                    headers={"Retry-After": str(max(1, round(wait)))},
+                )
+            self._buckets[name] = (tokens - 1, now)
+
+
+def _unauthorized(message: str) -> ServiceError:
+    return ServiceError(
+        401, message, kind="invalid_request_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+    )
