@@ -6,7 +6,8 @@ The model named in a request picks the behaviour:
 - `flaky`: HTTP 500 on about 30% of calls (a seeded draw per call);
 - `once`: HTTP 503 on the first call for each prompt, then answers like `ok`;
 - `slow`: answers like `ok` after `slow_s` seconds;
-- `garbage`: HTTP 200 with a body that is not JSON.
+- `garbage`: HTTP 200 with a body that is not JSON;
+- `cut`: streams two words, then an error event (a failure mid-stream).
 """
 
 from __future__ import annotations
@@ -103,6 +104,12 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
                 chunk = {**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.flush()
+                if model == "cut" and n == 1:
+                    error = {"error": {"message": "injected failure mid-stream", "type": "server_error"}}
+                    self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
             done = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
             usage = {**base, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16}}
             for chunk in (done, usage):
@@ -124,12 +131,22 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up (a timeout under test) is expected; anything else is printed."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @contextmanager
 def serve_upstream(**options: Any) -> Iterator[Upstream]:
     """Run the server on a free loopback port for the duration of the block."""
     upstream = Upstream(**options)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _handler(upstream))
     upstream.address = f"http://127.0.0.1:{server.server_address[1]}/v1"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
