@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from coe.service.errors import ServiceError
-from coe.store import KeyStore, hash_key
+from coe.store import ApiKey, KeyStore, hash_key
 
 
 class Gatekeeper:
@@ -26,40 +26,42 @@ class Gatekeeper:
         """Keys are required even when none exists (a service bound beyond loopback)."""
         self.refresh_s = refresh_s
         self._clock = clock
-        self._active: dict[str, tuple[str, int | None]] = {}
+        self._keys: dict[str, ApiKey] = {}
         self._read_at = -float("inf")
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     @property
     def has_keys(self) -> bool:
-        return bool(self._active)
+        """Whether any key was ever created (revoking every key does not open the service)."""
+        return bool(self._keys)
 
     def stale(self) -> bool:
         return self._clock() - self._read_at >= self.refresh_s
 
     def refresh(self) -> None:
-        """Re-read the active keys (a database query: call it off the event loop)."""
-        active = self.keys.active_hashes()
+        """Re-read the keys (a database query: call it off the event loop)."""
+        keys = self.keys.by_hash()
         with self._lock:
-            self._active, self._read_at = active, self._clock()
+            self._keys, self._read_at = keys, self._clock()
 
     def admit(self, authorization: str | None) -> str | None:
         """The name of the key presented, or None when no key is needed; 401 or 429 otherwise."""
-        if not self._active and not self.required:
+        if not self._keys and not self.required:
             return None
-        scheme, _, key = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        scheme, _, secret = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
             raise _unauthorized(
                 "missing API key: send `Authorization: Bearer <key>` (create one with `coe keys create`)"
             )
-        entry = self._active.get(hash_key(key.strip()))
-        if entry is None:
-            raise _unauthorized("invalid or revoked API key")
-        name, per_minute = entry
-        if per_minute:
-            self._take(name, per_minute)
-        return name
+        key = self._keys.get(hash_key(secret.strip()))
+        if key is None:
+            raise _unauthorized("invalid API key")
+        if not key.active:
+            raise _unauthorized(f"API key {key.name!r} was revoked")
+        if key.rate_limit_per_min:
+            self._take(key.name, key.rate_limit_per_min)
+        return key.name
 
     def _take(self, name: str, per_minute: int) -> None:
         """A token bucket per key: `per_minute` requests a minute, bursts up to that many."""

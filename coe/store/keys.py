@@ -73,11 +73,10 @@ class KeyStore:
             if row.revoked_at is None:
                 row.revoked_at = now()
 
-    def active_hashes(self) -> dict[str, tuple[str, int | None]]:
-        """key hash -> (name, requests per minute or None) of every key not revoked."""
+    def by_hash(self) -> dict[str, ApiKey]:
+        """Every key (revoked ones too) by the hash of its secret."""
         with self.store.session() as session:
-            rows = session.scalars(select(ApiKeyRow).where(ApiKeyRow.revoked_at.is_(None)))
-            return {row.key_hash: (row.name, row.rate_limit_per_min) for row in rows}
+            return {row.key_hash: _key(row) for row in session.scalars(select(ApiKeyRow))}
 
 
 def _key(row: ApiKeyRow) -> ApiKey:

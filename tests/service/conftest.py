@@ -40,11 +40,15 @@ def mmlu_test() -> list[Query]:
 
 @contextmanager
 def running(
-    spec: CompositionSpec, settings: Settings, builder: CompositionBuilder | None = None, **config: Any
+    spec: CompositionSpec,
+    settings: Settings,
+    builder: CompositionBuilder | None = None,
+    uvicorn_options: dict[str, Any] | None = None,
+    **config: Any,
 ) -> Iterator[str]:
     """The service's base URL while a real uvicorn serves `spec`."""
     app = create_app(ServiceConfig(composition=spec, **config), settings=settings, builder=builder)
-    with serve_in_thread(app) as url:
+    with serve_in_thread(app, **(uvicorn_options or {})) as url:
         yield url
 
 

@@ -17,7 +17,7 @@ def serve_in_thread(app: Any, **options: Any) -> Iterator[str]:
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30, **options)
+    config = uvicorn.Config(app, **{"log_level": "warning", "timeout_graceful_shutdown": 30, **options})
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
