@@ -215,10 +215,11 @@ def report(args: argparse.Namespace, passes: list[Pass], new_s: float, cached_s:
         )
         client_ms = statistics.mean(p.latencies) * 1000
         server_ms = mean.get("request_s", 0.0)
+        batch_route_ms = mean.get("route_s", 0) * statistics.mean(p.batch_sizes or [1])
         print(
-            f"#   {p.name}: client {client_ms:.1f} = in the service {server_ms:.1f} (queued {mean.get('queue_s', 0):.1f}; "
-            f"its batch's routing {mean.get('route_s', 0) * statistics.mean(p.batch_sizes or [1]):.1f}, of which "
-            f"fusing {mean.get('fuse_s', 0):.2f} per request) + HTTP, JSON and the client {client_ms - server_ms:.1f}"
+            f"#   {p.name}: client {client_ms:.1f} = in the service {server_ms:.1f} "
+            f"(queued {mean.get('queue_s', 0):.1f}; its batch's routing {batch_route_ms:.1f}; fusing "
+            f"{mean.get('fuse_s', 0):.2f} per request) + HTTP, JSON and the client {client_ms - server_ms:.1f}"
         )
     print(
         f"#   in-process, per question: {1000 * new_s / n:.2f} ms new ({1000 * embed_s / n:.2f} ms of it embedding), "
