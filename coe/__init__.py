@@ -4,7 +4,7 @@ expert-batched (each model loaded once), and fuse their answers."""
 from coe.aggregate import LlmSynthesis, MajorityVote, Verdict, WeightedVote, make_aggregator
 from coe.backends import LitellmBackend, LlamaCppBackend
 from coe.compose import CompositionBuilder, CompositionSpec, compose
-from coe.composer import BatchResult, Composer
+from coe.composer import BatchResult, Composer, Recovery
 from coe.errors import (
     BackendError,
     BackendUnavailableError,
@@ -32,7 +32,7 @@ from coe.routers import (
     make_router,
 )
 from coe.scheduler import Scheduler
-from coe.schema import Answer, ExpertAnswer, ExpertChoice, ExpertSpec, Query, Route
+from coe.schema import Answer, ExpertAnswer, ExpertChoice, ExpertSpec, Fallback, Query, Route
 from coe.settings import Settings
 from coe.types import Failure, GenerationParams
 
@@ -55,6 +55,7 @@ __all__ = [
     "ExpertChoice",
     "ExpertSpec",
     "Failure",
+    "Fallback",
     "GenerationError",
     "GenerationParams",
     "KnnRouter",
@@ -68,6 +69,7 @@ __all__ = [
     "Query",
     "QueryError",
     "RandomRouter",
+    "Recovery",
     "Registry",
     "RegistryError",
     "Route",

@@ -57,6 +57,9 @@ def ask(
         return
     for expert_answer in answer.expert_answers:
         out.print(f"[bold]{expert_answer.expert}[/] → {expert_answer.choice or '-'}: {_one_line(expert_answer.text)}")
+    for fallback in answer.fallbacks:
+        instead = f"replaced by {fallback.replacement}" if fallback.replacement else "no ranked expert left"
+        out.print(f"[yellow]fallback:[/] {fallback.expert} failed ({fallback.error.kind}), {instead}")
     out.print(f"[bold green]answer:[/] {answer.choice or _one_line(answer.answer)}   ({answer.route.reason})")
 
 
