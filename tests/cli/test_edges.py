@@ -8,6 +8,7 @@ import pytest
 from coe import Composer, QueryError
 from coe.registry import Registry
 from tests.cli.test_cli import coe
+from tests.conftest import CoeRunner
 
 DEAD_POOL = """
 experts:
@@ -37,8 +38,10 @@ def env(tmp_path: Path) -> dict[str, str]:
         (["x", "--composition", "nosuch"], "no composition 'nosuch'"),
     ],
 )
-def test_bad_questions_and_options_are_refused_in_one_line(env: dict[str, str], args: list[str], message: str) -> None:
-    result = coe("ask", *args, env=env, check=False)
+def test_bad_questions_and_options_are_refused_in_one_line(
+    env: dict[str, str], args: list[str], message: str, coe_here: CoeRunner
+) -> None:
+    result = coe_here("ask", *args, env=env)
     assert result.returncode in (2, 3), result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
