@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import Field
 
 from coe.aggregate import Aggregator, MajorityVote
-from coe.answers import is_correct, question_prompt, read_choice
+from coe.answers import check_options, is_correct, question_prompt, read_choice
 from coe.backends import Backend, default_backends
 from coe.errors import UnknownExpertError
 from coe.outcomes import Outcomes
@@ -40,7 +40,8 @@ class Recovery(Frozen):
     """What the Composer does when an expert's generation fails."""
 
     retries: int = Field(default=1, ge=0)
-    """Times a retryable failure (timeout, connection, rate limit, server error) is tried again."""
+    """Times a retryable failure (timeout, connection, rate limit, server error) is tried again, unless
+    its backend retries by itself (`Capabilities.retries`: litellm's `num_retries`)."""
     backoff_s: float = Field(default=0.5, ge=0)
     """Wait before the first retry; doubled before each next one."""
     replace: bool = True
@@ -81,7 +82,7 @@ class Composer:
     def ask(self, question: QueryLike, choices: Sequence[str] | None = None) -> Answer:
         """Answer one question (with `choices`, as multiple choice)."""
         if isinstance(question, str):
-            question = Query(id="q0", text=question, choices=tuple(choices) if choices else None)
+            question = Query(id="q0", text=question, choices=check_options(choices) if choices is not None else None)
         return self.ask_batch([question])[0]
 
     def ask_batch(self, queries: Sequence[QueryLike]) -> list[Answer]:
@@ -191,7 +192,8 @@ class Composer:
         on_progress: Callable[[int], None] | None,
     ) -> tuple[dict[tuple[str, int], Generation], BatchStats]:
         """Generations for (expert id, query index) pairs, expert-batched by the scheduler; retryable
-        failures are tried again after a backoff, unless their stream already began."""
+        failures are tried again after a backoff, unless their stream already began or their backend
+        retried them already."""
         prompts = {i: question_prompt(batch[i]) for i in {i for _, i in needed}}
         requests = [Request(self._expert(e), prompts[i], sinks.sink(e, i)) for e, i in needed]
         outputs, stats = self.scheduler.run(requests, params, on_progress)
@@ -199,7 +201,10 @@ class Composer:
             again = [
                 j
                 for j, output in enumerate(outputs)
-                if output.error is not None and output.error.retryable and not sinks.emitted(*needed[j])
+                if output.error is not None
+                and output.error.retryable
+                and not sinks.emitted(*needed[j])
+                and not self.scheduler.backend_for(requests[j].expert).capabilities.retries
             ]
             if not again:
                 break

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from coe.backends import LitellmBackend, ReplayBackend
+from coe.backends.base import Capabilities
 from coe.composer import Composer, Recovery, restricted
 from coe.outcomes import Outcomes
 from coe.registry import Registry
@@ -113,17 +114,21 @@ def upstream() -> Upstream:
         yield server
 
 
-def test_a_retryable_failure_is_retried_once_and_then_succeeds(upstream: Upstream) -> None:
-    pool = Registry([ExpertSpec.model_validate(litellm_expert(upstream, "once"))], source="test")
-    composer = _composer(pool, BestSingleRouter(), recovery=Recovery(backoff_s=0.05))
+def test_the_composer_retries_once_for_a_backend_that_does_not_retry(upstream: Upstream) -> None:
+    """litellm with `num_retries: 0`, declared as not retrying: the Composer's one retry is the only one."""
+    pool = Registry([ExpertSpec.model_validate(litellm_expert(upstream, "once", num_retries=0))], source="test")
+    plain = LitellmBackend()
+    plain.capabilities = Capabilities(needs_load=False, retries=False)
+    router = BestSingleRouter().fit(Outcomes.from_priors(pool.experts))
+    composer = Composer(pool, router=router, backends={"litellm": plain}, recovery=Recovery(backoff_s=0.05))
     before = upstream.calls["once"]
     answer = composer.ask(Query(id="r1", text="retry me", choices=("a", "b")))
     assert upstream.calls["once"] - before == 2
     assert answer.fallbacks == () and answer.choice == "B" and answer.expert_answers[0].error is None
 
 
-def test_an_expert_that_always_fails_is_replaced_after_its_retry(upstream: Upstream) -> None:
-    experts = [litellm_expert(upstream, "down"), litellm_expert(upstream, "ok")]
+def test_a_backend_that_retries_itself_is_not_retried_again_but_replaced(upstream: Upstream) -> None:
+    experts = [litellm_expert(upstream, "down", num_retries=1), litellm_expert(upstream, "ok")]
     pool = Registry(
         [ExpertSpec.model_validate({**e, "skills": {"overall": p}}) for e, p in zip(experts, (0.9, 0.1), strict=True)],
         source="test",
@@ -131,7 +136,7 @@ def test_an_expert_that_always_fails_is_replaced_after_its_retry(upstream: Upstr
     composer = _composer(pool, BestSingleRouter(), recovery=Recovery(backoff_s=0.05))
     before = upstream.calls["down"]
     answer = composer.ask(Query(id="d1", text="anyone there?", choices=("a", "b")))
-    assert upstream.calls["down"] - before == 2  # the call and its one retry
+    assert upstream.calls["down"] - before == 2  # the backend's call and its one retry; no second layer
     (fallback,) = answer.fallbacks
     assert (fallback.expert, fallback.replacement, fallback.error.kind, fallback.error.retryable) == (
         "down",

@@ -7,7 +7,8 @@ The model named in a request picks the behaviour:
 - `once`: HTTP 503 on the first call for each prompt, then answers like `ok`;
 - `slow`: answers like `ok` after `slow_s` seconds;
 - `garbage`: HTTP 200 with a body that is not JSON;
-- `cut`: streams two words, then an error event (a failure mid-stream).
+- `cut`: streams two words, then an error event (a failure mid-stream);
+- `null`: HTTP 200 with a reply whose content is null.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             if body.get("stream"):
                 self._stream(model)
                 return
+            content = None if model == "null" else ANSWER
             self._send(
                 200,
                 {
@@ -86,7 +88,7 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
                     "created": int(time.time()),
                     "model": model,
                     "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": ANSWER}, "finish_reason": "stop"}
+                        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
                     ],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16},
                 },
@@ -168,7 +170,7 @@ def litellm_expert(upstream: Upstream, model: str, expert_id: str | None = None,
             "model": f"openai/{model}",
             "api_base": upstream.address,
             "api_key": "sk-test",
-            "num_retries": 0,
+            "num_retries": 1,
             "timeout_s": 10,
             **backend,
         },

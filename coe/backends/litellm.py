@@ -1,8 +1,10 @@
 """Any API model or OpenAI-compatible server (vLLM's included), through litellm.
 
 Batch-first: `generate` fans the prompts out concurrently, at most `max_concurrency` at a time,
-and returns results in input order. Each failed call becomes that prompt's `Generation.error`,
-mapped to a coe error message that says whether retrying may help.
+and returns results in input order. Each failed call becomes that prompt's `Generation.error`, a
+typed failure that says whether retrying may help. Retries happen here only, in one layer: a
+retryable failure is tried again up to `num_retries` times with exponential backoff (capped); the
+litellm and OpenAI client retries underneath are turned off, so retries never multiply.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from coe.backends.base import Capabilities, NoLoadMixin, TextSink
 from coe.errors import BackendError, BackendUnavailableError, GenerationError
 from coe.schema import ExpertSpec, LitellmBackendSpec
-from coe.types import FailureKind, Generation, GenerationParams, Prompt
+from coe.types import Failure, FailureKind, Generation, GenerationParams, Prompt
 
 _TRANSPORT: dict[str, FailureKind] = {
     "APIConnectionError": "connection",
@@ -44,40 +46,20 @@ _PROVIDER: dict[str, FailureKind] = {
     "UnprocessableEntityError": "bad_request",
 }
 _RETRYABLE_KINDS = frozenset({"rate_limit", "timeout", "connection", "server"})
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 8.0
 
 
 class LitellmBackend(NoLoadMixin):
     """Calls models through litellm; nothing to load, so loads are free."""
 
-    capabilities = Capabilities(needs_load=False, streams=True)
+    capabilities = Capabilities(needs_load=False, streams=True, retries=True)
 
     def generate(self, expert: ExpertSpec, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
         spec = _litellm_spec(expert)
         litellm = _import_litellm(expert.id)
         with ThreadPoolExecutor(max_workers=min(spec.max_concurrency, max(len(prompts), 1))) as pool:
             return list(pool.map(lambda prompt: self._call(litellm, expert, spec, prompt, params), prompts))
-
-    def stream(self, expert: ExpertSpec, prompt: Prompt, params: GenerationParams, on_text: TextSink) -> Generation:
-        """One prompt, streamed: each delta goes to `on_text`; a failure midway keeps the text so far."""
-        spec = _litellm_spec(expert)
-        litellm = _import_litellm(expert.id)
-        pieces: list[str] = []
-        usage: Any = None
-        started = time.perf_counter()
-        try:
-            chunks = litellm.completion(
-                **_arguments(spec, prompt, params), stream=True, stream_options={"include_usage": True}
-            )
-            for chunk in chunks:
-                usage = getattr(chunk, "usage", None) or usage
-                piece = chunk.choices[0].delta.content if chunk.choices else None
-                if piece:
-                    pieces.append(piece)
-                    on_text(piece)
-        except Exception as error:  # a provider error fails this prompt, keeping what was streamed
-            mapped = map_litellm_error(error, expert.id)
-            return Generation(text="".join(pieces), latency_s=time.perf_counter() - started, error=mapped.failure())
-        return _generation("".join(pieces), usage, time.perf_counter() - started)
 
     def _call(
         self,
@@ -88,16 +70,53 @@ class LitellmBackend(NoLoadMixin):
         params: GenerationParams,
     ) -> Generation:
         started = time.perf_counter()
-        try:
-            response = litellm.completion(**_arguments(spec, prompt, params))
-        except Exception as error:  # every provider error becomes this prompt's error, not the batch's
-            mapped = map_litellm_error(error, expert.id)
-            return Generation(text="", latency_s=time.perf_counter() - started, error=mapped.failure())
-        text = response.choices[0].message.content or ""
-        return _generation(text, getattr(response, "usage", None), time.perf_counter() - started)
+        for attempt in range(spec.num_retries + 1):
+            try:
+                response = litellm.completion(**_arguments(spec, prompt, params))
+                break
+            except Exception as error:  # every provider error becomes this prompt's error, not the batch's
+                mapped = map_litellm_error(error, expert.id)
+                if not mapped.retryable or attempt == spec.num_retries:
+                    return Generation(text="", latency_s=time.perf_counter() - started, error=mapped.failure())
+                time.sleep(_backoff_s(attempt))
+        latency_s = time.perf_counter() - started
+        content = response.choices[0].message.content
+        if content is None:
+            missing = Failure("the reply has no content (content: null)", kind="bad_output", expert=expert.id)
+            return Generation(text="", latency_s=latency_s, error=missing)
+        return _generation(content, getattr(response, "usage", None), latency_s)
+
+    def stream(self, expert: ExpertSpec, prompt: Prompt, params: GenerationParams, on_text: TextSink) -> Generation:
+        """One prompt, streamed: each delta goes to `on_text`. A retryable failure before the first delta
+        is retried like a plain call; a failure midway keeps the text so far."""
+        spec = _litellm_spec(expert)
+        litellm = _import_litellm(expert.id)
+        pieces: list[str] = []
+        usage: Any = None
+        started = time.perf_counter()
+        for attempt in range(spec.num_retries + 1):
+            try:
+                chunks = litellm.completion(
+                    **_arguments(spec, prompt, params), stream=True, stream_options={"include_usage": True}
+                )
+                for chunk in chunks:
+                    usage = getattr(chunk, "usage", None) or usage
+                    piece = chunk.choices[0].delta.content if chunk.choices else None
+                    if piece:
+                        pieces.append(piece)
+                        on_text(piece)
+                break
+            except Exception as error:  # a provider error fails this prompt, keeping what was streamed
+                mapped = map_litellm_error(error, expert.id)
+                if pieces or not mapped.retryable or attempt == spec.num_retries:
+                    failure = mapped.failure()
+                    return Generation(text="".join(pieces), latency_s=time.perf_counter() - started, error=failure)
+                time.sleep(_backoff_s(attempt))
+        return _generation("".join(pieces), usage, time.perf_counter() - started)
 
 
 def _arguments(spec: LitellmBackendSpec, prompt: Prompt, params: GenerationParams) -> dict[str, Any]:
+    """One call's arguments; litellm's and the OpenAI client's own retries are off (ours are above)."""
     messages = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
     messages.append({"role": "user", "content": prompt.text})
     return {
@@ -110,8 +129,13 @@ def _arguments(spec: LitellmBackendSpec, prompt: Prompt, params: GenerationParam
         "seed": params.seed,
         "stop": list(params.stop) or None,
         "timeout": spec.timeout_s,
-        "num_retries": spec.num_retries,
+        "num_retries": 0,
+        "max_retries": 0,
     }
+
+
+def _backoff_s(attempt: int) -> float:
+    return min(RETRY_CAP_S, RETRY_BASE_S * 2**attempt)
 
 
 def _generation(text: str, usage: Any, latency_s: float) -> Generation:

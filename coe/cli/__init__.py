@@ -7,14 +7,17 @@ import sys
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from coe.cli import adapters, ask, evals, registry, serve
-from coe.cli.common import console, state
+from coe.cli.common import print_error, state
 from coe.errors import (
     BackendError,
     CoeError,
     ConfigError,
     DatasetError,
+    ProfileError,
+    QueryError,
     RunError,
     UnknownExpertError,
     UnknownNameError,
@@ -35,11 +38,13 @@ serve.register(app)
 
 EXIT_CODES: tuple[tuple[type[CoeError], int], ...] = (
     (ConfigError, 2),
+    (QueryError, 2),
     (UnknownExpertError, 3),
     (UnknownNameError, 3),
     (DatasetError, 4),
     (BackendError, 5),
     (RunError, 6),
+    (ProfileError, 6),
 )
 
 
@@ -52,6 +57,7 @@ def _configure(debug: Annotated[bool, typer.Option("--debug", help="Show traceba
         level=logging.DEBUG if debug else settings.log_level, format="%(levelname)s %(name)s: %(message)s"
     )
     state.settings = settings
+    state.builder = None
     state.debug = debug
 
 
@@ -62,5 +68,20 @@ def main() -> None:
     except CoeError as error:
         if state.debug:
             raise
-        console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+        print_error(error)
         sys.exit(next((code for cls, code in EXIT_CODES if isinstance(error, cls)), 1))
+    except ValidationError as error:  # a value given on the command line that a coe type refuses
+        if state.debug:
+            raise
+        from_environment = error.title == Settings.__name__  # settings come from COE_* variables
+        problems = "; ".join(
+            f"{_field_name(p['loc'], from_environment)}: {p['msg'].removeprefix('Value error, ')} (got {p['input']!r})"
+            for p in error.errors()
+        )
+        print_error(ConfigError(f"invalid {'environment' if from_environment else 'input'}: {problems}"))
+        sys.exit(2)
+
+
+def _field_name(loc: tuple[int | str, ...], from_environment: bool) -> str:
+    name = ".".join(map(str, loc)) or "input"
+    return f"COE_{name.upper()}" if from_environment else name

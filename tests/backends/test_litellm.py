@@ -1,5 +1,7 @@
 """The litellm backend over real loopback HTTP: the embedded engine's own OpenAI-compatible server."""
 
+from collections.abc import Iterator
+
 import pytest
 
 from coe.backends.litellm import LitellmBackend
@@ -7,6 +9,7 @@ from coe.backends.llamacpp import LlamaCppBackend
 from coe.registry import Registry
 from coe.schema import ExpertSpec, LitellmBackendSpec
 from coe.types import GenerationParams, Prompt
+from tests.upstream import ANSWER, Upstream, litellm_expert, serve_upstream
 
 PARAMS = GenerationParams(max_tokens=16)
 
@@ -73,3 +76,42 @@ def test_a_bad_request_fails_alone_and_is_not_retryable(served: ExpertSpec) -> N
     assert "retrying may help" not in outputs[0].error.message
     assert outputs[0].error.kind in ("bad_request", "too_long") and not outputs[0].error.retryable
     assert outputs[1].ok and outputs[1].text
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    with serve_upstream() as server:
+        yield server
+
+
+def api_expert(upstream: Upstream, model: str, num_retries: int) -> ExpertSpec:
+    return ExpertSpec.model_validate(litellm_expert(upstream, model, "flaky-api", num_retries=num_retries))
+
+
+def test_retries_happen_in_one_layer_with_backoff(upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("coe.backends.litellm.RETRY_BASE_S", 0.01)
+    before = upstream.calls["down"]
+    (output,) = LitellmBackend().generate(api_expert(upstream, "down", 2), [Prompt("hi")], PARAMS)
+    assert upstream.calls["down"] - before == 3  # the first call and num_retries=2 more: no hidden layers
+    assert output.error is not None and (output.error.kind, output.error.retryable) == ("server", True)
+
+
+def test_a_reply_without_content_is_a_failure_not_an_empty_answer(upstream: Upstream) -> None:
+    (output,) = LitellmBackend().generate(api_expert(upstream, "null", 2), [Prompt("hi")], PARAMS)
+    assert output.error is not None and output.error.kind == "bad_output" and not output.ok
+    assert "content: null" in output.error.message
+
+
+def test_a_stream_hands_each_piece_on_and_retries_only_before_the_first(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("coe.backends.litellm.RETRY_BASE_S", 0.01)
+    pieces: list[str] = []
+    whole = LitellmBackend().stream(api_expert(upstream, "ok", 2), Prompt("hi"), PARAMS, pieces.append)
+    assert pieces == ["The", " answer", " is", " (B)."] and whole.text == ANSWER and whole.ok
+    assert whole.n_completion_tokens == 6
+    before = upstream.calls["cut"]
+    pieces.clear()
+    broken = LitellmBackend().stream(api_expert(upstream, "cut", 2), Prompt("hi"), PARAMS, pieces.append)
+    assert upstream.calls["cut"] - before == 1  # text already went out: no retry
+    assert broken.text == "The answer" and pieces == ["The", " answer"] and broken.error is not None
