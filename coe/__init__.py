@@ -4,7 +4,7 @@ expert-batched (each model loaded once), and fuse their answers."""
 from coe.aggregate import LlmSynthesis, MajorityVote, Verdict, WeightedVote, make_aggregator
 from coe.backends import LitellmBackend, LlamaCppBackend
 from coe.compose import CompositionBuilder, CompositionSpec, compose
-from coe.composer import BatchResult, Composer, Recovery
+from coe.composer import BatchResult, Composer
 from coe.errors import (
     BackendError,
     BackendUnavailableError,
@@ -18,6 +18,7 @@ from coe.errors import (
     UnknownExpertError,
 )
 from coe.outcomes import Outcomes
+from coe.recovery import Recovery
 from coe.registry import Registry
 from coe.routers import (
     ROUTERS,

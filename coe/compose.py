@@ -22,10 +22,11 @@ from pydantic import Field, ValidationError, model_validator
 
 from coe.aggregate import Aggregator, make_aggregator
 from coe.backends import Backend, default_backends
-from coe.composer import Composer, Recovery
+from coe.composer import Composer
 from coe.datasets import BENCHMARKS, is_redacted, load_benchmark
 from coe.errors import ConfigError
 from coe.outcomes import Outcomes
+from coe.recovery import Recovery
 from coe.registry import Registry, describe_validation_error, load_pool
 from coe.resources import bundled_compositions
 from coe.routers import make_router

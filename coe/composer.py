@@ -18,34 +18,19 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field
-
 from coe.aggregate import Aggregator, MajorityVote
 from coe.answers import check_options, is_correct, question_prompt, read_choice
 from coe.backends import Backend, default_backends
 from coe.errors import UnknownExpertError
 from coe.outcomes import Outcomes
+from coe.recovery import ExpertSink, Lineup, Recovery, StreamSinks, restricted
 from coe.registry import Registry
 from coe.routers import AllRouter, Router
 from coe.scheduler import Request, Scheduler
-from coe.schema import Answer, ExpertAnswer, ExpertSpec, Fallback, Frozen, Query, Route
+from coe.schema import Answer, ExpertAnswer, ExpertSpec, Query, Route
 from coe.types import BatchStats, Failure, Generation, GenerationParams
 
 QueryLike = Query | str
-ExpertSink = Callable[[str, str], None]
-"""`on_text(expert, text)`: a piece of a streamed answer and the expert writing it."""
-
-
-class Recovery(Frozen):
-    """What the Composer does when an expert's generation fails."""
-
-    retries: int = Field(default=1, ge=0)
-    """Times a retryable failure (timeout, connection, rate limit, server error) is tried again, unless
-    its backend retries by itself (`Capabilities.retries`: litellm's `num_retries`)."""
-    backoff_s: float = Field(default=0.5, ge=0)
-    """Wait before the first retry; doubled before each next one."""
-    replace: bool = True
-    """Replace a picked expert that still fails by the next expert its route ranks."""
 
 
 @dataclass(frozen=True)
@@ -140,10 +125,10 @@ class Composer:
                 routes = [restricted(route, set(experts)) for route in routes]
             timed_routes[name] = (routes, time.perf_counter() - started)
         lineups = {
-            name: [_Lineup(route, avoid or {}, self.recovery.replace) for route in routes]
+            name: [Lineup(route, avoid or {}, self.recovery.replace) for route in routes]
             for name, (routes, _) in timed_routes.items()
         }
-        sinks = _Sinks(stream or {}, lineups)
+        sinks = StreamSinks(stream or {}, lineups)
         generations, stats = self._settle(batch, lineups, params or self.params, sinks, on_progress)
         results = {}
         for router_name, (routes, route_s) in timed_routes.items():
@@ -156,9 +141,9 @@ class Composer:
     def _settle(
         self,
         batch: Sequence[Query],
-        lineups: Mapping[str, Sequence[_Lineup]],
+        lineups: Mapping[str, Sequence[Lineup]],
         params: GenerationParams,
-        sinks: _Sinks,
+        sinks: StreamSinks,
         on_progress: Callable[[int], None] | None,
     ) -> tuple[dict[tuple[str, int], Generation], BatchStats]:
         """Generate every lineup's experts; replace the failed ones and generate again until settled."""
@@ -188,7 +173,7 @@ class Composer:
         batch: Sequence[Query],
         needed: Sequence[tuple[str, int]],
         params: GenerationParams,
-        sinks: _Sinks,
+        sinks: StreamSinks,
         on_progress: Callable[[int], None] | None,
     ) -> tuple[dict[tuple[str, int], Generation], BatchStats]:
         """Generations for (expert id, query index) pairs, expert-batched by the scheduler; retryable
@@ -225,7 +210,7 @@ class Composer:
         self,
         batch: Sequence[Query],
         routes: Sequence[Route],
-        lineups: Sequence[_Lineup],
+        lineups: Sequence[Lineup],
         generations: Mapping[tuple[str, int], Generation],
         aggregator: Aggregator,
         shared: dict[str, float],
@@ -284,100 +269,6 @@ class Composer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def restricted(route: Route, allowed: Collection[str]) -> Route:
-    """The route over `allowed` experts only: its best-ranked allowed experts, as many as it picked."""
-    ranked = [choice for choice in (*route.experts, *route.fallbacks) if choice.expert in allowed]
-    k = len(route.experts)
-    return route.model_copy(
-        update={
-            "experts": tuple(ranked[:k]),
-            "fallbacks": tuple(ranked[k:]),
-            "reason": f"{route.reason}; restricted to {len(allowed)} expert(s)",
-        }
-    )
-
-
-class _Lineup:
-    """Who answers one query for one router: the route's picks in order, each one that fails (or is
-    avoided) followed by its replacement, the next expert the route ranks."""
-
-    def __init__(self, route: Route, avoid: Mapping[str, Failure], replace: bool) -> None:
-        self.called: list[str] = []
-        """The experts asked, in route order (a replacement right after the expert it replaces)."""
-        self.fallbacks: list[Fallback] = []
-        self._spare = [choice.expert for choice in route.fallbacks] if replace else []
-        self._avoid = avoid
-        self._replace = replace
-        self._settled: set[str] = set()
-        for expert in route.expert_ids:
-            if expert not in avoid:
-                self.called.append(expert)
-                continue
-            replacement = self._replacement()
-            self.fallbacks.append(Fallback(expert=expert, error=avoid[expert], replacement=replacement))
-            self.called.extend([replacement] if replacement else [])
-
-    def settle(
-        self,
-        index: int,
-        generations: Mapping[tuple[str, int], Generation],
-        emitted: Callable[[str, int], bool],
-    ) -> None:
-        """Replace each newly failed expert (not one whose streamed answer already began)."""
-        for expert in list(self.called):
-            generation = generations.get((expert, index))
-            if generation is None or generation.error is None or expert in self._settled:
-                continue
-            self._settled.add(expert)
-            if not self._replace or emitted(expert, index):
-                continue
-            replacement = self._replacement()
-            self.fallbacks.append(Fallback(expert=expert, error=generation.error, replacement=replacement))
-            if replacement:
-                self.called.insert(self.called.index(expert) + 1, replacement)
-
-    def _replacement(self) -> str | None:
-        while self._spare:
-            expert = self._spare.pop(0)
-            if expert not in self._avoid and expert not in self.called:
-                return expert
-        return None
-
-    def route_of_answers(self, route: Route) -> Route:
-        """The route as the aggregator should weigh it: the experts that were asked, with their scores."""
-        if not self.fallbacks:
-            return route
-        scores = {choice.expert: choice for choice in (*route.experts, *route.fallbacks)}
-        return route.model_copy(update={"experts": tuple(scores[expert] for expert in self.called)})
-
-
-class _Sinks:
-    """Text sinks of streamed queries (those whose route picks one expert), and whether each
-    (expert, query) began its stream: a stream that began cannot be retried or replaced."""
-
-    def __init__(self, stream: Mapping[int, ExpertSink], lineups: Mapping[str, Sequence[_Lineup]]) -> None:
-        self._stream = {
-            index: sink
-            for index, sink in stream.items()
-            if all(len(per_query[index].called) <= 1 for per_query in lineups.values())
-        }
-        self._began: set[tuple[str, int]] = set()
-
-    def sink(self, expert: str, index: int) -> Callable[[str], None] | None:
-        target = self._stream.get(index)
-        if target is None:
-            return None
-
-        def on_text(text: str) -> None:
-            self._began.add((expert, index))
-            target(expert, text)
-
-        return on_text
-
-    def emitted(self, expert: str, index: int) -> bool:
-        return (expert, index) in self._began
 
 
 def _expert_answer(query: Query, expert_id: str, generation: Generation) -> ExpertAnswer:

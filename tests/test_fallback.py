@@ -9,8 +9,9 @@ import pytest
 
 from coe.backends import LitellmBackend, ReplayBackend
 from coe.backends.base import Capabilities
-from coe.composer import Composer, Recovery, restricted
+from coe.composer import Composer
 from coe.outcomes import Outcomes
+from coe.recovery import Recovery, restricted
 from coe.registry import Registry
 from coe.routers import BestSingleRouter, KnnRouter
 from coe.schema import ExpertSpec, Query

@@ -18,13 +18,14 @@ from typing import Any
 
 from coe.backends import Backend
 from coe.compose import AggregatorSpec, CompositionBuilder, GenerationSpec, ProgressFactory, RouterSpec, SplitProfile
-from coe.composer import BatchResult, Composer, Recovery
+from coe.composer import BatchResult, Composer
 from coe.datasets import is_redacted, stored_error
 from coe.errors import RunError
 from coe.evals.config import EvalConfig, seeded_split
 from coe.evals.summary import EvalSummary, summarize
 from coe.outcomes import Outcomes
 from coe.profile import expert_fingerprint, measure
+from coe.recovery import Recovery
 from coe.registry import Registry
 from coe.routers import ROUTERS
 from coe.routers.base import Router

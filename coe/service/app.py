@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from coe.compose import CompositionBuilder
-from coe.composer import restricted
 from coe.errors import CoeError, ConfigError
+from coe.recovery import restricted
 from coe.schema import Answer
 from coe.service.auth import Gatekeeper
 from coe.service.compositions import Compositions
