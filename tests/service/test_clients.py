@@ -13,7 +13,7 @@ from coe.schema import Query
 from coe.settings import Settings
 from tests.conftest import DATA_DIR
 from tests.service.conftest import REF8, running, upstream_pool
-from tests.upstream import ANSWER, Upstream
+from tests.upstream import ANSWER, Upstream, litellm_expert
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +182,24 @@ def test_per_request_options_reach_the_composition(replay_url: str, questions: l
     ).model_extra["coe"]
     assert len(coe["experts"]) == 2 and {e["expert"] for e in coe["experts"]} <= set(options["experts"])
     assert coe["aggregator"] == "majority" and "restricted to 3" in coe["route"]["reason"]
+
+
+def test_free_form_answers_of_several_experts_are_synthesized(
+    module_settings: Settings, upstream: Upstream, tmp_path
+) -> None:
+    twin = {**litellm_expert(upstream, "ok", "ok-twin"), "skills": {"overall": 0.5}}
+    pool = upstream_pool(tmp_path, upstream, {"ok": 0.9}, extra=(twin,))
+    spec = CompositionSpec(pool=pool, router="all", profile="priors")
+    with running(spec, module_settings, synthesizer="ok") as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        before = upstream.calls["ok"]
+        free = client.chat.completions.create(model="coe", messages=[{"role": "user", "content": "Tell me a fact."}])
+        assert upstream.calls["ok"] - before == 3  # two experts, then the synthesis
+        voted = client.chat.completions.create(
+            model="coe",
+            messages=[{"role": "user", "content": "Pick one."}],
+            extra_body={"coe": {"choices": ["x", "y"]}},
+        )
+        assert upstream.calls["ok"] - before == 5  # multiple choice: the two experts vote, nothing to synthesize
+    assert free.model_extra["coe"]["aggregator"] == "llm" and free.choices[0].message.content == ANSWER
+    assert voted.model_extra["coe"]["aggregator"] == "majority" and voted.model_extra["coe"]["choice"] == "B"
