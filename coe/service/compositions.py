@@ -37,10 +37,15 @@ class Compositions:
         self.capacity = capacity
         self._composers: OrderedDict[str, Composer] = OrderedDict()
         self._lock = threading.Lock()
+        self._spec_key = spec.model_dump_json()
 
     @property
     def registry(self) -> Registry:
         return self.composer(self.spec).registry
+
+    def key(self, spec: CompositionSpec) -> str:
+        """A composition's identity (the service's own is computed once: most requests use it)."""
+        return self._spec_key if spec is self.spec else spec.model_dump_json()
 
     def models(self) -> list[str]:
         """Every `model` a request may name."""
@@ -91,7 +96,7 @@ class Compositions:
 
     def composer(self, spec: CompositionSpec) -> Composer:
         """The fitted Composer of `spec`, built by the builder on first use."""
-        key = spec.model_dump_json()
+        key = self.key(spec)
         with self._lock:
             composer = self._composers.get(key)
             if composer is None:

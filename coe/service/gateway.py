@@ -218,7 +218,7 @@ class Gateway:
         for job in jobs:
             job.started_at = started
             ask = job.work
-            key = (ask.spec.model_dump_json(), ask.params, ask.experts, ask.free_form)
+            key = (self.compositions.key(ask.spec), ask.params, ask.experts, ask.free_form)
             groups.setdefault(key, []).append(job)
         avoid = self.cooldown.avoid()
         self.metrics.cooling.set(len(avoid))
