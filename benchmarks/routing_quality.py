@@ -8,7 +8,7 @@ picks are fused by coe's own majority and weighted votes over the recorded lette
 of the outcomes table, equal to `extract_choice` on the raw responses), scored against the current gold.
 Prints accuracy gain over the best single expert (chosen on the profiling split), mean ± std over seeds,
 and experts called per query. Embeddings come from the cache under COE_CACHE_DIR (about 4 minutes on
-2 cores the first time).
+2 cores the first time with MiniLM, seconds with `--encoder static` once it is distilled).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from coe.aggregate import MajorityVote, WeightedVote
-from coe.embed import Encoder
+from coe.embed import DEFAULT_ENCODER, ENCODERS, Encoder, make_encoder
 from coe.evals.datasets import load_mmlu_pro
 from coe.evals.splits import make_split
 from coe.outcomes import Outcomes
@@ -169,6 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--encoder", choices=list(ENCODERS), default=DEFAULT_ENCODER, help="query encoder")
     parser.add_argument(
         "--routers",
         nargs="+",
@@ -190,7 +191,7 @@ def main() -> None:
     registry = Registry.from_file(POOL, settings.data_dir)
     queries = load_mmlu_pro("test", settings.data_dir)
     letters, guessed = recorded_letters(settings.data_dir, registry, queries)
-    encoder = Encoder(cache_dir=settings.cache_dir)
+    encoder = make_encoder(args.encoder, cache_dir=settings.cache_dir)
     annotator = EmbeddingAnnotator(bundled_taxonomy("mmlu_pro"), encoder)
     builders = {spec: router_builder(spec, args.k, encoder, annotator) for spec in args.routers}
     builders |= {

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from coe.backends.llamacpp import LlamaCppBackend
-from coe.embed import Encoder
+from coe.embed import Encoder, StaticEncoder
 from coe.registry import Registry
 from coe.settings import Settings, apply_offline_environment
 
@@ -58,3 +58,9 @@ def embedded_backend(weights_cache: Path) -> Iterator[LlamaCppBackend]:
 def minilm(weights_cache: Path) -> Encoder:
     """The real MiniLM sentence encoder (loaded once), caching embeddings in the session's cache."""
     return Encoder(cache_dir=weights_cache)
+
+
+@pytest.fixture(scope="session")
+def static_encoder(weights_cache: Path) -> StaticEncoder:
+    """The static encoder, distilled once per session from the local MiniLM package into the cache."""
+    return StaticEncoder(cache_dir=weights_cache).load()

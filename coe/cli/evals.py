@@ -11,9 +11,10 @@ import typer
 from rich.table import Table
 
 from coe.cli.common import backends, load_pool, out, progress, settings
+from coe.embed import DEFAULT_ENCODER, ENCODERS, make_encoder
 from coe.errors import RunError
 from coe.evals.datasets import load_benchmark
-from coe.evals.run import EvalConfig, run_eval
+from coe.evals.run import ADDED_FIELDS, EvalConfig, run_eval
 from coe.evals.splits import make_split
 from coe.evals.summary import EvalSummary
 from coe.outcomes import Outcomes
@@ -26,6 +27,7 @@ from coe.types import GenerationParams
 BenchOption = Annotated[str, typer.Option("--bench", help="mmlu-pro or gpqa.")]
 PoolOption = Annotated[Path, typer.Option("--pool", help="Registry file of the expert pool.")]
 SplitOption = Annotated[str, typer.Option("--split", help="random:N:SEED, ids:FILE or symbolic-moe.")]
+ENCODER_HELP = f"Query encoder of knn, skill, classifier and skill annotation: {', '.join(ENCODERS)}."
 
 
 aggregators_app = typer.Typer(help="Aggregators: choose the LLM aggregator expert.")
@@ -45,7 +47,8 @@ def profile_command(
     bench: BenchOption = "mmlu-pro",
     split: SplitOption = "random:1400:0",
     max_tokens: Annotated[int, typer.Option(help="Generation budget per expert.")] = 512,
-    annotate: Annotated[bool, typer.Option(help="Tag profiling items with taxonomy skills (MiniLM).")] = True,
+    annotate: Annotated[bool, typer.Option(help="Tag profiling items with taxonomy skills (embeddings).")] = True,
+    encoder: Annotated[str, typer.Option("--encoder", help=ENCODER_HELP)] = DEFAULT_ENCODER,
 ) -> None:
     """Run every expert of a pool over the profiling items and store the measured profile."""
     current = settings()
@@ -56,11 +59,10 @@ def profile_command(
     items = [by_id[i] for i in chosen.profile_ids]
     annotator = None
     if annotate:
-        from coe.embed import Encoder
         from coe.skills import EmbeddingAnnotator, bundled_taxonomy
 
         taxonomy = bundled_taxonomy("mmlu_pro" if bench == "mmlu-pro" else "gpqa")
-        annotator = EmbeddingAnnotator(taxonomy, Encoder(cache_dir=current.cache_dir))
+        annotator = EmbeddingAnnotator(taxonomy, make_encoder(encoder, cache_dir=current.cache_dir))
     with progress(f"profiling {len(items)} items × {len(registry)} experts", len(items) * len(registry)) as advance:
         measured = profile(
             Store(current.database_url),
@@ -119,6 +121,7 @@ def eval_command(
     aggregator_expert: Annotated[str | None, typer.Option(help="Expert of the llm aggregator.")] = None,
     aggregator_pool: Annotated[Path | None, typer.Option(help="Registry holding the llm aggregator expert.")] = None,
     chunk_size: Annotated[int | None, typer.Option(help="Test items stored per transaction (resume unit).")] = None,
+    encoder: Annotated[str | None, typer.Option("--encoder", help=ENCODER_HELP)] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the JSON summary here.")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue this run where it stopped.")] = None,
 ) -> None:
@@ -138,11 +141,12 @@ def eval_command(
         "aggregator_expert": aggregator_expert,
         "aggregator_pool": str(aggregator_pool) if aggregator_pool else None,
         "chunk_size": chunk_size,
+        "encoder": encoder,
     }
     given = {key: value for key, value in given.items() if value is not None}
     if resume:
         stored = RunStore(store).get(resume).config
-        config = EvalConfig.model_validate({**stored, **given})
+        config = EvalConfig.model_validate({**ADDED_FIELDS, **stored, **given})
     else:
         missing = [name for name in ("pool", "bench", "split") if name not in given]
         if missing:

@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from coe.aggregate import Aggregator, make_aggregator
 from coe.backends import Backend
 from coe.composer import BatchResult, Composer
-from coe.errors import RunError
+from coe.embed import DEFAULT_ENCODER, ENCODERS, make_encoder
+from coe.errors import RunError, UnknownNameError
 from coe.evals.datasets import load_benchmark
 from coe.evals.splits import make_split, stratified_sample
 from coe.evals.summary import EvalSummary, summarize
@@ -62,6 +63,19 @@ class EvalConfig(BaseModel):
     aggregator_pool: str | None = None
     """The registry file holding the aggregator expert, when it is not in the pool."""
     chunk_size: int = Field(default=2000, ge=1)
+    encoder: str = DEFAULT_ENCODER
+    """The query encoder of knn, skill and classifier: a name in `coe.embed.ENCODERS`."""
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, name: str) -> str:
+        if name not in ENCODERS:
+            raise UnknownNameError("encoder", name, ENCODERS)
+        return name
+
+
+ADDED_FIELDS = {"encoder": "minilm"}
+"""Settings added after runs were stored, with the value those runs used, so they still resume."""
 
 
 def seeded_split(spec: str, seed: int) -> str:
@@ -172,9 +186,7 @@ class _Collaborators:
     @property
     def encoder(self) -> Any:
         if self._encoder is None:
-            from coe.embed import Encoder
-
-            self._encoder = Encoder(cache_dir=self.cache_dir)
+            self._encoder = make_encoder(self.config.encoder, cache_dir=self.cache_dir)
         return self._encoder
 
     @property
@@ -258,6 +270,7 @@ def _chunks(items: Sequence[Query], size: int) -> Iterator[Sequence[Query]]:
 
 
 def _check_resumable(stored: dict[str, Any], config: EvalConfig, run_id: str) -> None:
+    stored = {**ADDED_FIELDS, **stored}
     wanted = config.model_dump(mode="json")
     differing = sorted(key for key in wanted.keys() | stored.keys() if stored.get(key) != wanted.get(key))
     if differing:
