@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 
@@ -264,7 +264,9 @@ def distill_static(source: str) -> Any:
 
 
 ENCODERS: dict[str, type[Encoder]] = {cls.name: cls for cls in (Encoder, StaticEncoder)}
-DEFAULT_ENCODER = "minilm"
+EncoderName = Literal["minilm", "static"]
+"""The names in `ENCODERS`, for validated settings (a test keeps the two equal)."""
+DEFAULT_ENCODER: EncoderName = "minilm"
 
 
 def make_encoder(name: str, *, cache_dir: Path | None = None) -> Encoder:

@@ -1,6 +1,8 @@
 """Experts: read and validate `registry/*.yaml`, resolve adapters and paths, look experts up.
 
-A `Registry` is an in-memory, read-only view; persistence lives in `coe.store`.
+A `Registry` is an in-memory, read-only view; persistence lives in `coe.store`. A pool is addressed
+by its registry file, by the name it was imported under (`coe registry import FILE --name NAME`) or by
+a bundled pool's name (`embedded`); `load_pool` validates all three the same way.
 """
 
 from __future__ import annotations
@@ -9,13 +11,17 @@ import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from coe.errors import RegistryError, UnknownExpertError
+from coe.resources import bundled_pools
 from coe.schema import ExpertSpec, RegistryFile
+
+if TYPE_CHECKING:
+    from coe.store import Store
 
 
 def load_registry_file(path: Path, data_dir: Path | None = None) -> list[ExpertSpec]:
@@ -193,6 +199,26 @@ class Registry(Mapping[str, ExpertSpec]):
         wanted = [self[expert_id] for expert_id in expert_ids]
         bases = [self[e.base] for e in wanted if e.is_adapter and e.base not in {w.id for w in wanted}]
         return Registry(wanted + bases, self.source)
+
+
+def load_pool(ref: str | Path, *, store: Store | None = None, data_dir: Path | None = None) -> Registry:
+    """A pool by registry file, by imported name (in `store`), or by bundled name, in that order."""
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.is_file() or len(path.parts) > 1:
+        return Registry.from_file(path, data_dir)
+    name = str(ref)
+    stored = store.get_pool(name) if store is not None else None
+    if stored is not None:
+        return Registry(stored.experts, source=f"pool:{name}")
+    bundled = bundled_pools()
+    if name in bundled:
+        return Registry.from_file(bundled[name], data_dir)
+    imported = [pool.name for pool in store.list_pools()] if store is not None else []
+    raise RegistryError(
+        f"no pool {name!r}: not a registry file, not a pool imported into the database "
+        f"({', '.join(imported) or 'none'}), not a bundled pool ({', '.join(bundled)}); "
+        f"import one with `coe registry import FILE --name {name}`"
+    )
 
 
 def dump_expert(expert: ExpertSpec) -> dict[str, Any]:

@@ -3,6 +3,7 @@ distilled from it."""
 
 import shutil
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from coe.embed import (
     STATIC,
     EmbeddingCache,
     Encoder,
+    EncoderName,
     StaticEncoder,
     VectorIndex,
     make_encoder,
@@ -74,7 +76,7 @@ def test_each_encoder_keeps_its_own_cache(minilm: Encoder, static_encoder: Stati
 
 
 def test_encoders_are_chosen_by_name() -> None:
-    assert set(ENCODERS) == {"minilm", "static"}
+    assert set(ENCODERS) == set(get_args(EncoderName)) == {"minilm", "static"}
     assert type(make_encoder("static")) is StaticEncoder and type(make_encoder("minilm")) is Encoder
     with pytest.raises(UnknownNameError, match="unknown encoder 'bert'; known: minilm, static"):
         make_encoder("bert")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from coe.backends.replay import ReplayBackend
+from coe.datasets import load_mmlu_pro
 from coe.errors import ConfigError
-from coe.evals.datasets import load_mmlu_pro
 from coe.profile import profile
 from coe.registry import Registry
 from coe.scheduler import Scheduler

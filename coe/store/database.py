@@ -1,10 +1,10 @@
 """The database: a SQLite file by default, any SQLAlchemy URL (PostgreSQL for a team); the registry's
-experts. Profiles and runs have their own modules beside this one."""
+experts and named pools. Profiles and runs have their own modules beside this one."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,12 +16,20 @@ from sqlalchemy.orm import Session
 
 from coe.errors import ConfigError, RegistryError, UnknownExpertError
 from coe.schema import ExpertSpec
-from coe.store.tables import SCHEMA_VERSION, Base, ExpertRow, MetaRow
+from coe.store.tables import SCHEMA_VERSION, Base, ExpertRow, MetaRow, PoolRow
 
 
 @dataclass(frozen=True, slots=True)
 class StoredExpert:
     spec: ExpertSpec
+    source: str
+    imported_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPool:
+    name: str
+    experts: tuple[ExpertSpec, ...]
     source: str
     imported_at: datetime
 
@@ -107,6 +115,38 @@ class Store:
                     unchanged.append(expert.id)
         return ImportSummary(tuple(added), tuple(updated), tuple(unchanged))
 
+    def import_pool(self, name: str, experts: Sequence[ExpertSpec], source: str) -> ImportSummary:
+        """Store experts and remember them as the pool `name` (replacing a pool of that name)."""
+        summary = self.import_experts(experts, source)
+        with self.session() as session:
+            row = session.get(PoolRow, name)
+            ids = json.dumps([expert.id for expert in experts])
+            if row is None:
+                session.add(PoolRow(name=name, expert_ids_json=ids, source=source, imported_at=now()))
+            else:
+                row.expert_ids_json, row.source, row.imported_at = ids, source, now()
+        return summary
+
+    def list_pools(self) -> list[StoredPool]:
+        with self.session() as session:
+            names = session.scalars(select(PoolRow.name).order_by(PoolRow.name)).all()
+        return [self.get_pool(name) for name in names]
+
+    def get_pool(self, name: str) -> StoredPool | None:
+        """The pool imported under `name` with its experts' stored specs; None when there is none."""
+        with self.session() as session:
+            row = session.get(PoolRow, name)
+            if row is None:
+                return None
+            expert_rows = {r.id: r for r in session.scalars(select(ExpertRow)).all()}
+            missing = [i for i in json.loads(row.expert_ids_json) if i not in expert_rows]
+            if missing:
+                raise RegistryError(
+                    f"pool {name!r} names experts no longer stored ({', '.join(missing)}); import {row.source} again"
+                )
+            experts = tuple(self._stored(expert_rows[i]).spec for i in json.loads(row.expert_ids_json))
+            return StoredPool(name=row.name, experts=experts, source=row.source, imported_at=row.imported_at)
+
     def list_experts(self) -> list[StoredExpert]:
         with self.session() as session:
             rows = session.scalars(select(ExpertRow).order_by(ExpertRow.source, ExpertRow.id)).all()
@@ -133,6 +173,10 @@ class Store:
                     f"expert {expert_id!r} is the base of adapter(s) {', '.join(dependants)}; remove those first"
                 )
             session.execute(delete(ExpertRow).where(ExpertRow.id == expert_id))
+            for pool in session.scalars(select(PoolRow)).all():  # the pools that held it go on without it
+                ids = json.loads(pool.expert_ids_json)
+                if expert_id in ids:
+                    pool.expert_ids_json = json.dumps([i for i in ids if i != expert_id])
 
     @staticmethod
     def _stored(row: ExpertRow) -> StoredExpert:

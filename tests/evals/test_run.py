@@ -17,18 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from coe.backends.llamacpp import LlamaCppBackend
 from coe.backends.replay import ReplayBackend
+from coe.datasets import load_mmlu_pro
 from coe.embed import STATIC, EmbeddingCache, StaticEncoder
-from coe.errors import RunError, UnknownNameError
-from coe.evals.datasets import load_mmlu_pro
+from coe.errors import RunError
+from coe.evals.config import ADDED_FIELDS, EvalConfig, seeded_split
 from coe.evals.report import write_report
-from coe.evals.run import ADDED_FIELDS, EvalConfig, run_eval, seeded_split
-from coe.evals.splits import make_split
+from coe.evals.run import run_eval
 from coe.registry import Registry
 from coe.schema import ExpertSpec
+from coe.settings import Settings
 from coe.skills import bundled_taxonomy
+from coe.splits import make_split
 from coe.store import RunStore, Store
 from coe.types import Generation, GenerationParams, LoadReport, Prompt
 from tests.conftest import DATA_DIR, EMBEDDED_POOL, REPO
@@ -38,6 +41,8 @@ REF8 = REPO / "registry" / "replay-mmlu-pro-ref8.yaml"
 
 class CountingBackend:
     """The real backend, recording which (expert, query) pairs it was asked to generate."""
+
+    capabilities = LlamaCppBackend.capabilities
 
     def __init__(self, inner: LlamaCppBackend) -> None:
         self.inner = inner
@@ -58,6 +63,10 @@ class CountingBackend:
 
     def close(self) -> None:
         return None
+
+
+def eval_settings(tmp_path: Path) -> Settings:
+    return Settings(cache_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'coe.db'}", data_dir=DATA_DIR)
 
 
 def matrix_accuracy(split_seed: int) -> tuple[str, float, float]:
@@ -90,8 +99,7 @@ def test_reference_pool_baselines_agree_with_the_shared_correctness_matrix(tmp_p
         config,
         store=Store(f"sqlite:///{tmp_path / 'coe.db'}"),
         backends={"replay": ReplayBackend()},
-        data_dir=DATA_DIR,
-        cache_dir=tmp_path,
+        settings=eval_settings(tmp_path),
     )
     expert, best_accuracy, oracle_accuracy = matrix_accuracy(0)
     assert summary.n_test == 12_032 - 1400
@@ -117,8 +125,7 @@ def test_json_summary_shape_and_report(tmp_path: Path) -> None:
         config,
         store=Store(f"sqlite:///{tmp_path / 'coe.db'}"),
         backends={"replay": ReplayBackend()},
-        data_dir=DATA_DIR,
-        cache_dir=tmp_path,
+        settings=eval_settings(tmp_path),
     )
     assert summary.n_test == 300 and summary.seeds == [0, 1]
     keys = {(r.router, r.aggregator) for r in summary.results}
@@ -150,14 +157,14 @@ def test_the_chosen_encoder_embeds_for_every_embedding_router(tmp_path: Path, st
         encoder="static",
     )
     store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
-    summary = run_eval(config, store=store, backends={"replay": ReplayBackend()}, data_dir=DATA_DIR, cache_dir=tmp_path)
+    summary = run_eval(config, store=store, backends={"replay": ReplayBackend()}, settings=eval_settings(tmp_path))
     assert {r.router for r in summary.results} >= {"knn", "skill", "classifier"}
     assert [p.name for p in (tmp_path / "embeddings").iterdir()] == [STATIC]  # MiniLM never ran
     # the 140 profiling items, the 40 test items and the taxonomy's skill descriptions, nothing else
     cached = EmbeddingCache(tmp_path / "embeddings" / STATIC)
     n_skills = len(bundled_taxonomy("mmlu_pro").skills)
     assert len(cached) == 140 + 40 + n_skills
-    with pytest.raises(UnknownNameError, match="unknown encoder 'bert'"):
+    with pytest.raises(ValidationError, match="encoder"):
         EvalConfig.model_validate({**config.model_dump(), "encoder": "bert"})
 
 
@@ -173,12 +180,11 @@ def test_runs_stored_before_the_encoder_setting_resume_as_minilm_runs(tmp_path: 
             config.model_copy(update={"encoder": "static"}),
             store=store,
             backends=replay,
-            data_dir=DATA_DIR,
-            cache_dir=tmp_path,
+            settings=eval_settings(tmp_path),
             run_id="old-run",
         )
     resumed = EvalConfig.model_validate({**ADDED_FIELDS, **stored})
-    summary = run_eval(resumed, store=store, backends=replay, data_dir=DATA_DIR, cache_dir=tmp_path, run_id="old-run")
+    summary = run_eval(resumed, store=store, backends=replay, settings=eval_settings(tmp_path), run_id="old-run")
     assert summary.n_test == 20
 
 
@@ -231,8 +237,7 @@ def test_interrupted_run_resumes_without_recomputing_finished_items(
                 config,
                 store=store,
                 backends={"embedded": first},
-                data_dir=DATA_DIR,
-                cache_dir=tmp_path,
+                settings=eval_settings(tmp_path),
                 progress=interrupting,
             )
         run_id = store_runs(tmp_path)[0]
@@ -241,7 +246,7 @@ def test_interrupted_run_resumes_without_recomputing_finished_items(
 
         again = CountingBackend(inner)
         summary = run_eval(
-            config, store=store, backends={"embedded": again}, data_dir=DATA_DIR, cache_dir=tmp_path, run_id=run_id
+            config, store=store, backends={"embedded": again}, settings=eval_settings(tmp_path), run_id=run_id
         )
     assert not {item for _, item in again.asked} & (finished | {"70", "71", "4000", "9000"})
     assert len(again.asked) == 2 * 4  # the 4 unfinished test items, both experts; profile reused
@@ -253,14 +258,10 @@ def test_interrupted_run_resumes_without_recomputing_finished_items(
 def test_resume_refuses_other_settings_and_unknown_runs(tmp_path: Path, ids_file: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
     with pytest.raises(RunError, match="no run 'nope'"):
-        run_eval(live_config(ids_file), store=store, backends={}, data_dir=DATA_DIR, cache_dir=tmp_path, run_id="nope")
-    from coe.store import RunStore
-
+        run_eval(live_config(ids_file), store=store, backends={}, settings=eval_settings(tmp_path), run_id="nope")
     RunStore(store).create("r1", live_config(ids_file).model_dump(mode="json"))
     with pytest.raises(RunError, match="k: stored 3, given 2"):
-        run_eval(
-            live_config(ids_file, k=2), store=store, backends={}, data_dir=DATA_DIR, cache_dir=tmp_path, run_id="r1"
-        )
+        run_eval(live_config(ids_file, k=2), store=store, backends={}, settings=eval_settings(tmp_path), run_id="r1")
 
 
 def test_seeded_split_moves_only_random_specs() -> None:
