@@ -11,7 +11,7 @@ from rich.table import Table
 from coe.cli.common import builder, out, progress, settings
 from coe.compose import CompositionSpec, GenerationSpec, parse_profile_source
 from coe.datasets import load_mmlu_pro
-from coe.embed import ENCODERS
+from coe.embed import EncoderName
 from coe.schema import Answer, Query
 
 PoolOption = Annotated[
@@ -44,9 +44,7 @@ def ask(
         typer.Option(help="What the router fits on: priors, a stored profile (id or name) or BENCH:SPLIT."),
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Generation budget per expert (default 384).")] = None,
-    encoder: Annotated[
-        str | None, typer.Option(help=f"Query encoder of the embedding routers: {', '.join(ENCODERS)}.")
-    ] = None,
+    encoder: Annotated[EncoderName | None, typer.Option(help="Query encoder of the embedding routers.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Answer one question with a composition (default: every expert of the pool, majority vote)."""

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from coe.cli.common import builder, load_pool, out, progress, settings
 from coe.compose import SplitProfile
-from coe.embed import DEFAULT_ENCODER, ENCODERS
+from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import RunError
 from coe.evals.config import ADDED_FIELDS, EvalConfig
 from coe.evals.run import run_eval
@@ -25,7 +25,7 @@ from coe.types import GenerationParams
 BenchOption = Annotated[str, typer.Option("--bench", help="mmlu-pro or gpqa.")]
 PoolOption = Annotated[str, typer.Option("--pool", help="Registry file, imported pool name or bundled pool name.")]
 SplitOption = Annotated[str, typer.Option("--split", help="random:N:SEED, ids:FILE or symbolic-moe.")]
-ENCODER_HELP = f"Query encoder of knn, skill, classifier and skill annotation: {', '.join(ENCODERS)}."
+ENCODER_HELP = "Query encoder of knn, skill, classifier and skill annotation."
 
 
 aggregators_app = typer.Typer(help="Aggregators: choose the LLM aggregator expert.")
@@ -48,7 +48,7 @@ def profile_command(
     split: SplitOption = "random:1400:0",
     max_tokens: Annotated[int, typer.Option(help="Generation budget per expert.")] = 512,
     annotate: Annotated[bool, typer.Option(help="Tag profiling items with taxonomy skills (embeddings).")] = True,
-    encoder: Annotated[str, typer.Option("--encoder", help=ENCODER_HELP)] = DEFAULT_ENCODER,
+    encoder: Annotated[EncoderName, typer.Option(help=ENCODER_HELP)] = DEFAULT_ENCODER,
 ) -> None:
     """Run every expert of a pool over the profiling items and store the measured profile."""
     from coe.profile import profile_name
@@ -128,7 +128,7 @@ def eval_command(
     aggregator_expert: Annotated[str | None, typer.Option(help="Expert of the llm aggregator.")] = None,
     aggregator_pool: Annotated[str | None, typer.Option(help="Pool holding the llm aggregator expert.")] = None,
     chunk_size: Annotated[int | None, typer.Option(help="Test items stored per transaction (resume unit).")] = None,
-    encoder: Annotated[str | None, typer.Option("--encoder", help=ENCODER_HELP)] = None,
+    encoder: Annotated[EncoderName | None, typer.Option(help=f"{ENCODER_HELP} (default {DEFAULT_ENCODER})")] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the JSON summary here.")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue this run where it stopped.")] = None,
 ) -> None:
