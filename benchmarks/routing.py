@@ -1,18 +1,18 @@
 """Routing throughput and latency per encoder and router, beside the cost of embedding the queries alone:
 
-    .venv/bin/python -m benchmarks.routing [--encoders minilm static]
-    taskset -c 0 .venv/bin/python -m benchmarks.routing     # one core: the single-query target
+    .venv/bin/python -m benchmarks.routing [--encoders minilm static] [--sizes 1 100 10000]
+    taskset -c 0 .venv/bin/python -m benchmarks.routing --sizes 1 100 1000   # one core
 
 Routers are fitted on 1,400 MMLU-Pro profiling items (the reference pool's recorded outcomes, split
-`random:1400:0`) and route 1, 100 and 10,000 test questions, first uncached (no query embedded yet;
+`random:1400:0`) and route 1, 100 and 10,000 test questions (`--sizes`), first uncached (no query embedded yet;
 each router gets questions of its own) then cached (the same questions again). "embedding only" is
 the floor: the encoder alone on the same number of questions. Embedding 10,000 questions with MiniLM
-takes minutes on 2 cores, so it is done once per encoder: routers route those 10,000 cached, and their
+takes minutes on 2 cores, so the largest size is embedded once per encoder: routers route it cached, and their
 uncached time is the floor plus their routing work (cached time minus the cached embedding look-up).
 Encoders run one after the other in the same process, so they share the machine's load (printed).
 One query's row is the median of single-query calls: for a router, a routing decision with its
 embedding. The last line gives, per encoder, that median for the fastest embedding router and the
-uncached rate over 10,000 questions. Embeddings go to a temporary cache (the user's is not touched);
+uncached rate over the largest size. Embeddings go to a temporary cache (the user's is not touched);
 the static encoder's distilled table is loaded from the user's cache dir (distilled there if absent).
 """
 
@@ -75,7 +75,7 @@ def profiling_outcomes(settings: Settings, registry: Registry, queries: Sequence
     return profiling, [queries[row_of[i]] for i in split.test_ids]
 
 
-def measure(encoder: Encoder, routers: dict[str, Router], tests: list[Query]) -> list[Row]:
+def measure(encoder: Encoder, routers: dict[str, Router], tests: list[Query], sizes: Sequence[int]) -> list[Row]:
     """Every router at every size; each uncached measurement embeds questions never seen before."""
     rows: list[Row] = []
     position = 0
@@ -86,8 +86,8 @@ def measure(encoder: Encoder, routers: dict[str, Router], tests: list[Query]) ->
         position += len(taken)
         return taken
 
-    largest = max(SIZES)
-    for size in SIZES:
+    largest = max(sizes)
+    for size in sizes:
         questions = take(size)
         uncached, cached = uncached_then_cached(size, lambda qs: encoder.encode([q.text for q in qs]), questions)
         rows.append((encoder.name, "embedding only (the floor)", size, cached, uncached, "measured"))
@@ -105,9 +105,11 @@ def measure(encoder: Encoder, routers: dict[str, Router], tests: list[Query]) ->
     return rows
 
 
-def measure_encoder(name: str, settings: Settings, profiling: Outcomes, tests: list[Query]) -> tuple[list[Row], float]:
+def measure_encoder(
+    name: str, settings: Settings, profiling: Outcomes, tests: list[Query], sizes: Sequence[int]
+) -> tuple[list[Row], float]:
     """The rows of one encoder over a fresh temporary embedding cache, and how long a new process
-    takes to load its 10,000 cached embeddings from disk and look them up."""
+    takes to load its largest batch of cached embeddings from disk and look them up."""
     loaded = make_encoder(name, cache_dir=settings.cache_dir).load()
     with tempfile.TemporaryDirectory() as folder:
         encoder = loaded.with_cache(Path(folder))
@@ -116,15 +118,16 @@ def measure_encoder(name: str, settings: Settings, profiling: Outcomes, tests: l
             router: make_router(router, k=3, encoder=encoder, annotator=annotator).fit(profiling)
             for router in (*EMBEDDING_ROUTERS, *OTHER_ROUTERS)
         }
-        rows = measure(encoder, routers, tests)
+        rows = measure(encoder, routers, tests, sizes)
         started = time.perf_counter()
-        loaded.with_cache(Path(folder)).encode([q.text for q in tests[: max(SIZES)]])
+        loaded.with_cache(Path(folder)).encode([q.text for q in tests[: max(sizes)]])
         return rows, time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--encoders", nargs="+", choices=list(ENCODERS), default=list(ENCODERS))
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="queries per measurement")
     args = parser.parse_args()
     apply_offline_environment()
     settings = Settings()
@@ -135,7 +138,7 @@ def main() -> None:
     rows: list[Row] = []
     from_disk: dict[str, float] = {}
     for name in args.encoders:
-        encoder_rows, from_disk[name] = measure_encoder(name, settings, profiling, tests)
+        encoder_rows, from_disk[name] = measure_encoder(name, settings, profiling, tests, args.sizes)
         rows.extend(encoder_rows)
     print_table(rows, from_disk, (load_before, os.getloadavg()[0]))
 
@@ -158,7 +161,7 @@ def print_table(rows: Sequence[Row], from_disk_s: dict[str, float], load: tuple[
             f"{encoder:8s} {name:28s} {size:7d} {cached_s:9.4f} {cached_rate:11.0f}"
             f" {uncached_s:11.3f} {uncached_rate:12.1f}  {how}"
         )
-    largest = max(SIZES)
+    largest = max(size for _, _, size, _, _, _ in rows)
     summary = []
     for encoder, seconds in from_disk_s.items():
         own = [row for row in rows if row[0] == encoder]
