@@ -29,14 +29,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.routing_quality import POOL, correctness, recorded_letters
+from coe.compose import CompositionBuilder, RouterSpec
 from coe.datasets import load_mmlu_pro
 from coe.embed import ENCODERS, Encoder, make_encoder
 from coe.outcomes import Outcomes
 from coe.registry import Registry
-from coe.routers import Router, make_router
+from coe.routers import Router
 from coe.schema import Query
 from coe.settings import Settings, apply_offline_environment
-from coe.skills import EmbeddingAnnotator, bundled_taxonomy
 from coe.splits import make_split
 
 SIZES = (1, 100, 10_000)
@@ -110,17 +110,20 @@ def measure_encoder(
 ) -> tuple[list[Row], float]:
     """The rows of one encoder over a fresh temporary embedding cache, and how long a new process
     takes to load its largest batch of cached embeddings from disk and look them up."""
-    loaded = make_encoder(name, cache_dir=settings.cache_dir).load()
+    tables = settings.cache_dir / "encoders"
+    tables.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
-        encoder = loaded.with_cache(Path(folder))
-        annotator = EmbeddingAnnotator(bundled_taxonomy("mmlu_pro"), encoder)
+        cache = Path(folder)
+        (cache / "encoders").symlink_to(tables, target_is_directory=True)  # a distilled table is reused and kept
+        builder = CompositionBuilder(settings.model_copy(update={"cache_dir": cache}))
+        encoder = builder.encoder(name).load()
         routers = {
-            router: make_router(router, k=3, encoder=encoder, annotator=annotator).fit(profiling)
+            router: builder.router(RouterSpec(name=router), profiling, k=3, seed=0, bench="mmlu-pro", encoder=name)
             for router in (*EMBEDDING_ROUTERS, *OTHER_ROUTERS)
         }
         rows = measure(encoder, routers, tests, sizes)
         started = time.perf_counter()
-        loaded.with_cache(Path(folder)).encode([q.text for q in tests[: max(sizes)]])
+        make_encoder(name, cache_dir=cache).encode([q.text for q in tests[: max(sizes)]])
         return rows, time.perf_counter() - started
 
 

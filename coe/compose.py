@@ -146,7 +146,7 @@ class CompositionSpec(Frozen):
         try:
             spec = cls.model_validate(raw)
         except ValidationError as error:
-            raise ConfigError(describe_validation_error(path, error, raw)) from error
+            raise ConfigError(describe_validation_error(path, error, raw, cls)) from error
         return spec.model_copy(
             update={
                 "pool": _beside(path, spec.pool),
@@ -169,7 +169,7 @@ def parse_profile_source(text: str) -> ProfileSource:
     if text == "priors":
         return "priors"
     if bench in BENCHMARKS and split:
-        return SplitProfile(bench=bench, split=split)  # type: ignore[arg-type]
+        return SplitProfile(bench=bench, split=split)
     return StoredProfile(stored=int(text) if text.isdigit() else text)
 
 

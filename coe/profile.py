@@ -158,7 +158,7 @@ def profile_name(record: ProfileRecord) -> str:
 
 def find_profile(store: Store, ref: int | str) -> ProfileRecord:
     """A complete stored profile by id or by name; an unknown one lists what is stored."""
-    records = [record for record in ProfileStore(store).list() if record.complete]
+    records = [record for record in ProfileStore(store).all() if record.complete]
     text = str(ref)
     found = [r for r in records if str(r.id) == text] or [r for r in records if profile_name(r) == text]
     if not found:

@@ -90,21 +90,23 @@ def _resolve_paths(expert: ExpertSpec, folder: Path, data_dir: Path | None) -> E
 # --------------------------------------------------------------------------- error messages
 
 
-def describe_validation_error(path: Path | str, error: ValidationError, raw: Any = None) -> str:
+def describe_validation_error(
+    path: Path | str, error: ValidationError, raw: Any = None, model: type[BaseModel] = RegistryFile
+) -> str:
     """One line per problem: file, field path (with the expert's id), what is wrong, what is allowed."""
     lines = []
     for problem in error.errors():
         loc = problem["loc"]
         where = _format_loc(loc, raw)
         if problem["type"] == "extra_forbidden":
-            allowed = _allowed_keys(loc[:-1])
+            allowed = _allowed_keys(loc[:-1], model)
             what = f"unknown key {loc[-1]!r}" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
         elif problem["type"] == "missing":
             what = "required field is missing"
         else:
             what = f"{problem['msg']} (got {problem.get('input')!r})"
         lines.append(f"{path}: {where}: {what}")
-    return "\n".join(lines) + "\nfix the file and import it again; nothing was written"
+    return "\n".join(lines) + "\nfix the file and try again; nothing was written"
 
 
 def _format_loc(loc: tuple[Any, ...], raw: Any) -> str:
@@ -125,8 +127,8 @@ def _format_loc(loc: tuple[Any, ...], raw: Any) -> str:
     return "".join(parts) or "(top level)"
 
 
-def _allowed_keys(loc: Sequence[Any]) -> list[str]:
-    model: Any = RegistryFile
+def _allowed_keys(loc: Sequence[Any], root: type[BaseModel]) -> list[str]:
+    model: Any = root
     items = list(loc)
     while items:
         item = items.pop(0)
@@ -157,7 +159,10 @@ def _unwrap(annotation: Any) -> Any:
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(members) == 1:
             return _unwrap(members[0])
-        return {m.model_fields["kind"].default: m for m in members if hasattr(m, "model_fields")}
+        models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+        if len(models) == 1:
+            return models[0]
+        return {m.model_fields["kind"].default: m for m in models if "kind" in m.model_fields}
     return annotation
 
 

@@ -67,7 +67,7 @@ def load_taxonomy(path: Path) -> SkillTaxonomy:
     try:
         parsed = SkillTaxonomyFile.model_validate(raw)
     except ValidationError as error:
-        raise SkillTaxonomyError(describe_validation_error(path, error, raw)) from error
+        raise SkillTaxonomyError(describe_validation_error(path, error, raw, SkillTaxonomyFile)) from error
     skills: list[tuple[str, str, str]] = []
     for category in parsed.categories:
         skills.extend((name, text, category.name) for name, text in _leaves(category))

@@ -8,8 +8,6 @@ from typing import get_args
 import numpy as np
 import pytest
 
-from coe.backends.replay import ReplayBackend
-from coe.compose import CompositionBuilder, CompositionSpec, SplitProfile
 from coe.embed import (
     ENCODERS,
     MAX_SHARDS,
@@ -24,10 +22,6 @@ from coe.embed import (
     minilm_source,
 )
 from coe.errors import UnknownNameError
-from coe.settings import Settings
-from tests.conftest import DATA_DIR, REPO
-
-REF8 = REPO / "registry" / "replay-mmlu-pro-ref8.yaml"
 
 TEXTS = [
     "What is the derivative of x squared?",
@@ -145,17 +139,3 @@ def test_index_returns_nearest_first_and_caps_k_at_its_size() -> None:
     similarities, found = VectorIndex(vectors).search(np.array([[0.1, 0.9, 0.0]], dtype=np.float32), 5)
     assert found.tolist() == [[1, 0, 2]]
     assert similarities[0, 0] == pytest.approx(0.9)
-
-
-def test_a_composition_routes_with_the_encoder_it_names(static_encoder: StaticEncoder, tmp_path: Path) -> None:
-    assert static_encoder.cache_dir is not None
-    shutil.copytree(static_encoder.cache_dir / "encoders", tmp_path / "encoders")
-    settings = Settings(cache_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'coe.db'}", data_dir=DATA_DIR)
-    profile = SplitProfile(bench="mmlu-pro", split="random:140:0")
-    builder = CompositionBuilder(settings, backends={"replay": ReplayBackend()})
-    for router in ("knn", "classifier", "skill"):
-        spec = CompositionSpec(pool=str(REF8), router=router, profile=profile, encoder="static")
-        with builder.compose(spec) as composer:
-            answer = composer.ask("Which organelle makes ATP?", choices=["Ribosome", "Mitochondrion", "Nucleus"])
-            assert type(composer.router.encoder) is StaticEncoder and len(answer.route.experts) == 3
-    assert [p.name for p in (tmp_path / "embeddings").iterdir()] == [STATIC]  # MiniLM never ran

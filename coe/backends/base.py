@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 from coe.schema import ExpertSpec
 from coe.types import Generation, GenerationParams, LoadReport, Prompt
@@ -36,7 +36,7 @@ class Capabilities:
 class Backend(Protocol):
     """Runs experts of one backend kind."""
 
-    capabilities: ClassVar[Capabilities]
+    capabilities: Capabilities
 
     def load(self, expert: ExpertSpec, adapters: Sequence[ExpertSpec] = ()) -> LoadReport:
         """Make `expert`'s model resident (with `adapters` on it); free when already resident."""
@@ -71,7 +71,7 @@ class GroupBackend(Backend, Protocol):
 class NoLoadMixin:
     """For backends with nothing to load (APIs, recorded responses)."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(needs_load=False)
+    capabilities = Capabilities(needs_load=False)
 
     def load(self, expert: ExpertSpec, adapters: Sequence[ExpertSpec] = ()) -> LoadReport:
         return LoadReport(key=expert.load_key, loaded=False)
@@ -85,7 +85,7 @@ class NoLoadMixin:
     def close(self) -> None:
         return None
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -19,7 +19,7 @@ from coe.evals.run import run_eval
 from coe.evals.summary import EvalSummary
 from coe.outcomes import Outcomes
 from coe.routers.skill import skill_profile
-from coe.store import RunStore, Store
+from coe.store import ItemTrace, RunStore, Store
 from coe.types import GenerationParams
 
 BenchOption = Annotated[str, typer.Option("--bench", help="mmlu-pro or gpqa.")]
@@ -88,7 +88,7 @@ def profiles_list() -> None:
     table = Table(title="stored profiles")
     for column in ("id", "name", "experts", "items", "max tokens", "complete", "created"):
         table.add_column(column, no_wrap=column == "name")
-    for record in profiles.list():
+    for record in profiles.all():
         table.add_row(
             str(record.id),
             profile_name(record),
@@ -281,7 +281,7 @@ def runs_list() -> None:
     table = Table(title="evaluation runs")
     for column in ("run id", "status", "bench", "pool", "split", "seeds", "routers", "updated"):
         table.add_column(column, no_wrap=column == "run id")
-    for run in RunStore(Store(settings().database_url)).list():
+    for run in RunStore(Store(settings().database_url)).all():
         config = run.config
         table.add_row(
             run.id,
@@ -318,6 +318,11 @@ def runs_trace(
     trace = trace_item(store, run_id, item_id)
     if not trace.results:
         raise RunError(f"run {run_id!r} has no results for item {item_id!r} (not a test item, or not reached yet)")
+    print_trace(item_id, trace)
+
+
+def print_trace(item_id: str, trace: ItemTrace) -> None:
+    """An item's routes, expert answers (or errors) and fused results, as three tables."""
     routes = Table(title=f"routes of item {item_id}")
     for column in ("seed", "router", "experts (score)", "reason"):
         routes.add_column(column)
@@ -328,7 +333,11 @@ def runs_trace(
     for column in ("expert", "letter", "answer (start)"):
         answers.add_column(column)
     for expert, choice, text, error in trace.generations:
-        shown = error or (" ".join((text or "(text not kept: recorded or protected benchmark)").split())[:100])
+        shown = (
+            f"error: {error}"
+            if error
+            else " ".join((text or "(text not kept: recorded or protected benchmark)").split())[:100]
+        )
         answers.add_row(expert, choice or "-", shown)
     out.print(answers)
     results = Table(title="fused results")

@@ -44,7 +44,8 @@ def build_probe_items(
     for index in rng.permutation(len(items)):
         item = items[index]
         n_choices = len(item.choices or ())
-        right, wrong = [], []
+        right: list[ExpertAnswer] = []
+        wrong: list[ExpertAnswer] = []
         for expert in experts:
             text = texts.get((expert, item.id))
             if text is None:

@@ -95,7 +95,7 @@ def run_eval(
             routers["oracle"].fit(Outcomes(tuple(registry.experts), tuple(test), correct))
         aggregators = {
             name: builder.aggregator(
-                AggregatorSpec(name=name, expert=config.aggregator_expert, pool=config.aggregator_pool),  # type: ignore[arg-type]
+                AggregatorSpec(name=name, expert=config.aggregator_expert, pool=config.aggregator_pool),
                 registry,
                 bench,
             )

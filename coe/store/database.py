@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, delete, event, select
 from sqlalchemy.engine import Engine, make_url
@@ -130,7 +131,7 @@ class Store:
     def list_pools(self) -> list[StoredPool]:
         with self.session() as session:
             names = session.scalars(select(PoolRow.name).order_by(PoolRow.name)).all()
-        return [self.get_pool(name) for name in names]
+        return [pool for name in names if (pool := self.get_pool(name)) is not None]
 
     def get_pool(self, name: str) -> StoredPool | None:
         """The pool imported under `name` with its experts' stored specs; None when there is none."""
@@ -190,7 +191,7 @@ class Store:
         return StoredExpert(spec=spec, source=row.source, imported_at=row.imported_at)
 
 
-def _sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     """Foreign keys on (cascading deletes), WAL so a reader never blocks a running evaluation."""
     cursor = connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
