@@ -252,7 +252,7 @@ def distill_static(source: str) -> Any:
     each vocabulary token through the model, PCA to `STATIC_DIMS`, Zipf (SIF) weights, float32."""
     try:
         from model2vec.distill import distill_from_model
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
     except ImportError as error:
         raise BackendUnavailableError(
             "distilling the static encoder needs model2vec, skeletoken and transformers; "
@@ -260,6 +260,8 @@ def distill_static(source: str) -> Any:
         ) from error
     model = AutoModel.from_pretrained(source)
     tokenizer = AutoTokenizer.from_pretrained(source)
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise BackendUnavailableError(f"{source} has no fast (tokenizer.json) tokenizer, which model2vec distils")
     return distill_from_model(model, tokenizer, device="cpu", pca_dims=STATIC_DIMS, quantize_to="float32")
 
 
