@@ -26,7 +26,7 @@ from coe.embed import STATIC, EmbeddingCache, StaticEncoder
 from coe.errors import RunError
 from coe.evals.config import ADDED_FIELDS, EvalConfig, seeded_split
 from coe.evals.report import write_report
-from coe.evals.run import run_eval
+from coe.evals.run import pool_fingerprint, run_eval
 from coe.registry import Registry
 from coe.schema import ExpertSpec
 from coe.settings import Settings
@@ -171,7 +171,8 @@ def test_the_chosen_encoder_embeds_for_every_embedding_router(tmp_path: Path, st
 def test_runs_stored_before_the_encoder_setting_resume_as_minilm_runs(tmp_path: Path) -> None:
     config = EvalConfig(bench="mmlu-pro", pool=str(REF8), split="random:140:0", routers=("best-single",), limit=20)
     store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
-    stored = config.model_dump(mode="json")
+    fingerprint = pool_fingerprint(Registry.from_file(REF8, DATA_DIR))
+    stored = config.model_copy(update={"pool_fingerprint": fingerprint}).model_dump(mode="json")
     del stored["encoder"]
     RunStore(store).create("old-run", stored)
     replay = {"replay": ReplayBackend()}
