@@ -68,14 +68,16 @@ def profile_command(
         f"{record.created_at:%Y-%m-%d %H:%M}; use it with --profile {record.id}"
     )
     categories = outcomes.category_accuracy()
-    table = Table(title="measured accuracy (profiling items)")
+    table = Table(title="measured accuracy on the profiling items (a failed answer counts as wrong)")
     table.add_column("expert")
     table.add_column("overall")
+    table.add_column("failed")
     for category in categories:
         table.add_column(category[:10])
-    overall = outcomes.accuracy()
+    overall, failed = outcomes.accuracy(), outcomes.failure_rate()
     for j, expert in enumerate(outcomes.expert_ids):
-        table.add_row(expert, f"{overall[j]:.3f}", *(f"{values[j]:.2f}" for values in categories.values()))
+        cells = (f"{values[j]:.2f}" for values in categories.values())
+        table.add_row(expert, f"{overall[j]:.3f}", f"{failed[j]:.1%}", *cells)
     out.print(table)
     if any(item.skills for item in outcomes.items):
         print_skill_profiles(outcomes)
