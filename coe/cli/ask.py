@@ -11,6 +11,7 @@ from rich.text import Text
 from coe.answers import check_options
 from coe.cli.common import builder, out, progress, settings
 from coe.compose import CompositionSpec, GenerationSpec, parse_profile_source
+from coe.embed import EncoderName
 from coe.errors import GenerationError, QueryError
 from coe.schema import Answer, Query
 
@@ -47,11 +48,12 @@ def ask(
         typer.Option(help="What the router fits on: priors, a stored profile (id or name) or BENCH:SPLIT."),
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Generation budget per expert (default 384).")] = None,
+    encoder: Annotated[EncoderName | None, typer.Option(help="Query encoder of the embedding routers.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Answer one question with a composition (default: every expert of the pool, majority vote)."""
     query = Query(id="q0", text=question, choices=parse_options(choices, choice))
-    spec = composition_spec(composition, pool, router, k, aggregator, profile, max_tokens)
+    spec = composition_spec(composition, pool, router, k, aggregator, profile, max_tokens, encoder)
     with builder().compose(spec) as composer, progress("asking experts", total=len(composer.registry)) as advance:
         result = composer.run([query], advance)
     answer = result.answers[0]
@@ -104,6 +106,7 @@ def composition_spec(
     aggregator: str | None,
     profile: str | None,
     max_tokens: int | None,
+    encoder: str | None = None,
 ) -> CompositionSpec:
     """A composition file (or the defaults) with the command line's options laid over it."""
     current = settings()
@@ -120,6 +123,7 @@ def composition_spec(
         "aggregator": {"name": aggregator} if aggregator else None,
         "profile": parse_profile_source(profile) if profile else None,
         "generation": {**data["generation"], "max_tokens": max_tokens} if max_tokens else None,
+        "encoder": encoder,
     }
     return CompositionSpec.model_validate({**data, **{key: value for key, value in given.items() if value is not None}})
 
