@@ -5,11 +5,12 @@ questions through `Composer.ask_batch` in-process:
     .venv/bin/python -m benchmarks.service [--requests 2000] [--clients 64]
 
 The questions are MMLU-Pro test questions (multiple choice, with their ids, so the recorded experts
-answer them). Each side gets them twice: first new (their embeddings are computed, as a service sees
-new questions), then again (embeddings cached: what is left is routing, HTTP and JSON). Both sides
-start from a copy of one embedding cache holding only the profiling items. The clients are a small
-keep-alive HTTP/1.1 client on asyncio in this process (lighter than any SDK, so the client costs the
-2 cores little); the service is a real `coe serve` process.
+answer them); knn embeds them with the composition's encoder (the default, `static`). Each side gets
+them twice: first new (their embeddings are computed, as a service sees new questions), then again
+(embeddings cached: what is left is routing, HTTP and JSON). Both sides start from a copy of one
+cache holding the encoder and the profiling items' embeddings. The clients are a small keep-alive
+HTTP/1.1 client on asyncio in this process (lighter than any SDK, so the client costs the 2 cores
+little); the service is a real `coe serve` process.
 
 The table gives throughput, client-side latency percentiles, errors and the micro-batch sizes seen,
 then where a request's time goes. The last line compares the first (new questions) pass:
@@ -85,9 +86,9 @@ def in_process(settings: Settings, cache: Path, asked: list[Query]) -> tuple[flo
         started = time.perf_counter()
         composer.ask_batch(asked)
         cached = time.perf_counter() - started
-    fresh = CompositionBuilder(settings.model_copy(update={"cache_dir": cache.with_name(cache.name + "-embed")}))
+    uncached = builder.encoder(spec().encoder).with_cache(None)  # the same model, an empty cache
     started = time.perf_counter()
-    fresh.encoder.encode([query.text for query in asked])
+    uncached.encode([query.text for query in asked])
     return new, cached, time.perf_counter() - started
 
 
