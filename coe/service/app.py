@@ -10,9 +10,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -21,7 +21,7 @@ from coe.compose import CompositionBuilder
 from coe.errors import CoeError, ConfigError
 from coe.recovery import restricted
 from coe.schema import Answer
-from coe.service.auth import Gatekeeper
+from coe.service.auth import Gatekeeper, KeyCheck
 from coe.service.compositions import Compositions
 from coe.service.config import ServiceConfig
 from coe.service.errors import ServiceError, from_coe_error
@@ -66,8 +66,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.gateway = gateway
-    app.state.gate = gate
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(KeyCheck, gate=gate, on_refused=lambda error, seconds: _refused(gateway, error, seconds))
 
     # ----------------------------------------------------------------------- errors
 
@@ -132,18 +132,19 @@ def create_app(
         return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
-    async def models(key: Key) -> dict[str, Any]:
+    async def models() -> dict[str, Any]:
         return {"object": "list", "data": [_model(name) for name in compositions.models()]}
 
     @app.get("/v1/models/{model:path}", responses={404: {"description": "No such model"}})
-    async def model(model: str, key: Key) -> dict[str, Any]:
+    async def model(model: str) -> dict[str, Any]:
         if model not in compositions.models():
             raise ServiceError(404, f"the model {model!r} does not exist", param="model", code="model_not_found")
         return _model(model)
 
     @app.post("/v1/route", responses=_ERRORS)
-    async def route(request: Request, body: RouteRequest, key: Key) -> dict[str, Any]:
+    async def route(request: Request, body: RouteRequest) -> dict[str, Any]:
         """The routing decision for a question, without generating."""
+        key = request.state.key_name
         request.state.model = body.model
         ask = gateway.decide(ChatCompletionRequest(model=body.model, messages=body.messages, coe=body.coe))
 
@@ -161,8 +162,9 @@ def create_app(
         return {"model": body.model, "route": decision, "cooling_down": sorted(avoid)}
 
     @app.post("/v1/chat/completions", responses=_ERRORS)
-    async def chat_completions(request: Request, body: ChatCompletionRequest, key: Key) -> Response:
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
         """OpenAI's chat completions: `model` = coe, coe/<router> or an expert id; options in `coe`."""
+        key = request.state.key_name
         started = request.state.started
         request.state.model = body.model
         ask = gateway.decide(body)
@@ -189,18 +191,6 @@ def create_app(
     return app
 
 
-async def authenticate(request: Request) -> str | None:
-    """The name of the request's API key (None when keys are not required); 401 or 429 otherwise."""
-    request.state.started = time.perf_counter()
-    gate: Gatekeeper = request.app.state.gate
-    if gate.stale():
-        await asyncio.to_thread(gate.refresh)
-    request.state.key_name = gate.admit(request.headers.get("authorization"))
-    return request.state.key_name
-
-
-Key = Annotated[str | None, Depends(authenticate)]
-
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"description": description}
     for status, description in (
@@ -213,6 +203,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (504, "Timed out"),
     )
 }
+
+
+def _refused(gateway: Gateway, error: ServiceError, latency_s: float) -> None:
+    """A request the key check refused, in the metrics and the request log."""
+    gateway.record(model="-", status=error.status, latency_s=latency_s, key_name=None, error_kind=error.code)
 
 
 def invalid_request(error: RequestValidationError) -> ServiceError:

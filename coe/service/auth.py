@@ -4,11 +4,15 @@ per-key request rate. The key itself is never logged or kept; only its name trav
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from coe.service.errors import ServiceError
+from coe.service.protocol import error_body
 from coe.store import ApiKey, KeyStore, hash_key
 
 
@@ -86,3 +90,36 @@ def _unauthorized(message: str) -> ServiceError:
     return ServiceError(
         401, message, kind="invalid_request_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
     )
+
+
+class KeyCheck:
+    """ASGI middleware: every `/v1/` request passes the gatekeeper before anything reads its body; the
+    request's start time and key name go to its state for the endpoints and the request log."""
+
+    def __init__(self, app: Any, gate: Gatekeeper, on_refused: Callable[[ServiceError, float], None]) -> None:
+        self.app = app
+        self.gate = gate
+        self.on_refused = on_refused
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        state["started"] = started
+        if scope["path"].startswith("/v1/"):
+            if self.gate.stale():
+                await asyncio.to_thread(self.gate.refresh)
+            authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            try:
+                state["key_name"] = self.gate.admit(authorization or None)
+            except ServiceError as error:
+                self.on_refused(error, time.perf_counter() - started)
+                body = json.dumps(error_body(error.message, error.kind, error.code, error.param)).encode()
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                headers += [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
+                await send({"type": "http.response.start", "status": error.status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
