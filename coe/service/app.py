@@ -65,7 +65,6 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.gateway = gateway
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(KeyCheck, gate=gate, on_refused=lambda error, seconds: _refused(gateway, error, seconds))
 
