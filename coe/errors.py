@@ -13,7 +13,8 @@
     │   └── GenerationError          the model or API failed on a request
     ├── SchedulerError
     ├── DatasetError                 a benchmark file is missing, unreadable or locked
-    └── RunError                     an evaluation run cannot start or resume
+    ├── RunError                     an evaluation run cannot start or resume
+    └── StoreError                   the database stayed locked by another writer
 
 Messages name the thing, the bad value, the allowed values and the next step.
 """
@@ -105,3 +106,11 @@ class DatasetError(CoeError):
 
 class RunError(CoeError):
     """An evaluation run cannot start or resume as asked."""
+
+
+class StoreError(CoeError):
+    """The database could not take a write: another writer held its lock past the timeout, twice."""
+
+
+class LiteralSecretWarning(UserWarning):
+    """A registry file holds a literal API key (stored masked; give `api_key_env` instead)."""

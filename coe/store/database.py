@@ -10,13 +10,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
 from coe.errors import ConfigError, RegistryError, UnknownExpertError
 from coe.schema import ExpertSpec
+from coe.store.concurrency import insert_or_ignore, retried, sqlite_begin, sqlite_connect
 from coe.store.tables import SCHEMA_VERSION, Base, ExpertRow, MetaRow
+
+SCHEMA_LOCK_ID = 0x636F65
+"""The PostgreSQL advisory lock that serializes schema creation ("coe")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,45 +46,83 @@ def _spec_json(expert: ExpertSpec) -> str:
 
 
 class Store:
-    """The coe database. Construction is cheap; tables are created on first use."""
+    """The coe database. Construction is cheap; tables are created on first use.
 
-    def __init__(self, url: str) -> None:
+    Safe for several processes at once: SQLite runs in WAL mode and every write transaction takes
+    the write lock up front (`BEGIN IMMEDIATE`), waiting up to `lock_timeout_s` for another writer;
+    PostgreSQL waits as long for row locks. Inserts that another writer may race are
+    `INSERT ... ON CONFLICT`, and a write that still loses (timeout, deadlock) runs once more.
+    """
+
+    def __init__(self, url: str, *, lock_timeout_s: float = 60.0) -> None:
         self.url = url
+        self.lock_timeout_s = lock_timeout_s
         self._engine: Engine | None = None
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
+            engine = self._connect()
             try:
-                parsed = make_url(self.url)
-            except Exception as error:
-                raise ConfigError(
-                    f"database URL {self.url!r} is not a SQLAlchemy URL (e.g. sqlite:///coe.db); set COE_DATABASE_URL"
-                ) from error
-            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self._engine = create_engine(parsed)
-            if parsed.get_backend_name() == "sqlite":
-                event.listen(self._engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(self._engine)
-            self._check_schema(self._engine)
+                self._create_schema(engine)
+            except BaseException:
+                engine.dispose()
+                raise
+            self._engine = engine
         return self._engine
 
-    def _check_schema(self, engine: Engine) -> None:
-        with Session(engine) as session, session.begin():
-            row = session.get(MetaRow, "schema_version")
-            if row is None:
-                session.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif row.value != str(SCHEMA_VERSION):
+    def _connect(self) -> Engine:
+        try:
+            parsed = make_url(self.url)
+        except Exception as error:
+            raise ConfigError(
+                f"database URL {self.url!r} is not a SQLAlchemy URL (e.g. sqlite:///coe.db); set COE_DATABASE_URL"
+            ) from error
+        backend = parsed.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise ConfigError(
+                f"database URL {self.url!r}: coe runs on SQLite (sqlite:///FILE) or PostgreSQL "
+                f"(postgresql+psycopg://USER@HOST/DB), not {backend!r}; set COE_DATABASE_URL"
+            )
+        if backend == "sqlite":
+            if parsed.database not in (None, "", ":memory:"):
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(parsed, connect_args={"timeout": self.lock_timeout_s})
+            event.listen(engine, "connect", sqlite_connect)
+            event.listen(engine, "begin", sqlite_begin)
+            return engine
+        timeout_ms = int(self.lock_timeout_s * 1000)
+        try:
+            return create_engine(parsed, connect_args={"options": f"-c lock_timeout={timeout_ms}"})
+        except ImportError as error:
+            raise ConfigError(
+                f"database URL {self.url!r} needs a driver that is not installed ({error.name}); "
+                "pip install 'coe[postgres]' and write the URL as postgresql+psycopg://..."
+            ) from error
+
+    @retried
+    def _create_schema(self, engine: Engine) -> None:
+        """Tables and version row in one transaction that holds a lock, so concurrent first uses of a
+        new database create it once (SQLite: the write lock; PostgreSQL: an advisory lock)."""
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_ID)))
+            Base.metadata.create_all(connection)
+            version = connection.scalar(select(MetaRow.value).where(MetaRow.key == "schema_version"))
+            if version is None:
+                connection.execute(insert(MetaRow).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif version != str(SCHEMA_VERSION):
                 raise ConfigError(
-                    f"database {self.url} has coe schema version {row.value}, this coe needs {SCHEMA_VERSION}; "
+                    f"database {self.url} has coe schema version {version}, this coe needs {SCHEMA_VERSION}; "
                     "move the file aside (or set COE_DATABASE_URL to a new one) and import the registry again"
                 )
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """One transaction: committed on success, rolled back (nothing written) on any error."""
-        with Session(self.engine) as session, session.begin():
+    def session(self, *, write: bool = True) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back (nothing written) on any error.
+        `write=False` reads without taking SQLite's write lock, so it never waits for a writer."""
+        engine = self.engine if write else self.engine.execution_options(coe_read_only=True)
+        with Session(engine) as session, session.begin():
             yield session
 
     def close(self) -> None:
@@ -90,36 +132,44 @@ class Store:
 
     # ----------------------------------------------------------------------- experts
 
+    @retried
     def import_experts(self, experts: Iterable[ExpertSpec], source: str) -> ImportSummary:
-        """Insert or update experts in one transaction; re-importing the same file changes nothing."""
+        """Insert or update experts in one transaction; re-importing the same file changes nothing.
+        Each expert is inserted unless present, then updated only if it differs, so concurrent
+        imports neither collide nor count one change twice."""
         added, updated, unchanged = [], [], []
         with self.session() as session:
             for expert in experts:
-                spec_json = _spec_json(expert)
-                row = session.get(ExpertRow, expert.id)
-                if row is None:
-                    session.add(ExpertRow(id=expert.id, spec_json=spec_json, source=source, imported_at=now()))
+                values = {"spec_json": _spec_json(expert), "source": source, "imported_at": now()}
+                inserted = session.execute(insert_or_ignore(session, ExpertRow).values(id=expert.id, **values)).rowcount
+                if inserted:
                     added.append(expert.id)
-                elif row.spec_json != spec_json or row.source != source:
-                    row.spec_json, row.source, row.imported_at = spec_json, source, now()
-                    updated.append(expert.id)
-                else:
-                    unchanged.append(expert.id)
+                    continue
+                changed = session.execute(
+                    update(ExpertRow)
+                    .where(
+                        ExpertRow.id == expert.id,
+                        or_(ExpertRow.spec_json != values["spec_json"], ExpertRow.source != source),
+                    )
+                    .values(**values)
+                ).rowcount
+                (updated if changed else unchanged).append(expert.id)
         return ImportSummary(tuple(added), tuple(updated), tuple(unchanged))
 
     def list_experts(self) -> list[StoredExpert]:
-        with self.session() as session:
+        with self.session(write=False) as session:
             rows = session.scalars(select(ExpertRow).order_by(ExpertRow.source, ExpertRow.id)).all()
             return [self._stored(row) for row in rows]
 
     def get_expert(self, expert_id: str) -> StoredExpert:
-        with self.session() as session:
+        with self.session(write=False) as session:
             row = session.get(ExpertRow, expert_id)
             if row is None:
                 known = session.scalars(select(ExpertRow.id)).all()
                 raise UnknownExpertError(expert_id, known, f"the database {self.url}")
             return self._stored(row)
 
+    @retried
     def remove_expert(self, expert_id: str) -> None:
         self.get_expert(expert_id)
         with self.session() as session:
@@ -144,11 +194,3 @@ class Store:
                 "re-import its registry file"
             ) from error
         return StoredExpert(spec=spec, source=row.source, imported_at=row.imported_at)
-
-
-def _sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
-    """Foreign keys on (cascading deletes), WAL so a reader never blocks a running evaluation."""
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.close()

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, select, update
 
 from coe.errors import RunError
+from coe.store.concurrency import insert_missing, insert_or_ignore, retried
 from coe.store.database import Store, now
 from coe.store.tables import RunGenerationRow, RunResultRow, RunRouteRow, RunRow
 
@@ -44,22 +45,20 @@ class RunStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    @retried
     def create(self, run_id: str, config: dict[str, Any]) -> RunRecord:
         with self.store.session() as session:
-            if session.get(RunRow, run_id) is not None:
+            values = {"config_json": json.dumps(config, sort_keys=True), "status": "running"}
+            created = now()
+            inserted = session.execute(
+                insert_or_ignore(session, RunRow).values(id=run_id, created_at=created, updated_at=created, **values)
+            ).rowcount
+            if not inserted:
                 raise RunError(f"run {run_id!r} already exists; resume it with --resume {run_id}")
-            row = RunRow(
-                id=run_id,
-                config_json=json.dumps(config, sort_keys=True),
-                status="running",
-                created_at=now(),
-                updated_at=now(),
-            )
-            session.add(row)
-            return _record(row)
+            return _record(session.get_one(RunRow, run_id))
 
     def get(self, run_id: str) -> RunRecord:
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             row = session.get(RunRow, run_id)
             if row is None:
                 known = session.scalars(select(RunRow.id).order_by(RunRow.created_at.desc()).limit(10)).all()
@@ -67,15 +66,17 @@ class RunStore:
             return _record(row)
 
     def list(self) -> list[RunRecord]:
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             return [_record(row) for row in session.scalars(select(RunRow).order_by(RunRow.created_at))]
 
+    @retried
     def delete(self, run_id: str) -> None:
         """A run and everything stored under it (its rows cascade); unknown ids are an error."""
         self.get(run_id)
         with self.store.session() as session:
             session.execute(delete(RunRow).where(RunRow.id == run_id))
 
+    @retried
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
         with self.store.session() as session:
             session.execute(
@@ -86,10 +87,11 @@ class RunStore:
 
     def finished_items(self, run_id: str, seed: int) -> set[str]:
         """Items whose results are stored for this seed (a chunk is stored whole, so any row means all)."""
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             query = select(RunResultRow.item_id).where(RunResultRow.run_id == run_id, RunResultRow.seed == seed)
             return set(session.scalars(query.distinct()))
 
+    @retried
     def save_chunk(
         self,
         run_id: str,
@@ -99,24 +101,12 @@ class RunStore:
         routes: Sequence[dict[str, Any]],
         results: Sequence[dict[str, Any]],
     ) -> None:
-        """One transaction per chunk of items: a run killed midway keeps every finished chunk."""
+        """One transaction per chunk of items: a run killed midway keeps every finished chunk. Rows another
+        process stored first (a generation shared by routers, a run resumed twice at once) are kept."""
         with self.store.session() as session:
-            if generations:
-                known = set(
-                    session.execute(
-                        select(RunGenerationRow.expert_id, RunGenerationRow.item_id).where(
-                            RunGenerationRow.run_id == run_id,
-                            RunGenerationRow.item_id.in_({g["item_id"] for g in generations}),
-                        )
-                    )
-                )
-                fresh = [{"run_id": run_id, **g} for g in generations if (g["expert_id"], g["item_id"]) not in known]
-                if fresh:
-                    session.execute(insert(RunGenerationRow), fresh)
-            if routes:
-                session.execute(insert(RunRouteRow), [{"run_id": run_id, "seed": seed, **r} for r in routes])
-            if results:
-                session.execute(insert(RunResultRow), [{"run_id": run_id, "seed": seed, **r} for r in results])
+            insert_missing(session, RunGenerationRow, [{"run_id": run_id, **g} for g in generations])
+            insert_missing(session, RunRouteRow, [{"run_id": run_id, "seed": seed, **r} for r in routes])
+            insert_missing(session, RunResultRow, [{"run_id": run_id, "seed": seed, **r} for r in results])
             session.execute(update(RunRow).where(RunRow.id == run_id).values(updated_at=now()))
 
     def results(self, run_id: str) -> list[ResultRow]:
@@ -132,14 +122,14 @@ class RunStore:
             RunResultRow.cost_usd,
             RunResultRow.latency_s,
         )
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             rows = session.execute(select(*columns).where(RunResultRow.run_id == run_id)).all()
         return [ResultRow(*row) for row in rows]
 
     def routes(self, run_id: str) -> list[tuple[int, str, str, list[tuple[str, float]]]]:
         """(seed, router, item id, [(expert, score), ...]) for every stored route."""
         columns = (RunRouteRow.seed, RunRouteRow.router, RunRouteRow.item_id, RunRouteRow.experts_json)
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             rows = session.execute(select(*columns).where(RunRouteRow.run_id == run_id)).all()
         return [
             (seed, router, item, [tuple(pair) for pair in json.loads(experts)]) for seed, router, item, experts in rows
@@ -159,11 +149,11 @@ class RunStore:
         query = select(*columns).where(
             RunGenerationRow.run_id == run_id, RunGenerationRow.text.is_not(None), RunGenerationRow.error.is_(None)
         )
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             return list(session.execute(query))
 
     def count_generations(self, run_id: str) -> int:
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             query = select(func.count()).select_from(RunGenerationRow).where(RunGenerationRow.run_id == run_id)
             return int(session.scalar(query) or 0)
 
@@ -192,7 +182,7 @@ class ItemTrace:
 
 
 def trace_item(store: Store, run_id: str, item_id: str) -> ItemTrace:
-    with store.session() as session:
+    with store.session(write=False) as session:
         routes = session.execute(
             select(RunRouteRow.seed, RunRouteRow.router, RunRouteRow.experts_json, RunRouteRow.reason)
             .where(RunRouteRow.run_id == run_id, RunRouteRow.item_id == item_id)
