@@ -125,10 +125,11 @@ def _ready(server: subprocess.Popen[bytes], port: int) -> bool:
 
 
 def _stop(server: subprocess.Popen[bytes], data: Path) -> None:
-    """Fast shutdown of the postmaster named in postmaster.pid (runuser only forwards to it)."""
+    """Immediate shutdown (no checkpoint: the data is thrown away) of the postmaster named in
+    postmaster.pid; runuser, our child, then exits too."""
     pid_file = data / "postmaster.pid"
     if server.poll() is None and pid_file.exists():
-        os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+        os.kill(int(pid_file.read_text().split()[0]), signal.SIGQUIT)
     try:
         server.wait(timeout=30)
     except subprocess.TimeoutExpired:

@@ -69,10 +69,10 @@ def test_a_valid_file_loads_and_adapters_inherit_their_base_backend(tmp_path: Pa
     ids=["typo-key", "missing-field", "unknown-backend-kind", "wrong-type", "typo-in-backend"],
 )
 def test_each_broken_file_fails_with_one_message_naming_file_and_field(
-    tmp_path: Path, old: str, new: str, expected: str
+    database_url: str, tmp_path: Path, old: str, new: str, expected: str
 ) -> None:
     path = write(tmp_path, GOOD.replace(old, new, 1))
-    store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
+    store = Store(database_url)
     with pytest.raises(RegistryError) as caught:
         store.import_experts(load_registry_file(path), source=str(path))
     message = str(caught.value)
@@ -103,10 +103,10 @@ def test_duplicate_ids_are_rejected(tmp_path: Path) -> None:
         load_registry_file(write(tmp_path, GOOD.replace("id: api", "id: small")))
 
 
-def test_round_trip_import_list_export_import(tmp_path: Path) -> None:
+def test_round_trip_import_list_export_import(database_url: str, tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     experts = load_registry_file(path)
-    store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
+    store = Store(database_url)
     first = store.import_experts(experts, source=str(path))
     assert first.added == ("small", "api", "small-law")
     assert [s.spec for s in store.list_experts()] == sorted(experts, key=lambda e: e.id)
@@ -120,8 +120,8 @@ def test_round_trip_import_list_export_import(tmp_path: Path) -> None:
     assert set(second.unchanged) == {"small", "api", "small-law"}
 
 
-def test_reimport_of_a_changed_expert_updates_it(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
+def test_reimport_of_a_changed_expert_updates_it(database_url: str, tmp_path: Path) -> None:
+    store = Store(database_url)
     path = write(tmp_path, GOOD)
     store.import_experts(load_registry_file(path), source=str(path))
     changed = load_registry_file(write(tmp_path, GOOD.replace("cost_per_mtok: 2.5", "cost_per_mtok: 3.0")))
@@ -130,8 +130,8 @@ def test_reimport_of_a_changed_expert_updates_it(tmp_path: Path) -> None:
     assert store.get_expert("api").spec.cost_per_mtok == 3.0
 
 
-def test_remove_refuses_a_base_with_adapters_then_removes(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
+def test_remove_refuses_a_base_with_adapters_then_removes(database_url: str, tmp_path: Path) -> None:
+    store = Store(database_url)
     path = write(tmp_path, GOOD)
     store.import_experts(load_registry_file(path), source=str(path))
     with pytest.raises(RegistryError, match="base of adapter"):

@@ -23,7 +23,7 @@ from tests.store.writers import expert, run_writers
 @pytest.mark.parametrize("existing", [False, True], ids=["new-database", "existing-database"])
 def test_concurrent_writer_processes_lose_and_double_nothing(database_url: str, existing: bool) -> None:
     if existing:
-        Store(database_url).close()
+        Store(database_url).list_experts()  # creates the tables
     figures = run_writers(database_url, processes=4, writes=6)
     assert (figures.errors, figures.lost, figures.duplicated, figures.miscounted) == (0, 0, 0, 0), figures.stderr
 
