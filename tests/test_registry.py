@@ -1,8 +1,9 @@
+import re
 from pathlib import Path
 
 import pytest
 
-from coe.errors import RegistryError, UnknownExpertError
+from coe.errors import LiteralSecretWarning, RegistryError, UnknownExpertError
 from coe.registry import Registry, dump_registry, load_registry_file
 from coe.schema import EmbeddedBackendSpec
 from coe.store import Store
@@ -16,7 +17,7 @@ experts:
     skills: {overall: 0.2, math: 0.4}
   - id: api
     base: gpt-x
-    backend: {kind: litellm, model: openai/gpt-x, api_base: "http://127.0.0.1:9/v1"}
+    backend: {kind: litellm, model: openai/gpt-x, api_base: "http://127.0.0.1:9/v1", api_key_env: GPT_X_KEY}
     cost_per_mtok: 2.5
     tags: [api]
   - id: small-law
@@ -96,6 +97,28 @@ def test_missing_file_and_bad_yaml_are_registry_errors(tmp_path: Path) -> None:
 def test_adapter_on_an_unknown_base_names_the_known_experts(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="adapter base 'smal' is not an expert of this registry; known: api, small"):
         load_registry_file(write(tmp_path, GOOD.replace("base: small\n", "base: smal\n")))
+
+
+def test_a_literal_api_key_warns_and_only_its_mask_is_dumped(tmp_path: Path) -> None:
+    literal = GOOD.replace("api_key_env: GPT_X_KEY", "api_key: sk-test-0123456789abc")
+    with pytest.warns(LiteralSecretWarning, match=r"expert 'api' has a literal api_key.*\(sk-…abc\).*api_key_env"):
+        experts = load_registry_file(write(tmp_path, literal))
+    dumped = dump_registry(experts)
+    assert "0123456789" not in dumped and "api_key: sk-…abc" in dumped
+    assert "0123456789" not in repr(experts) and "0123456789" not in experts[1].model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("api_key_env: GPT_X_KEY, api_key: sk-x", "give `api_key_env` (the variable holding the key) or `api_key`"),
+        ("api_key_env: GPT-X-KEY", "api_key_env: String should match pattern"),
+    ],
+    ids=["both", "not-a-variable-name"],
+)
+def test_api_key_sources_are_validated(tmp_path: Path, key: str, expected: str) -> None:
+    with pytest.raises(RegistryError, match=re.escape(expected)):
+        load_registry_file(write(tmp_path, GOOD.replace("api_key_env: GPT_X_KEY", key)))
 
 
 def test_duplicate_ids_are_rejected(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+import warnings
+from typing import Annotated, Any
 
 import typer
 
@@ -15,6 +16,7 @@ from coe.errors import (
     CoeError,
     ConfigError,
     DatasetError,
+    LiteralSecretWarning,
     RunError,
     UnknownExpertError,
     UnknownNameError,
@@ -52,6 +54,20 @@ def _configure(debug: Annotated[bool, typer.Option("--debug", help="Show traceba
     )
     state.settings = settings
     state.debug = debug
+    warnings.showwarning = _show_warning
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """coe's own warnings as one plain line on stderr; others as Python prints them."""
+    if issubclass(category, LiteralSecretWarning):
+        console.print(f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
 
 
 def main() -> None:

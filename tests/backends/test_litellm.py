@@ -1,4 +1,11 @@
-"""The litellm backend over real loopback HTTP: the embedded engine's own OpenAI-compatible server."""
+"""The litellm backend over real loopback HTTP: the embedded engine's own OpenAI-compatible server, and a
+small server that records the API key each request carries."""
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -71,3 +78,68 @@ def test_a_bad_request_fails_alone_and_is_not_retryable(served: ExpertSpec) -> N
     assert "HTTP 400" in outputs[0].error and "context" in outputs[0].error
     assert "retrying may help" not in outputs[0].error
     assert outputs[1].ok and outputs[1].text
+
+
+class KeyRecorder(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat endpoint that records the bearer key each request carries."""
+
+    keys: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        KeyRecorder.keys.append(self.headers.get("Authorization", ""))
+        reply = {
+            "id": "r",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+        body = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@pytest.fixture
+def key_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeyRecorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    KeyRecorder.keys.clear()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def keyed(api_base: str, **key: str) -> ExpertSpec:
+    backend = LitellmBackendSpec(model="openai/m", api_base=api_base, num_retries=0, timeout_s=10, **key)
+    return ExpertSpec(id="keyed", base="m", backend=backend)
+
+
+def test_api_key_env_is_read_at_call_time(key_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    expert, backend = keyed(key_server, api_key_env="COE_TEST_API_KEY"), LitellmBackend()
+    [missing] = backend.generate(expert, [Prompt("hi")], PARAMS)
+    assert missing.error is not None and "COE_TEST_API_KEY" in missing.error and "not set" in missing.error
+    monkeypatch.setenv("COE_TEST_API_KEY", "sk-first-0000000001")
+    assert backend.generate(expert, [Prompt("hi")], PARAMS)[0].text == "ok"
+    monkeypatch.setenv("COE_TEST_API_KEY", "sk-rotated-0000000002")
+    assert backend.generate(expert, [Prompt("hi")], PARAMS)[0].text == "ok"
+    assert KeyRecorder.keys == ["Bearer sk-first-0000000001", "Bearer sk-rotated-0000000002"]
+
+
+def test_a_masked_key_read_back_from_the_database_fails_without_a_call(key_server: str) -> None:
+    stored = ExpertSpec.model_validate_json(keyed(key_server, api_key="sk-literal-0000000123").model_dump_json())
+    assert "sk-…123" in stored.model_dump_json() and "literal" not in stored.model_dump_json()
+    [output] = LitellmBackend().generate(stored, [Prompt("hi")], PARAMS)
+    assert output.error is not None and "masked" in output.error and "api_key_env" in output.error
+    assert KeyRecorder.keys == []
+    literal = keyed(key_server, api_key="sk-literal-0000000123")  # in memory, from the file: still usable
+    assert LitellmBackend().generate(literal, [Prompt("hi")], PARAMS)[0].text == "ok"
+    assert KeyRecorder.keys == ["Bearer sk-literal-0000000123"]
