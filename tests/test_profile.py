@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from coe.backends.replay import ReplayBackend
+from coe.datasets import load_mmlu_pro
 from coe.errors import ConfigError
-from coe.evals.datasets import load_mmlu_pro
 from coe.profile import profile
 from coe.registry import Registry
 from coe.scheduler import Scheduler
@@ -49,7 +49,7 @@ def test_an_interrupted_profiling_continues_and_a_complete_one_is_reused(
     }
     with pytest.raises(Stop):
         profile(store, pool, on_progress=stop_after_first_chunk, **kwargs)
-    [partial] = ProfileStore(store).list()
+    [partial] = ProfileStore(store).all()
     assert not partial.complete and len(ProfileStore(store).items(partial.id)) == 10
 
     continued = profile(store, pool, **kwargs)

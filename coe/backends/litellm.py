@@ -9,22 +9,41 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from coe.backends.base import NoLoadMixin
 from coe.errors import BackendError, BackendUnavailableError, GenerationError
 from coe.schema import ExpertSpec, LitellmBackendSpec, is_masked
-from coe.types import Generation, GenerationParams, Prompt
+from coe.types import FailureKind, Generation, GenerationParams, Prompt
 
-_RETRYABLE = (
-    "RateLimitError",
-    "Timeout",
-    "APIConnectionError",
-    "ServiceUnavailableError",
-    "InternalServerError",
-)
+_TRANSPORT: dict[str, FailureKind] = {
+    "APIConnectionError": "connection",
+    "ConnectError": "connection",
+    "ConnectionError": "connection",
+    "ConnectionRefusedError": "connection",
+    "APITimeoutError": "timeout",
+    "Timeout": "timeout",
+    "TimeoutException": "timeout",
+    "ReadTimeout": "timeout",
+    "ConnectTimeout": "timeout",
+}
+"""Transport failures, found anywhere in the exception chain: litellm wraps a refused connection in an
+`InternalServerError` with status 500, which is not what happened."""
+_PROVIDER: dict[str, FailureKind] = {
+    "RateLimitError": "rate_limit",
+    "ServiceUnavailableError": "server",
+    "InternalServerError": "server",
+    "BadGatewayError": "server",
+    "AuthenticationError": "auth",
+    "PermissionDeniedError": "auth",
+    "ContextWindowExceededError": "too_long",
+    "BadRequestError": "bad_request",
+    "NotFoundError": "bad_request",
+    "UnprocessableEntityError": "bad_request",
+}
+_RETRYABLE_KINDS = frozenset({"rate_limit", "timeout", "connection", "server"})
 
 
 class LitellmBackend(NoLoadMixin):
@@ -36,7 +55,7 @@ class LitellmBackend(NoLoadMixin):
         try:
             api_key = api_key_of(spec, expert.id)
         except GenerationError as error:
-            return [Generation(text="", error=str(error)) for _ in prompts]
+            return [Generation(text="", error=error.failure()) for _ in prompts]
         with ThreadPoolExecutor(max_workers=min(spec.max_concurrency, max(len(prompts), 1))) as pool:
             return list(pool.map(lambda prompt: self._call(litellm, expert, spec, api_key, prompt, params), prompts))
 
@@ -67,7 +86,7 @@ class LitellmBackend(NoLoadMixin):
             )
         except Exception as error:  # every provider error becomes this prompt's error, not the batch's
             mapped = map_litellm_error(error, expert.id)
-            return Generation(text="", latency_s=time.perf_counter() - started, error=str(mapped))
+            return Generation(text="", latency_s=time.perf_counter() - started, error=mapped.failure())
         usage = getattr(response, "usage", None)
         return Generation(
             text=response.choices[0].message.content or "",
@@ -78,14 +97,20 @@ class LitellmBackend(NoLoadMixin):
 
 
 def map_litellm_error(error: Exception, expert: str) -> GenerationError:
-    """A litellm/OpenAI exception as a `GenerationError` naming the expert, status and retryability."""
-    kind = type(error).__name__
-    status = getattr(error, "status_code", None)
-    retryable = kind in _RETRYABLE or (isinstance(status, int) and status >= 500)
+    """A litellm/OpenAI exception as a `GenerationError` naming the expert, its kind, status and retryability."""
+    chain = list(_chain(error))
+    transport = next((_TRANSPORT[type(e).__name__] for e in chain if type(e).__name__ in _TRANSPORT), None)
+    status = None if transport else getattr(error, "status_code", None)
+    kind: FailureKind = (
+        transport
+        or _PROVIDER.get(type(error).__name__)
+        or ("server" if isinstance(status, int) and status >= 500 else "error")
+    )
+    retryable = kind in _RETRYABLE_KINDS
     message = getattr(error, "message", None) or str(error)
-    detail = f"{kind}" + (f" (HTTP {status})" if status else "") + f": {message}"
+    detail = f"{kind} error" + (f" (HTTP {status})" if status else "") + f": {message}"
     hint = "; retrying may help" if retryable else ""
-    mapped = GenerationError(detail + hint, expert=expert, retryable=retryable)
+    mapped = GenerationError(detail + hint, expert=expert, retryable=retryable, kind=kind)
     mapped.__cause__ = error
     return mapped
 
@@ -100,6 +125,7 @@ def api_key_of(spec: LitellmBackendSpec, expert: str) -> str | None:
                 f"the environment variable {spec.api_key_env} named by its `api_key_env` is not set; "
                 "export the API key in it",
                 expert=expert,
+                kind="auth",
             )
         return key
     if spec.api_key is None:
@@ -110,8 +136,18 @@ def api_key_of(spec: LitellmBackendSpec, expert: str) -> str | None:
             f"its api_key {key} is masked (coe never stores or exports a key in clear); "
             "give the expert `api_key_env: NAME` in its registry file and export the key as NAME",
             expert=expert,
+            kind="auth",
         )
     return key
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def _litellm_spec(expert: ExpertSpec) -> LitellmBackendSpec:

@@ -1,10 +1,10 @@
 """The database: a SQLite file by default, any SQLAlchemy URL (PostgreSQL for a team); the registry's
-experts. Profiles and runs have their own modules beside this one."""
+experts and named pools. Profiles and runs have their own modules beside this one."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from coe.errors import ConfigError, RegistryError, UnknownExpertError
 from coe.schema import ExpertSpec
-from coe.store.concurrency import insert_or_ignore, retried, sqlite_begin, sqlite_connect
-from coe.store.tables import SCHEMA_VERSION, Base, ExpertRow, MetaRow
+from coe.store.concurrency import count_changed, insert_or_ignore, retried, sqlite_begin, sqlite_connect, upsert
+from coe.store.tables import SCHEMA_VERSION, Base, ExpertRow, MetaRow, PoolRow
 
 SCHEMA_LOCK_ID = 0x636F65
 """The PostgreSQL advisory lock that serializes schema creation ("coe")."""
@@ -26,6 +26,14 @@ SCHEMA_LOCK_ID = 0x636F65
 @dataclass(frozen=True, slots=True)
 class StoredExpert:
     spec: ExpertSpec
+    source: str
+    imported_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPool:
+    name: str
+    experts: tuple[ExpertSpec, ...]
     source: str
     imported_at: datetime
 
@@ -134,27 +142,40 @@ class Store:
 
     @retried
     def import_experts(self, experts: Iterable[ExpertSpec], source: str) -> ImportSummary:
-        """Insert or update experts in one transaction; re-importing the same file changes nothing.
-        Each expert is inserted unless present, then updated only if it differs, so concurrent
-        imports neither collide nor count one change twice."""
-        added, updated, unchanged = [], [], []
+        """Insert or update experts in one transaction; re-importing the same file changes nothing."""
         with self.session() as session:
-            for expert in experts:
-                values = {"spec_json": _spec_json(expert), "source": source, "imported_at": now()}
-                inserted = session.execute(insert_or_ignore(session, ExpertRow).values(id=expert.id, **values)).rowcount
-                if inserted:
-                    added.append(expert.id)
-                    continue
-                changed = session.execute(
-                    update(ExpertRow)
-                    .where(
-                        ExpertRow.id == expert.id,
-                        or_(ExpertRow.spec_json != values["spec_json"], ExpertRow.source != source),
-                    )
-                    .values(**values)
-                ).rowcount
-                (updated if changed else unchanged).append(expert.id)
-        return ImportSummary(tuple(added), tuple(updated), tuple(unchanged))
+            return _import_experts(session, experts, source)
+
+    @retried
+    def import_pool(self, name: str, experts: Sequence[ExpertSpec], source: str) -> ImportSummary:
+        """Store experts and remember them as the pool `name` (replacing a pool of that name), in one
+        transaction."""
+        with self.session() as session:
+            summary = _import_experts(session, experts, source)
+            ids = json.dumps([expert.id for expert in experts])
+            values = {"expert_ids_json": ids, "source": source, "imported_at": now()}
+            session.execute(upsert(session, PoolRow, {"name": name, **values}, update=values))
+        return summary
+
+    def list_pools(self) -> list[StoredPool]:
+        with self.session(write=False) as session:
+            names = session.scalars(select(PoolRow.name).order_by(PoolRow.name)).all()
+        return [pool for name in names if (pool := self.get_pool(name)) is not None]
+
+    def get_pool(self, name: str) -> StoredPool | None:
+        """The pool imported under `name` with its experts' stored specs; None when there is none."""
+        with self.session(write=False) as session:
+            row = session.get(PoolRow, name)
+            if row is None:
+                return None
+            expert_rows = {r.id: r for r in session.scalars(select(ExpertRow)).all()}
+            missing = [i for i in json.loads(row.expert_ids_json) if i not in expert_rows]
+            if missing:
+                raise RegistryError(
+                    f"pool {name!r} names experts no longer stored ({', '.join(missing)}); import {row.source} again"
+                )
+            experts = tuple(self._stored(expert_rows[i]).spec for i in json.loads(row.expert_ids_json))
+            return StoredPool(name=row.name, experts=experts, source=row.source, imported_at=row.imported_at)
 
     def list_experts(self) -> list[StoredExpert]:
         with self.session(write=False) as session:
@@ -183,6 +204,10 @@ class Store:
                     f"expert {expert_id!r} is the base of adapter(s) {', '.join(dependants)}; remove those first"
                 )
             session.execute(delete(ExpertRow).where(ExpertRow.id == expert_id))
+            for pool in session.scalars(select(PoolRow)).all():  # the pools that held it go on without it
+                ids = json.loads(pool.expert_ids_json)
+                if expert_id in ids:
+                    pool.expert_ids_json = json.dumps([i for i in ids if i != expert_id])
 
     @staticmethod
     def _stored(row: ExpertRow) -> StoredExpert:
@@ -194,3 +219,20 @@ class Store:
                 "re-import its registry file"
             ) from error
         return StoredExpert(spec=spec, source=row.source, imported_at=row.imported_at)
+
+
+def _import_experts(session: Session, experts: Iterable[ExpertSpec], source: str) -> ImportSummary:
+    """Each expert is inserted unless present, then updated only if it differs, so concurrent imports
+    neither collide nor count one change twice."""
+    added: list[str] = []
+    updated: list[str] = []
+    unchanged: list[str] = []
+    for expert in experts:
+        values = {"spec_json": _spec_json(expert), "source": source, "imported_at": now()}
+        if count_changed(session, insert_or_ignore(session, ExpertRow).values(id=expert.id, **values)):
+            added.append(expert.id)
+            continue
+        differs = or_(ExpertRow.spec_json != values["spec_json"], ExpertRow.source != source)
+        changed = count_changed(session, update(ExpertRow).where(ExpertRow.id == expert.id, differs).values(**values))
+        (updated if changed else unchanged).append(expert.id)
+    return ImportSummary(tuple(added), tuple(updated), tuple(unchanged))

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 
 from coe.errors import RunError
-from coe.store.concurrency import insert_missing, insert_or_ignore, retried
+from coe.store.concurrency import count_changed, insert_missing, insert_or_ignore, retried
 from coe.store.database import Store, now
 from coe.store.tables import RunGenerationRow, RunResultRow, RunRouteRow, RunRow
 
@@ -50,9 +50,10 @@ class RunStore:
         with self.store.session() as session:
             values = {"config_json": json.dumps(config, sort_keys=True), "status": "running"}
             created = now()
-            inserted = session.execute(
-                insert_or_ignore(session, RunRow).values(id=run_id, created_at=created, updated_at=created, **values)
-            ).rowcount
+            inserted = count_changed(
+                session,
+                insert_or_ignore(session, RunRow).values(id=run_id, created_at=created, updated_at=created, **values),
+            )
             if not inserted:
                 raise RunError(f"run {run_id!r} already exists; resume it with --resume {run_id}")
             return _record(session.get_one(RunRow, run_id))
@@ -65,7 +66,7 @@ class RunStore:
                 raise RunError(f"no run {run_id!r} in {self.store.url}; recent runs: {', '.join(known) or '(none)'}")
             return _record(row)
 
-    def list(self) -> list[RunRecord]:
+    def all(self) -> list[RunRecord]:
         with self.store.session(write=False) as session:
             return [_record(row) for row in session.scalars(select(RunRow).order_by(RunRow.created_at))]
 
@@ -124,7 +125,7 @@ class RunStore:
         )
         with self.store.session(write=False) as session:
             rows = session.execute(select(*columns).where(RunResultRow.run_id == run_id)).all()
-        return [ResultRow(*row) for row in rows]
+        return [ResultRow(**row._asdict()) for row in rows]
 
     def routes(self, run_id: str) -> list[tuple[int, str, str, list[tuple[str, float]]]]:
         """(seed, router, item id, [(expert, score), ...]) for every stored route."""
@@ -208,6 +209,6 @@ def trace_item(store: Store, run_id: str, item_id: str) -> ItemTrace:
         routes=[
             (seed, router, [tuple(p) for p in json.loads(experts)], reason) for seed, router, experts, reason in routes
         ],
-        generations=[tuple(row) for row in generations],
-        results=[tuple(row) for row in results],
+        generations=[(expert, choice, text, error) for expert, choice, text, error in generations],
+        results=[(seed, router, aggregator, choice, correct) for seed, router, aggregator, choice, correct in results],
     )

@@ -21,13 +21,15 @@ from sqlalchemy.exc import OperationalError
 from coe.backends import Backend
 from coe.backends.llamacpp import LlamaCppBackend
 from coe.backends.replay import ReplayBackend
+from coe.datasets import load_mmlu_pro
 from coe.errors import RunError
-from coe.evals.datasets import load_mmlu_pro
+from coe.evals.config import EvalConfig, seeded_split
 from coe.evals.report import write_report
-from coe.evals.run import EvalConfig, run_eval, seeded_split
-from coe.evals.splits import make_split
+from coe.evals.run import run_eval
 from coe.registry import Registry
 from coe.schema import ExpertSpec
+from coe.settings import Settings
+from coe.splits import make_split
 from coe.store import Store
 from coe.types import Generation, GenerationParams, LoadReport, Prompt
 from tests.conftest import DATA_DIR, EMBEDDED_POOL, REPO
@@ -39,6 +41,7 @@ class CountingBackend:
     """The real backend, recording which (expert, query) pairs it was asked to generate."""
 
     def __init__(self, inner: Backend) -> None:
+        self.capabilities = inner.capabilities
         self.inner = inner
         self.asked: list[tuple[str, str]] = []
 
@@ -57,6 +60,11 @@ class CountingBackend:
 
     def close(self) -> None:
         return None
+
+
+def eval_settings(tmp_path: Path, database_url: str | None = None) -> Settings:
+    url = database_url or f"sqlite:///{tmp_path / 'coe.db'}"
+    return Settings(cache_dir=tmp_path, database_url=url, data_dir=DATA_DIR)
 
 
 def matrix_accuracy(split_seed: int) -> tuple[str, float, float]:
@@ -89,8 +97,7 @@ def test_reference_pool_baselines_agree_with_the_shared_correctness_matrix(tmp_p
         config,
         store=Store(f"sqlite:///{tmp_path / 'coe.db'}"),
         backends={"replay": ReplayBackend()},
-        data_dir=DATA_DIR,
-        cache_dir=tmp_path,
+        settings=eval_settings(tmp_path),
     )
     expert, best_accuracy, oracle_accuracy = matrix_accuracy(0)
     assert summary.n_test == 12_032 - 1400
@@ -116,8 +123,7 @@ def test_json_summary_shape_and_report(database_url: str, tmp_path: Path) -> Non
         config,
         store=Store(database_url),
         backends={"replay": ReplayBackend()},
-        data_dir=DATA_DIR,
-        cache_dir=tmp_path,
+        settings=eval_settings(tmp_path, database_url),
     )
     assert summary.n_test == 300 and summary.seeds == [0, 1]
     keys = {(r.router, r.aggregator) for r in summary.results}
@@ -194,7 +200,7 @@ def interrupt_then_resume(url: str, config: EvalConfig, kind: str, inner: Backen
     first = CountingBackend(inner)
     with pytest.raises(Interrupt):
         run_eval(
-            config, store=store, backends={kind: first}, data_dir=DATA_DIR, cache_dir=tmp_path, progress=interrupting
+            config, store=store, backends={kind: first}, settings=eval_settings(tmp_path, url), progress=interrupting
         )
     run_id = store_runs(url)[0]
     finished = {item for (item,) in sql(url, "select distinct item_id from run_results")}
@@ -202,7 +208,7 @@ def interrupt_then_resume(url: str, config: EvalConfig, kind: str, inner: Backen
 
     again = CountingBackend(inner)
     summary = run_eval(
-        config, store=store, backends={kind: again}, data_dir=DATA_DIR, cache_dir=tmp_path, run_id=run_id
+        config, store=store, backends={kind: again}, settings=eval_settings(tmp_path, url), run_id=run_id
     )
     n_experts = len(Registry.from_file(Path(config.pool), DATA_DIR))
     assert not {item for _, item in again.asked} & (finished | {"70", "71", "4000", "9000"})
@@ -216,13 +222,23 @@ def interrupt_then_resume(url: str, config: EvalConfig, kind: str, inner: Backen
 def test_resume_refuses_other_settings_and_unknown_runs(database_url: str, tmp_path: Path, ids_file: Path) -> None:
     store = Store(database_url)
     with pytest.raises(RunError, match="no run 'nope'"):
-        run_eval(live_config(ids_file), store=store, backends={}, data_dir=DATA_DIR, cache_dir=tmp_path, run_id="nope")
+        run_eval(
+            live_config(ids_file),
+            store=store,
+            backends={},
+            settings=eval_settings(tmp_path, database_url),
+            run_id="nope",
+        )
     from coe.store import RunStore
 
     RunStore(store).create("r1", live_config(ids_file).model_dump(mode="json"))
     with pytest.raises(RunError, match="k: stored 3, given 2"):
         run_eval(
-            live_config(ids_file, k=2), store=store, backends={}, data_dir=DATA_DIR, cache_dir=tmp_path, run_id="r1"
+            live_config(ids_file, k=2),
+            store=store,
+            backends={},
+            settings=eval_settings(tmp_path, database_url),
+            run_id="r1",
         )
 
 

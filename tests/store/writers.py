@@ -2,7 +2,7 @@
 
 Each writer process builds its store, says it is ready, waits for the common start (so first uses of a
 new database, and every write after, collide), then makes `writes` rounds of the writes coe makes: a
-registry import (one expert shared by every writer, one its own), opening and filling the profile
+registry import as a named pool (one expert shared by every writer, one its own), opening and filling the profile
 every writer of that round needs, creating a run (its own, and a shared one only one writer can
 create), and a chunk of run rows (some shared, some its own).
 
@@ -62,7 +62,7 @@ def write(url: str, worker: int, writes: int, go: Path) -> dict[str, object]:
     created_shared = 0
     for m in range(writes):
         me = f"w{worker}"
-        summary = store.import_experts([expert(f"shared-{m}"), expert(f"{me}-{m}")], source="concurrency")
+        summary = store.import_pool(f"pool-{m}", [expert(f"shared-{m}"), expert(f"{me}-{m}")], source="concurrency")
         added += summary.added
         record = profiles.open(key=f"shared-{m}", bench="b", split="s", pool="p", experts={}, params={})
         profile_ids[record.key] = record.id
@@ -132,6 +132,7 @@ def count_rows(url: str, processes: int, writes: int) -> tuple[int, int]:
     own = [(w, m) for w in range(processes) for m in rounds]
     expected = {
         "select id from experts": [f"w{w}-{m}" for w, m in own] + [f"shared-{m}" for m in rounds],
+        "select name from pools": [f"pool-{m}" for m in rounds],
         "select key from profiles": [f"shared-{m}" for m in rounds],
         "select p.key || '/' || i.item_id from profile_items i join profiles p on p.id = i.profile_id": [
             f"shared-{m}/item-{m}" for m in rounds
