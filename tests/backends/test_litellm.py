@@ -128,7 +128,8 @@ def keyed(api_base: str, **key: str) -> ExpertSpec:
 def test_api_key_env_is_read_at_call_time(key_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     expert, backend = keyed(key_server, api_key_env="COE_TEST_API_KEY"), LitellmBackend()
     [missing] = backend.generate(expert, [Prompt("hi")], PARAMS)
-    assert missing.error is not None and "COE_TEST_API_KEY" in missing.error and "not set" in missing.error
+    assert missing.error is not None and missing.error.kind == "auth" and not missing.error.retryable
+    assert "COE_TEST_API_KEY" in str(missing.error) and "not set" in str(missing.error)
     monkeypatch.setenv("COE_TEST_API_KEY", "sk-first-0000000001")
     assert backend.generate(expert, [Prompt("hi")], PARAMS)[0].text == "ok"
     monkeypatch.setenv("COE_TEST_API_KEY", "sk-rotated-0000000002")
@@ -140,7 +141,8 @@ def test_a_masked_key_read_back_from_the_database_fails_without_a_call(key_serve
     stored = ExpertSpec.model_validate_json(keyed(key_server, api_key="sk-literal-0000000123").model_dump_json())
     assert "sk-…123" in stored.model_dump_json() and "literal" not in stored.model_dump_json()
     [output] = LitellmBackend().generate(stored, [Prompt("hi")], PARAMS)
-    assert output.error is not None and "masked" in output.error and "api_key_env" in output.error
+    assert output.error is not None and output.error.kind == "auth"
+    assert "masked" in str(output.error) and "api_key_env" in str(output.error)
     assert KeyRecorder.keys == []
     literal = keyed(key_server, api_key="sk-literal-0000000123")  # in memory, from the file: still usable
     assert LitellmBackend().generate(literal, [Prompt("hi")], PARAMS)[0].text == "ok"
