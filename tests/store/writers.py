@@ -6,7 +6,8 @@ registry import as a named pool (one expert shared by every writer, one its own)
 every writer of that round needs, creating a run (its own, and a shared one only one writer can
 create), and a chunk of run rows (some shared, some its own).
 
-`python -m tests.store.writers URL PROCESSES WRITES` runs it and prints the figures.
+`python -m tests.store.writers sqlite|postgresql PROCESSES WRITES` runs it on a new SQLite file or a
+throwaway PostgreSQL cluster and prints the figures.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from sqlalchemy import create_engine, text
 from coe.errors import RunError
 from coe.schema import ExpertSpec, ReplayBackendSpec
 from coe.store import ProfileItem, ProfileOutcome, ProfileStore, RunStore, Store
+from tests import postgres
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_RUN = "shared"
@@ -173,11 +176,16 @@ def _main(argv: list[str]) -> None:
         url, writes, go, worker = argv[1], int(argv[2]), Path(argv[3]), int(argv[4])
         print(json.dumps(write(url, worker, writes, go)))
         return
-    url, processes, writes = argv[0], int(argv[1]), int(argv[2])
-    figures = run_writers(url, processes, writes)
+    database, processes, writes = argv[0], int(argv[1]), int(argv[2])
+    with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
+        if database == "postgresql":
+            url = stack.enter_context(postgres.throwaway_cluster()).new_database()
+        else:
+            url = f"sqlite:///{folder}/coe.db"
+        figures = run_writers(url, processes, writes)
     print(
-        f"{figures.processes} processes x {figures.writes} writes on {url.split(':')[0]}: errors {figures.errors}, "
-        f"lost {figures.lost}, duplicated {figures.duplicated}, miscounted {figures.miscounted}, {figures.wall_s:.1f} s"
+        f"{database}: {processes} processes x {writes} writes: errors {figures.errors}, lost {figures.lost}, "
+        f"duplicated {figures.duplicated}, miscounted {figures.miscounted}, {figures.wall_s:.1f} s"
     )
     if figures.stderr:
         print(figures.stderr)
