@@ -99,6 +99,8 @@ class Store:
             event.listen(engine, "connect", sqlite_connect)
             event.listen(engine, "begin", sqlite_begin)
             return engine
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")  # the driver coe[postgres] installs
         timeout_ms = int(self.lock_timeout_s * 1000)
         try:
             return create_engine(parsed, connect_args={"options": f"-c lock_timeout={timeout_ms}"})
