@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator, model_validator
 
 from coe.types import Failure
 
@@ -262,6 +262,41 @@ class Query(Frozen):
     gold: str | None = None
     skills: tuple[str, ...] = ()
     source: str | None = None
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _text_is_a_question(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = valid_unicode(value)
+            if not value.strip():
+                raise ValueError("the question is empty")
+        return value
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _choices_are_options(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("choices must be a list of options, not one string")
+        if value is not None:
+            value = tuple(valid_unicode(v) if isinstance(v, str) else v for v in value)
+            if any(isinstance(v, str) and not v.strip() for v in value):
+                raise ValueError("an option is blank")
+        return value
+
+
+def valid_unicode(text: str) -> str:
+    """`text` with lone surrogates (undecodable bytes from a terminal or a file) replaced by U+FFFD, so
+    every backend can encode it."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # bytes a terminal could not decode, as they were
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
 
 
 class ExpertChoice(Frozen):

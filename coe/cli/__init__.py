@@ -8,15 +8,18 @@ import warnings
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from coe.cli import adapters, ask, evals, registry
-from coe.cli.common import console, state
+from coe.cli.common import print_error, print_warning, state
 from coe.errors import (
     BackendError,
     CoeError,
     ConfigError,
     DatasetError,
     LiteralSecretWarning,
+    ProfileError,
+    QueryError,
     RunError,
     UnknownExpertError,
     UnknownNameError,
@@ -36,11 +39,13 @@ evals.register(app)
 
 EXIT_CODES: tuple[tuple[type[CoeError], int], ...] = (
     (ConfigError, 2),
+    (QueryError, 2),
     (UnknownExpertError, 3),
     (UnknownNameError, 3),
     (DatasetError, 4),
     (BackendError, 5),
     (RunError, 6),
+    (ProfileError, 6),
 )
 
 
@@ -65,7 +70,7 @@ def _show_warning(
 ) -> None:
     """coe's own warnings as one plain line on stderr; others as Python prints them."""
     if issubclass(category, LiteralSecretWarning):
-        console.print(f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+        print_warning(message)
     else:
         _python_showwarning(message, category, filename, lineno, file, line)
 
@@ -77,5 +82,14 @@ def main() -> None:
     except CoeError as error:
         if state.debug:
             raise
-        console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+        print_error(error)
         sys.exit(next((code for cls, code in EXIT_CODES if isinstance(error, cls)), 1))
+    except ValidationError as error:  # a value given on the command line that a coe type refuses
+        if state.debug:
+            raise
+        problems = "; ".join(
+            f"{'.'.join(map(str, p['loc'])) or 'input'}: {p['msg'].removeprefix('Value error, ')}"
+            for p in error.errors()
+        )
+        print_error(ConfigError(f"invalid input: {problems}"))
+        sys.exit(2)

@@ -18,7 +18,7 @@ from coe.evals.run import run_eval
 from coe.evals.summary import EvalSummary
 from coe.outcomes import Outcomes
 from coe.routers.skill import skill_profile
-from coe.store import RunStore, Store
+from coe.store import ItemTrace, RunStore, Store
 from coe.types import GenerationParams
 
 BenchOption = Annotated[str, typer.Option("--bench", help="mmlu-pro or gpqa.")]
@@ -313,6 +313,11 @@ def runs_trace(
     trace = trace_item(store, run_id, item_id)
     if not trace.results:
         raise RunError(f"run {run_id!r} has no results for item {item_id!r} (not a test item, or not reached yet)")
+    print_trace(item_id, trace)
+
+
+def print_trace(item_id: str, trace: ItemTrace) -> None:
+    """An item's routes, expert answers (or errors) and fused results, as three tables."""
     routes = Table(title=f"routes of item {item_id}")
     for column in ("seed", "router", "experts (score)", "reason"):
         routes.add_column(column)
@@ -323,7 +328,11 @@ def runs_trace(
     for column in ("expert", "letter", "answer (start)"):
         answers.add_column(column)
     for expert, choice, text, error in trace.generations:
-        shown = error or (" ".join((text or "(text not kept: recorded or protected benchmark)").split())[:100])
+        shown = (
+            f"error: {error}"
+            if error
+            else " ".join((text or "(text not kept: recorded or protected benchmark)").split())[:100]
+        )
         answers.add_row(expert, choice or "-", shown)
     out.print(answers)
     results = Table(title="fused results")

@@ -78,7 +78,7 @@ def show(expert_id: Annotated[str, typer.Argument(help="An expert id.")]) -> Non
     """One expert, as registry YAML."""
     stored = _store().get_expert(expert_id)
     out.print(f"# from {stored.source}, imported {stored.imported_at:%Y-%m-%d %H:%M}")
-    out.print(dump_registry([stored.spec]).rstrip(), markup=False)
+    out.print(dump_registry([stored.spec]).rstrip())
 
 
 @app.command("remove")
@@ -95,7 +95,7 @@ def export(
     """All stored experts as one registry file (importing it gives them back)."""
     text = dump_registry(stored.spec for stored in _store().list_experts())
     if output is None:
-        out.print(text.rstrip(), markup=False)
+        out.print(text.rstrip())
     else:
         output.write_text(text)
         out.print(f"wrote {output}")
