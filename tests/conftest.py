@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from coe.backends.llamacpp import LlamaCppBackend
+from coe.cli import main
 from coe.embed import Encoder
 from coe.registry import Registry
 from coe.settings import Settings, apply_offline_environment
@@ -54,6 +57,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a `coe` command run by a test: its own database and cache."""
+    return {
+        "COE_DATABASE_URL": f"sqlite:///{tmp_path / 'coe.db'}",
+        "COE_CACHE_DIR": str(tmp_path / "cache"),
+        "LOCAL_KEY": "none",  # the key of the tests' loopback servers (any value: they check none)
+    }
+
+
+@pytest.fixture
 def settings(tmp_path: Path, weights_cache: Path) -> Settings:
     return Settings(
         cache_dir=weights_cache,
@@ -78,3 +91,26 @@ def embedded_backend(weights_cache: Path) -> Iterator[LlamaCppBackend]:
 def minilm(weights_cache: Path) -> Encoder:
     """The real MiniLM sentence encoder (loaded once), caching embeddings in the session's cache."""
     return Encoder(cache_dir=weights_cache)
+
+
+CoeRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def coe_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> CoeRunner:
+    """`coe_here(*args, env={...})`: the exit code and the output of `coe ARGS`, run in-process."""
+
+    def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(sys, "argv", ["coe", *args])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(["coe", *args], code, captured.out, captured.err)
+
+    return run

@@ -58,6 +58,7 @@ def _configure(debug: Annotated[bool, typer.Option("--debug", help="Show traceba
         level=logging.DEBUG if debug else settings.log_level, format="%(levelname)s %(name)s: %(message)s"
     )
     state.settings = settings
+    state.builder = None
     state.debug = debug
     warnings.showwarning = _show_warning
 

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from coe.backends.references import missing_references
 from coe.cli.common import out, settings
+from coe.errors import RegistryError
 from coe.registry import dump_registry, load_registry_file
 from coe.resources import bundled_pools
 from coe.store import Store
@@ -24,10 +26,18 @@ def _store() -> Store:
 def import_file(
     path: Annotated[Path, typer.Argument(help="A registry YAML file.")],
     name: Annotated[str | None, typer.Option(help="The pool's name (default: the file's stem).")] = None,
+    check: Annotated[
+        bool, typer.Option(help="Check that weights, GGUF files, adapters and recorded responses exist.")
+    ] = True,
 ) -> None:
     """Validate a registry file and store its experts as a named pool (one transaction; idempotent):
     afterwards `--pool NAME` serves it anywhere a pool is asked for."""
     experts = load_registry_file(path, settings().data_dir)
+    missing = [problem for expert in experts for problem in missing_references(expert)] if check else []
+    if missing:
+        raise RegistryError(
+            f"{path}: " + "; ".join(missing) + "; nothing was written (--no-check imports files that appear later)"
+        )
     pool = name or path.stem
     summary = _store().import_pool(pool, experts, source=str(path.resolve()))
     out.print(

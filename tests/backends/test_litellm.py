@@ -1,5 +1,5 @@
 """The litellm backend over real loopback HTTP: the embedded engine's own OpenAI-compatible server, and a
-small server that records the API key each request carries."""
+small one that misbehaves on purpose and records the API key each request carries."""
 
 import json
 import threading
@@ -82,51 +82,59 @@ def test_a_bad_request_fails_alone_and_is_not_retryable(served: ExpertSpec) -> N
     assert outputs[1].ok and outputs[1].text
 
 
-class KeyRecorder(BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat endpoint that records the bearer key each request carries."""
+class Misbehaving(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that behaves as its path says: `/fail500/v1` answers HTTP 500, `/null/v1`
+    a reply whose content is null, `/ok/v1` "ok"; it counts the requests and records the key each carries."""
 
+    calls: ClassVar[list[str]] = []
     keys: ClassVar[list[str]] = []
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
-        KeyRecorder.keys.append(self.headers.get("Authorization", ""))
-        reply = {
-            "id": "r",
-            "object": "chat.completion",
-            "created": 0,
-            "model": "m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        }
-        body = json.dumps(reply).encode()
-        self.send_response(200)
+        mode = self.path.split("/")[1]
+        self.calls.append(mode)
+        self.keys.append(self.headers.get("Authorization", ""))
+        if mode == "fail500":
+            self._reply(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
+            return
+        message = {"role": "assistant", "content": "ok" if mode == "ok" else None}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        usage = {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3}
+        self._reply(
+            200,
+            {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice], "usage": usage},
+        )
+
+    def _reply(self, status: int, body: dict) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(payload)
 
     def log_message(self, *args: object) -> None:
         return None
 
 
-@pytest.fixture
-def key_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), KeyRecorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    KeyRecorder.keys.clear()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+@pytest.fixture(scope="module")
+def misbehaving() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Misbehaving)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
 
 
-def keyed(api_base: str, **key: str) -> ExpertSpec:
-    backend = LitellmBackendSpec(model="openai/m", api_base=api_base, num_retries=0, timeout_s=10, **key)
+def keyed(server: str, **key: str) -> ExpertSpec:
+    """An expert on the server's `/ok/v1`, its key given as `key` (api_key_env or api_key); no keys seen yet."""
+    Misbehaving.keys.clear()
+    backend = LitellmBackendSpec(model="openai/m", api_base=f"{server}/ok/v1", num_retries=0, timeout_s=10, **key)
     return ExpertSpec(id="keyed", base="m", backend=backend)
 
 
-def test_api_key_env_is_read_at_call_time(key_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    expert, backend = keyed(key_server, api_key_env="COE_TEST_API_KEY"), LitellmBackend()
+def test_api_key_env_is_read_at_call_time(misbehaving: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    expert, backend = keyed(misbehaving, api_key_env="COE_TEST_API_KEY"), LitellmBackend()
     [missing] = backend.generate(expert, [Prompt("hi")], PARAMS)
     assert missing.error is not None and missing.error.kind == "auth" and not missing.error.retryable
     assert "COE_TEST_API_KEY" in str(missing.error) and "not set" in str(missing.error)
@@ -134,16 +142,35 @@ def test_api_key_env_is_read_at_call_time(key_server: str, monkeypatch: pytest.M
     assert backend.generate(expert, [Prompt("hi")], PARAMS)[0].text == "ok"
     monkeypatch.setenv("COE_TEST_API_KEY", "sk-rotated-0000000002")
     assert backend.generate(expert, [Prompt("hi")], PARAMS)[0].text == "ok"
-    assert KeyRecorder.keys == ["Bearer sk-first-0000000001", "Bearer sk-rotated-0000000002"]
+    assert Misbehaving.keys == ["Bearer sk-first-0000000001", "Bearer sk-rotated-0000000002"]
 
 
-def test_a_masked_key_read_back_from_the_database_fails_without_a_call(key_server: str) -> None:
-    stored = ExpertSpec.model_validate_json(keyed(key_server, api_key="sk-literal-0000000123").model_dump_json())
+def test_a_masked_key_read_back_from_the_database_fails_without_a_call(misbehaving: str) -> None:
+    stored = ExpertSpec.model_validate_json(keyed(misbehaving, api_key="sk-literal-0000000123").model_dump_json())
     assert "sk-…123" in stored.model_dump_json() and "literal" not in stored.model_dump_json()
     [output] = LitellmBackend().generate(stored, [Prompt("hi")], PARAMS)
     assert output.error is not None and output.error.kind == "auth"
     assert "masked" in str(output.error) and "api_key_env" in str(output.error)
-    assert KeyRecorder.keys == []
-    literal = keyed(key_server, api_key="sk-literal-0000000123")  # in memory, from the file: still usable
+    assert Misbehaving.keys == []
+    literal = keyed(misbehaving, api_key="sk-literal-0000000123")  # in memory, from the file: still usable
     assert LitellmBackend().generate(literal, [Prompt("hi")], PARAMS)[0].text == "ok"
-    assert KeyRecorder.keys == ["Bearer sk-literal-0000000123"]
+    assert Misbehaving.keys == ["Bearer sk-literal-0000000123"]
+
+
+def api_expert(api_base: str, num_retries: int) -> ExpertSpec:
+    spec = LitellmBackendSpec(model="openai/m", api_base=api_base, api_key="sk-x", num_retries=num_retries)
+    return ExpertSpec(id="flaky-api", base="m", backend=spec)
+
+
+def test_retries_happen_in_one_layer_with_backoff(misbehaving: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("coe.backends.litellm.RETRY_BASE_S", 0.01)
+    Misbehaving.calls.clear()
+    (output,) = LitellmBackend().generate(api_expert(f"{misbehaving}/fail500/v1", 2), [Prompt("hi")], PARAMS)
+    assert Misbehaving.calls == ["fail500"] * 3  # the first call and num_retries=2 more: no hidden layers
+    assert output.error is not None and (output.error.kind, output.error.retryable) == ("server", True)
+
+
+def test_a_reply_without_content_is_a_failure_not_an_empty_answer(misbehaving: str) -> None:
+    (output,) = LitellmBackend().generate(api_expert(f"{misbehaving}/null/v1", 2), [Prompt("hi")], PARAMS)
+    assert output.error is not None and output.error.kind == "bad_output" and not output.ok
+    assert "content: null" in output.error.message
