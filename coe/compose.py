@@ -24,6 +24,7 @@ from coe.aggregate import Aggregator, make_aggregator
 from coe.backends import Backend, default_backends
 from coe.composer import Composer
 from coe.datasets import BENCHMARKS, is_redacted, load_benchmark
+from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError
 from coe.outcomes import Outcomes
 from coe.registry import Registry, describe_validation_error, load_pool
@@ -110,6 +111,8 @@ class CompositionSpec(Frozen):
     """The router's random state (random draws, cross-validation folds)."""
     generation: GenerationSpec = GenerationSpec()
     executor: Literal["local"] = "local"
+    encoder: EncoderName = DEFAULT_ENCODER
+    """The query encoder of the knn, skill and classifier routers and of skill annotation."""
 
     @model_validator(mode="before")
     @classmethod
@@ -197,7 +200,8 @@ class CompositionBuilder:
         self._store = store
         self.progress = progress or _no_progress
         self._benchmarks: dict[tuple[str, str], list[Query]] = {}
-        self._annotators: dict[str, SkillAnnotator] = {}
+        self._encoders: dict[str, Encoder] = {}
+        self._annotators: dict[tuple[str, str], SkillAnnotator] = {}
 
     # ----------------------------------------------------------------------- shared resources
 
@@ -219,20 +223,22 @@ class CompositionBuilder:
     def scheduler(self) -> Scheduler:
         return self._scheduler or Scheduler(self.backends)
 
-    @cached_property
-    def encoder(self) -> Encoder:
-        from coe.embed import Encoder
+    def encoder(self, name: str = DEFAULT_ENCODER) -> Encoder:
+        """The named encoder (one per name), caching its embeddings under the settings' cache dir."""
+        if name not in self._encoders:
+            from coe.embed import make_encoder
 
-        return Encoder(cache_dir=self.settings.cache_dir)
+            self._encoders[name] = make_encoder(name, cache_dir=self.settings.cache_dir)
+        return self._encoders[name]
 
-    def annotator(self, bench: str | None) -> SkillAnnotator:
+    def annotator(self, bench: str | None, encoder: str = DEFAULT_ENCODER) -> SkillAnnotator:
         """The embedding skill annotator over the benchmark's taxonomy (every taxonomy for None)."""
-        key = bench or ""
+        key = (bench or "", encoder)
         if key not in self._annotators:
             from coe.skills import EmbeddingAnnotator, bundled_taxonomy
 
-            names = {"mmlu-pro": ("mmlu_pro",), "gpqa": ("gpqa",)}.get(key, ())
-            self._annotators[key] = EmbeddingAnnotator(bundled_taxonomy(*names), self.encoder)
+            names = {"mmlu-pro": ("mmlu_pro",), "gpqa": ("gpqa",)}.get(key[0], ())
+            self._annotators[key] = EmbeddingAnnotator(bundled_taxonomy(*names), self.encoder(encoder))
         return self._annotators[key]
 
     def pool(self, ref: str | Path) -> Registry:
@@ -252,7 +258,13 @@ class CompositionBuilder:
     # ----------------------------------------------------------------------- the parts of a composition
 
     def profile(
-        self, source: SplitProfile, registry: Registry, params: GenerationParams, *, annotate: bool = True
+        self,
+        source: SplitProfile,
+        registry: Registry,
+        params: GenerationParams,
+        *,
+        annotate: bool = True,
+        encoder: str = DEFAULT_ENCODER,
     ) -> Profile:
         """Measure the pool on the split's profiling items, or reuse the stored profile of equal inputs."""
         from coe.profile import profile
@@ -270,19 +282,25 @@ class CompositionBuilder:
                 items=items,
                 scheduler=self.scheduler,
                 params=params,
-                annotator=self.annotator(source.bench) if annotate else None,
+                annotator=self.annotator(source.bench, encoder) if annotate else None,
                 keep_text=not is_redacted(source.bench),
                 on_progress=on_progress,
             )
 
     def outcomes(
-        self, source: ProfileSource, registry: Registry, params: GenerationParams, *, annotate: bool = True
+        self,
+        source: ProfileSource,
+        registry: Registry,
+        params: GenerationParams,
+        *,
+        annotate: bool = True,
+        encoder: str = DEFAULT_ENCODER,
     ) -> tuple[Outcomes, str | None]:
         """The outcomes a router fits on, and the benchmark they were measured on (None for priors)."""
         if source == "priors":
             return Outcomes.from_priors(registry.experts), None
         if isinstance(source, SplitProfile):
-            return self.profile(source, registry, params, annotate=annotate).outcomes, source.bench
+            return self.profile(source, registry, params, annotate=annotate, encoder=encoder).outcomes, source.bench
         from coe.profile import check_profile_covers, find_profile, stored_outcomes
 
         assert isinstance(source, StoredProfile)
@@ -295,13 +313,23 @@ class CompositionBuilder:
         items = [by_id[item.item_id] for item in ProfileStore(self.store).items(record.id)]
         return stored_outcomes(self.store, record, registry, items), record.bench
 
-    def router(self, spec: RouterSpec, outcomes: Outcomes, *, k: int, seed: int, bench: str | None) -> Router:
-        """The named router with its hyperparameters, fitted on `outcomes` for `k` experts per query."""
+    def router(
+        self,
+        spec: RouterSpec,
+        outcomes: Outcomes,
+        *,
+        k: int,
+        seed: int,
+        bench: str | None,
+        encoder: str = DEFAULT_ENCODER,
+    ) -> Router:
+        """The named router with its hyperparameters, fitted on `outcomes` for `k` experts per query;
+        the embedding routers (and skill's annotator) use the named encoder."""
         collaborators: dict[str, Any] = {"random_state": seed, "k": k}
         if spec.name in ("knn", "classifier", "skill"):
-            collaborators["encoder"] = self.encoder
+            collaborators["encoder"] = self.encoder(encoder)
         if spec.name == "skill":
-            collaborators["annotator"] = self.annotator(bench)
+            collaborators["annotator"] = self.annotator(bench, encoder)
         router = make_router(spec.name, **collaborators)
         try:
             router.set_params(**spec.params)
@@ -325,10 +353,12 @@ class CompositionBuilder:
         """A fitted, ready Composer."""
         registry = self.pool(spec.pool)
         params = spec.generation.params()
-        outcomes, bench = self.outcomes(spec.profile, registry, params, annotate=spec.router.name == "skill")
+        outcomes, bench = self.outcomes(
+            spec.profile, registry, params, annotate=spec.router.name == "skill", encoder=spec.encoder
+        )
         return Composer(
             registry,
-            router=self.router(spec.router, outcomes, k=spec.k, seed=spec.seed, bench=bench),
+            router=self.router(spec.router, outcomes, k=spec.k, seed=spec.seed, bench=bench, encoder=spec.encoder),
             aggregator=self.aggregator(spec.aggregator, registry, bench),
             backends=self.backends,
             scheduler=self.scheduler,

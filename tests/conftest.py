@@ -12,7 +12,7 @@ import pytest
 
 from coe.backends.llamacpp import LlamaCppBackend
 from coe.cli import main
-from coe.embed import Encoder
+from coe.embed import Encoder, StaticEncoder
 from coe.registry import Registry
 from coe.settings import Settings, apply_offline_environment
 from tests import postgres
@@ -114,3 +114,9 @@ def coe_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
         return subprocess.CompletedProcess(["coe", *args], code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def static_encoder(weights_cache: Path) -> StaticEncoder:
+    """The static encoder, distilled once per session from the local MiniLM package into the cache."""
+    return StaticEncoder(cache_dir=weights_cache).load()

@@ -14,8 +14,9 @@ from rich.table import Table
 from coe.aggregate import AGGREGATORS
 from coe.cli.common import builder, load_pool, out, progress, settings
 from coe.compose import SplitProfile
+from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError, RunError
-from coe.evals.config import EvalConfig
+from coe.evals.config import ADDED_FIELDS, EvalConfig
 from coe.evals.run import run_eval
 from coe.evals.summary import EvalSummary
 from coe.outcomes import Outcomes
@@ -27,6 +28,7 @@ from coe.types import GenerationParams
 BenchOption = Annotated[str, typer.Option("--bench", help="mmlu-pro or gpqa.")]
 PoolOption = Annotated[str, typer.Option("--pool", help="Registry file, imported pool name or bundled pool name.")]
 SplitOption = Annotated[str, typer.Option("--split", help="random:N:SEED, ids:FILE or symbolic-moe.")]
+ENCODER_HELP = "Query encoder of knn, skill, classifier and skill annotation."
 
 
 aggregators_app = typer.Typer(help="Aggregators: choose the LLM aggregator expert.")
@@ -48,7 +50,8 @@ def profile_command(
     bench: BenchOption = "mmlu-pro",
     split: SplitOption = "random:1400:0",
     max_tokens: Annotated[int, typer.Option(help="Generation budget per expert.")] = 512,
-    annotate: Annotated[bool, typer.Option(help="Tag profiling items with taxonomy skills (MiniLM).")] = True,
+    annotate: Annotated[bool, typer.Option(help="Tag profiling items with taxonomy skills (embeddings).")] = True,
+    encoder: Annotated[EncoderName, typer.Option(help=ENCODER_HELP)] = DEFAULT_ENCODER,
 ) -> None:
     """Run every expert of a pool over the profiling items and store the measured profile."""
     from coe.profile import profile_name
@@ -56,7 +59,7 @@ def profile_command(
     registry = load_pool(pool)
     source = SplitProfile.model_validate({"bench": bench, "split": split})
     params = GenerationParams(max_tokens=max_tokens, seed=settings().seed)
-    measured = builder().profile(source, registry, params, annotate=annotate)
+    measured = builder().profile(source, registry, params, annotate=annotate, encoder=encoder)
     outcomes = measured.outcomes
     state = "reused the stored profile" if measured.reused else "stored"
     record = measured.record
@@ -133,6 +136,7 @@ def eval_command(
     max_failure_rate: Annotated[
         float | None, typer.Option(help="Share of failed generations above which the run fails (default 0.1).")
     ] = None,
+    encoder: Annotated[EncoderName | None, typer.Option(help=f"{ENCODER_HELP} (default {DEFAULT_ENCODER})")] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the JSON summary here.")] = None,
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue this run where it stopped; failed generations are retried.")
@@ -155,11 +159,12 @@ def eval_command(
         "aggregator_pool": aggregator_pool,
         "chunk_size": chunk_size,
         "max_failure_rate": max_failure_rate,
+        "encoder": encoder,
     }
     given = {key: value for key, value in given.items() if value is not None}
     if resume:
         stored = RunStore(store).get(resume).config
-        config = EvalConfig.model_validate({**stored, **given})
+        config = EvalConfig.model_validate({**ADDED_FIELDS, **stored, **given})
     else:
         missing = [name for name in ("pool", "bench", "split") if name not in given]
         if missing:
@@ -258,17 +263,21 @@ def print_summary(summary: EvalSummary) -> None:
 
 def report_command(
     run_id: Annotated[str, typer.Argument(help="A run id (see the end of `coe eval`).")],
-    output: Annotated[Path, typer.Option(help="Folder for the Markdown and plots.")] = Path("evals/results"),
+    output: Annotated[
+        Path | None, typer.Option(help="Folder for the Markdown and plots (default: `reports/` beside the database).")
+    ] = None,
 ) -> None:
     """Write a run's Markdown report and plots."""
     from coe.evals.report import write_report
 
     current = settings()
-    record = RunStore(Store(current.database_url)).get(run_id)
+    store = Store(current.database_url)
+    record = RunStore(store).get(run_id)
     if record.summary is None:
         raise RunError(f"run {run_id!r} has not finished; finish it with `coe eval --resume {run_id}`")
-    path = write_report(EvalSummary.model_validate(record.summary), output)
-    out.print(f"wrote {path} and its plots")
+    folder = output or (store.folder or current.cache_dir) / "reports"
+    path = write_report(EvalSummary.model_validate(record.summary), folder)
+    out.print(f"wrote {path.resolve()} and its plots beside it")
 
 
 @aggregators_app.command("probe")

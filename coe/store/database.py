@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from coe.errors import ConfigError, RegistryError, UnknownExpertError
@@ -68,14 +69,29 @@ class Store:
         self._engine: Engine | None = None
 
     @property
+    def folder(self) -> Path | None:
+        """The folder of a SQLite database file (None for a server or an in-memory database)."""
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+            return None
+        return Path(parsed.database).resolve().parent
+
+    @property
     def engine(self) -> Engine:
         if self._engine is None:
             engine = self._connect()
             try:
                 self._create_schema(engine)
-            except BaseException:
+            except BaseException as error:
                 engine.dispose()
-                raise
+                if not isinstance(error, SQLAlchemyError | ImportError):
+                    raise
+                cause = getattr(error, "orig", None) or error
+                raise ConfigError(
+                    f"cannot use the database {engine.url.render_as_string(hide_password=True)}: {cause}; set "
+                    "COE_DATABASE_URL to a SQLite file (sqlite:///path/coe.db) or a server "
+                    "(postgresql+psycopg://user@host/db)"
+                ) from error
             self._engine = engine
         return self._engine
 

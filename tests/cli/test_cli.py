@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import MetaData, create_engine
 
+from coe.embed import StaticEncoder
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -85,7 +87,10 @@ def test_unknown_expert_exits_3(env: dict[str, str]) -> None:
     assert "unknown expert 'gpt-9'" in result.stderr and "coe registry list" in result.stderr
 
 
-def test_profile_stores_and_then_reuses_a_profile(env: dict[str, str], tmp_path: Path) -> None:
+def test_profile_stores_and_then_reuses_a_profile(
+    env: dict[str, str], tmp_path: Path, static_encoder: StaticEncoder
+) -> None:
+    # skill annotation uses the default (static) encoder: the fixture has distilled it into the cache
     ids = tmp_path / "ids.txt"
     ids.write_text("\n".join(str(qid) for qid in range(70, 110)))
     args = ("profile", "--pool", str(REPO / "registry" / "replay-mmlu-pro-ref8.yaml"), "--split", f"ids:{ids}")
@@ -214,3 +219,10 @@ def database_text(url: str) -> str:
         files = Path(str(engine.url.database)).parent.glob("coe.db*")
         rows += [path.read_bytes().decode("utf-8", "replace") for path in files]
     return "\n".join(rows)
+
+
+def test_an_unknown_encoder_is_refused_before_anything_runs(env: dict[str, str]) -> None:
+    pool = str(REPO / "registry" / "replay-mmlu-pro-ref8.yaml")
+    args = ("eval", "--bench", "mmlu-pro", "--pool", pool, "--split", "random:140:0", "--encoder", "bert")
+    result = coe(*args, env=env, check=False)
+    assert result.returncode == 2 and "'bert' is not one of 'minilm'" in result.stderr
