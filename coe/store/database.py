@@ -105,8 +105,9 @@ class Store:
         backend = parsed.get_backend_name()
         if backend not in ("sqlite", "postgresql"):
             raise ConfigError(
-                f"database URL {self.url!r}: coe runs on SQLite (sqlite:///FILE) or PostgreSQL "
-                f"(postgresql+psycopg://USER@HOST/DB), not {backend!r}; set COE_DATABASE_URL"
+                f"cannot use the database {parsed.render_as_string(hide_password=True)}: coe runs on SQLite "
+                f"(sqlite:///FILE) or PostgreSQL (postgresql+psycopg://USER@HOST/DB), not {backend!r}; "
+                "set COE_DATABASE_URL"
             )
         if backend == "sqlite":
             if parsed.database not in (None, "", ":memory:"):

@@ -133,7 +133,7 @@ def test_a_file_named_like_markup_is_reported_verbatim(
     ("variable", "value", "message"),
     [
         ("COE_THREADS", "abc", "invalid environment: COE_THREADS: Input should be a valid integer"),
-        ("COE_DATABASE_URL", "mongodb://host/db", "cannot use the database mongodb://host/db: Can't load plugin"),
+        ("COE_DATABASE_URL", "mongodb://host/db", "cannot use the database mongodb://host/db: coe runs on SQLite"),
         ("COE_DATABASE_URL", "not a url", "is not a SQLAlchemy URL"),
     ],
 )
