@@ -9,6 +9,8 @@ The model named in a request picks the behaviour:
 - `garbage`: HTTP 200 with a body that is not JSON;
 - `cut`: streams two words, then an error event (a failure mid-stream);
 - `null`: HTTP 200 with a reply whose content is null.
+
+It records the `Authorization` header of every call (`keys`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Upstream:
     def __init__(self, *, seed: int = 0, failure_rate: float = 0.3, slow_s: float = 2.0) -> None:
         self.calls: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
+        self.keys: list[str] = []
         self.failure_rate = failure_rate
         self.slow_s = slow_s
         self._rng = random.Random(seed)
@@ -39,10 +42,11 @@ class Upstream:
         self._lock = threading.Lock()
         self.address = ""
 
-    def verdict(self, model: str, prompt: str) -> int:
+    def verdict(self, model: str, prompt: str, key: str) -> int:
         """The HTTP status this call gets (200, or the failure to inject)."""
         with self._lock:
             self.calls[model] += 1
+            self.keys.append(key)
             status = 200
             if model == "down":
                 status = 503
@@ -67,7 +71,7 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             model = str(body.get("model", ""))
             prompt = str(body.get("messages", [{}])[-1].get("content", ""))
-            status = upstream.verdict(model, prompt)
+            status = upstream.verdict(model, prompt, self.headers.get("Authorization", ""))
             if status != 200:
                 self._send(status, {"error": {"message": f"injected failure ({model})", "type": "server_error"}})
                 return
@@ -169,7 +173,7 @@ def litellm_expert(upstream: Upstream, model: str, expert_id: str | None = None,
             "kind": "litellm",
             "model": f"openai/{model}",
             "api_base": upstream.address,
-            "api_key": "sk-test",
+            "api_key_env": "LOCAL_KEY",
             "num_retries": 1,
             "timeout_s": 10,
             **backend,

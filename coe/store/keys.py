@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from coe.errors import ConfigError
+from coe.store.concurrency import count_changed, insert_or_ignore, retried
 from coe.store.database import Store, now
 from coe.store.tables import ApiKeyRow
 
@@ -41,29 +42,30 @@ class KeyStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    @retried
     def create(self, name: str, rate_limit_per_min: int | None = None) -> str:
-        """A new key named `name`; returns the key itself, which is not stored and cannot be shown again."""
+        """A new key named `name`; returns the key itself, which is not stored and cannot be shown again.
+        Two processes creating the same name: one wins, the other is told the name exists."""
         if not name or len(name) > 200:
             raise ConfigError("a key needs a name of 1 to 200 characters")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = {
+            "name": name,
+            "key_hash": hash_key(key),
+            "prefix": key[: len(KEY_PREFIX) + 4],
+            "rate_limit_per_min": rate_limit_per_min,
+            "created_at": now(),
+        }
         with self.store.session() as session:
-            if session.get(ApiKeyRow, name) is not None:
+            if not count_changed(session, insert_or_ignore(session, ApiKeyRow).values(**row)):
                 raise ConfigError(f"a key named {name!r} exists; revoke it or choose another name (`coe keys list`)")
-            session.add(
-                ApiKeyRow(
-                    name=name,
-                    key_hash=hash_key(key),
-                    prefix=key[: len(KEY_PREFIX) + 4],
-                    rate_limit_per_min=rate_limit_per_min,
-                    created_at=now(),
-                )
-            )
         return key
 
     def all(self) -> list[ApiKey]:
         with self.store.session() as session:
             return [_key(row) for row in session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))]
 
+    @retried
     def revoke(self, name: str) -> None:
         with self.store.session() as session:
             row = session.get(ApiKeyRow, name)

@@ -1,4 +1,5 @@
-"""The litellm backend over real loopback HTTP: the embedded engine's own OpenAI-compatible server."""
+"""The litellm backend over real loopback HTTP: the embedded engine's own OpenAI-compatible server, and a
+small one that misbehaves on purpose and records the API key each request carries."""
 
 from collections.abc import Iterator
 
@@ -84,8 +85,35 @@ def upstream() -> Iterator[Upstream]:
         yield server
 
 
-def api_expert(upstream: Upstream, model: str, num_retries: int) -> ExpertSpec:
-    return ExpertSpec.model_validate(litellm_expert(upstream, model, "flaky-api", num_retries=num_retries))
+def api_expert(upstream: Upstream, model: str, num_retries: int, **backend: str | None) -> ExpertSpec:
+    return ExpertSpec.model_validate(litellm_expert(upstream, model, "flaky-api", num_retries=num_retries, **backend))
+
+
+def test_api_key_env_is_read_at_call_time(upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    expert, backend = api_expert(upstream, "ok", 0, api_key_env="COE_TEST_API_KEY"), LitellmBackend()
+    monkeypatch.delenv("COE_TEST_API_KEY", raising=False)
+    upstream.keys.clear()
+    [missing] = backend.generate(expert, [Prompt("hi")], PARAMS)
+    assert missing.error is not None and missing.error.kind == "auth" and not missing.error.retryable
+    assert "COE_TEST_API_KEY" in str(missing.error) and "not set" in str(missing.error)
+    monkeypatch.setenv("COE_TEST_API_KEY", "sk-first-0000000001")
+    assert backend.generate(expert, [Prompt("hi")], PARAMS)[0].text == ANSWER
+    monkeypatch.setenv("COE_TEST_API_KEY", "sk-rotated-0000000002")
+    assert backend.generate(expert, [Prompt("hi")], PARAMS)[0].text == ANSWER
+    assert upstream.keys == ["Bearer sk-first-0000000001", "Bearer sk-rotated-0000000002"]
+
+
+def test_a_masked_key_read_back_from_the_database_fails_without_a_call(upstream: Upstream) -> None:
+    literal = api_expert(upstream, "ok", 0, api_key_env=None, api_key="sk-literal-0000000123")
+    stored = ExpertSpec.model_validate_json(literal.model_dump_json())
+    assert "sk-…123" in stored.model_dump_json() and "literal" not in stored.model_dump_json()
+    upstream.keys.clear()
+    [output] = LitellmBackend().generate(stored, [Prompt("hi")], PARAMS)
+    assert output.error is not None and output.error.kind == "auth"
+    assert "masked" in str(output.error) and "api_key_env" in str(output.error)
+    assert upstream.keys == []
+    assert LitellmBackend().generate(literal, [Prompt("hi")], PARAMS)[0].text == ANSWER  # in memory: still usable
+    assert upstream.keys == ["Bearer sk-literal-0000000123"]
 
 
 def test_retries_happen_in_one_layer_with_backoff(upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
