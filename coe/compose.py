@@ -112,7 +112,7 @@ class CompositionSpec(Frozen):
     """The router's random state (random draws, cross-validation folds)."""
     generation: GenerationSpec = GenerationSpec()
     recovery: Recovery = Recovery()
-    """Failed generations: retries with backoff, then the route's next-ranked expert replaces them."""
+    """Failed generations: the route's next-ranked expert replaces them (backends retry, the Composer does not)."""
     executor: Literal["local"] = "local"
     encoder: EncoderName = DEFAULT_ENCODER
     """The query encoder of the knn, skill and classifier routers and of skill annotation."""

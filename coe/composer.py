@@ -6,9 +6,10 @@ expert-batched, and fuses each router's picks with each aggregator: what evaluat
 comparison need, with every generation computed once (give the scheduler a cache to reuse them
 across calls).
 
-Failures are handled here, once, for every face: a failed generation is retried (after a backoff)
-when its failure is retryable, and a picked expert that still fails is replaced by the next expert its
-route ranks (`Route.fallbacks`); each replacement is recorded on the Answer (`Answer.fallbacks`).
+Failures are handled here, once, for every face: a picked expert whose generation fails is replaced by
+the next expert its route ranks (`Route.fallbacks`), and each replacement is recorded on the Answer
+(`Answer.fallbacks`). The Composer never calls the same expert again for the same query: retrying is
+the backend's job (litellm's `num_retries`, with capped backoff), so retries never multiply.
 """
 
 from __future__ import annotations
@@ -176,28 +177,10 @@ class Composer:
         sinks: StreamSinks,
         on_progress: Callable[[int], None] | None,
     ) -> tuple[dict[tuple[str, int], Generation], BatchStats]:
-        """Generations for (expert id, query index) pairs, expert-batched by the scheduler; retryable
-        failures are tried again after a backoff, unless their stream already began or their backend
-        retried them already."""
+        """Generations for (expert id, query index) pairs, expert-batched by the scheduler."""
         prompts = {i: question_prompt(batch[i]) for i in {i for _, i in needed}}
         requests = [Request(self._expert(e), prompts[i], sinks.sink(e, i)) for e, i in needed]
         outputs, stats = self.scheduler.run(requests, params, on_progress)
-        for attempt in range(self.recovery.retries):
-            again = [
-                j
-                for j, output in enumerate(outputs)
-                if output.error is not None
-                and output.error.retryable
-                and not sinks.emitted(*needed[j])
-                and not self.scheduler.backend_for(requests[j].expert).capabilities.retries
-            ]
-            if not again:
-                break
-            time.sleep(self.recovery.backoff_s * 2**attempt)
-            retried, more = self.scheduler.run([requests[j] for j in again], params)
-            stats.merge(more)
-            for j, output in zip(again, retried, strict=True):
-                outputs[j] = output
         return dict(zip(needed, outputs, strict=True)), stats
 
     def _expert(self, expert_id: str) -> ExpertSpec:

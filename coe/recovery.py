@@ -1,14 +1,12 @@
-"""What happens when an expert fails, for every face at once: a retryable failure is tried again
-after a backoff (unless its backend retried it already), and a picked expert that still fails, or is
-to be avoided (cooling down), is replaced by the next expert its route ranks. A `Lineup` tracks this
-for one query and router; `StreamSinks` knows which streamed answers already began (those are never
-retried or replaced: their text is out)."""
+"""What happens when an expert fails, for every face at once: a picked expert whose generation failed
+(after its backend's own retries, the one retry layer), or that is to be avoided (cooling down), is
+replaced by the next expert its route ranks; the failed call is never made again. A `Lineup` tracks
+this for one query and router; `StreamSinks` knows which streamed answers already began (those are
+never replaced: their text is out)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-
-from pydantic import Field
 
 from coe.schema import Fallback, Frozen, Route
 from coe.types import Failure, Generation
@@ -18,13 +16,8 @@ ExpertSink = Callable[[str, str], None]
 
 
 class Recovery(Frozen):
-    """What the Composer does when an expert's generation fails."""
+    """What the Composer does when an expert's generation fails (retries are the backend's, not here)."""
 
-    retries: int = Field(default=1, ge=0)
-    """Times a retryable failure (timeout, connection, rate limit, server error) is tried again, unless
-    its backend retries by itself (`Capabilities.retries`: litellm's `num_retries`)."""
-    backoff_s: float = Field(default=0.5, ge=0)
-    """Wait before the first retry; doubled before each next one."""
     replace: bool = True
     """Replace a picked expert that still fails by the next expert its route ranks."""
 

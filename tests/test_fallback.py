@@ -1,5 +1,6 @@
-"""Failures handled in the core: retry when retryable, then the route's next-ranked expert replaces a
-failed one, recorded on the Answer. Replay experts that lack items and a real HTTP upstream that fails."""
+"""Failures handled in the core: the route's next-ranked expert replaces a failed one, recorded on the
+Answer; the failed call is never made again (retries are the backend's, one layer). Replay experts that
+lack items (one lacking 15% of MMLU-Pro) and a real HTTP upstream that fails."""
 
 import gzip
 import json
@@ -8,14 +9,16 @@ from pathlib import Path
 import pytest
 
 from coe.backends import LitellmBackend, ReplayBackend
-from coe.backends.base import Capabilities
 from coe.composer import Composer
+from coe.datasets import load_mmlu_pro
 from coe.outcomes import Outcomes
 from coe.recovery import Recovery, restricted
 from coe.registry import Registry
 from coe.routers import BestSingleRouter, KnnRouter
 from coe.schema import ExpertSpec, Query
 from coe.types import Failure
+from tests.conftest import DATA_DIR
+from tests.recorded import flaky_pool, lacks_record
 from tests.upstream import Upstream, litellm_expert, serve_upstream
 
 QUERIES = [Query(id=str(i), text=f"question {i}", choices=("yes", "no", "maybe")) for i in range(1, 7)]
@@ -115,17 +118,19 @@ def upstream() -> Upstream:
         yield server
 
 
-def test_the_composer_retries_once_for_a_backend_that_does_not_retry(upstream: Upstream) -> None:
-    """litellm with `num_retries: 0`, declared as not retrying: the Composer's one retry is the only one."""
-    pool = Registry([ExpertSpec.model_validate(litellm_expert(upstream, "once", num_retries=0))], source="test")
-    plain = LitellmBackend()
-    plain.capabilities = Capabilities(needs_load=False, retries=False)
-    router = BestSingleRouter().fit(Outcomes.from_priors(pool.experts))
-    composer = Composer(pool, router=router, backends={"litellm": plain}, recovery=Recovery(backoff_s=0.05))
+def test_a_failed_call_is_never_made_again_by_the_composer(upstream: Upstream) -> None:
+    """litellm with `num_retries: 0` against a server that fails each prompt's first call: the Composer
+    does not add a retry layer of its own; the next-ranked expert answers instead."""
+    experts = [litellm_expert(upstream, "once", num_retries=0), litellm_expert(upstream, "ok")]
+    pool = Registry(
+        [ExpertSpec.model_validate({**e, "skills": {"overall": p}}) for e, p in zip(experts, (0.9, 0.1), strict=True)],
+        source="test",
+    )
     before = upstream.calls["once"]
-    answer = composer.ask(Query(id="r1", text="retry me", choices=("a", "b")))
-    assert upstream.calls["once"] - before == 2
-    assert answer.fallbacks == () and answer.choice == "B" and answer.expert_answers[0].error is None
+    answer = _composer(pool, BestSingleRouter()).ask(Query(id="r1", text="do not retry me", choices=("a", "b")))
+    assert upstream.calls["once"] - before == 1
+    assert [(f.expert, f.replacement, f.error.kind) for f in answer.fallbacks] == [("once", "ok", "server")]
+    assert answer.choice == "B" and answer.experts == ("once", "ok")
 
 
 def test_a_backend_that_retries_itself_is_not_retried_again_but_replaced(upstream: Upstream) -> None:
@@ -134,7 +139,7 @@ def test_a_backend_that_retries_itself_is_not_retried_again_but_replaced(upstrea
         [ExpertSpec.model_validate({**e, "skills": {"overall": p}}) for e, p in zip(experts, (0.9, 0.1), strict=True)],
         source="test",
     )
-    composer = _composer(pool, BestSingleRouter(), recovery=Recovery(backoff_s=0.05))
+    composer = _composer(pool, BestSingleRouter())
     before = upstream.calls["down"]
     answer = composer.ask(Query(id="d1", text="anyone there?", choices=("a", "b")))
     assert upstream.calls["down"] - before == 2  # the backend's call and its one retry; no second layer
@@ -146,3 +151,33 @@ def test_a_backend_that_retries_itself_is_not_retried_again_but_replaced(upstrea
         True,
     )
     assert answer.choice == "B"
+
+
+def test_a_recorded_expert_lacking_15_percent_of_the_items_is_replaced_by_the_next_ranked(tmp_path: Path) -> None:
+    """The strongest recorded MMLU-Pro expert with 15% of its answers gone, ranked first: without
+    fallback those questions go unanswered; with it the next-ranked expert answers each of them, exactly
+    as it answers alone, and every other answer is unchanged."""
+    flaky, steady = flaky_pool(tmp_path).experts
+    pool = Registry(
+        [flaky.model_copy(update={"skills": {"overall": 0.9}}), steady.model_copy(update={"skills": {"overall": 0.5}})],
+        source="test",
+    )
+    questions = load_mmlu_pro("test", DATA_DIR)[:400]
+    kept = _composer(pool, BestSingleRouter(), recovery=Recovery(replace=False)).ask_batch(questions)
+    replaced = _composer(pool, BestSingleRouter()).ask_batch(questions)
+    alone = _composer(pool, BestSingleRouter()).run(questions, experts={"steady"}).answers
+    gaps = {a.query_id for a in kept if a.expert_answers[0].error is not None}
+    assert {q.id for q in questions if lacks_record(q.id)} <= gaps  # and the few the recording lacked already
+    assert 0.10 < len(gaps) / len(questions) < 0.20
+    assert all(a.choice is None and a.fallbacks == () for a in kept if a.query_id in gaps)
+    for plain, recovered, other in zip(kept, replaced, alone, strict=True):
+        assert any(e.error is None for e in recovered.expert_answers)  # no question left unanswered
+        if plain.query_id in gaps:
+            assert [(f.expert, f.replacement, f.error.kind) for f in recovered.fallbacks] == [
+                ("flaky", "steady", "no_record")
+            ]
+            assert recovered.choice == other.choice and recovered.correct == other.correct
+        else:
+            assert recovered.model_dump(exclude={"timings"}) == plain.model_dump(exclude={"timings"})
+    recovered_right = sum(bool(a.correct) for a in replaced) - sum(bool(a.correct) for a in kept)
+    assert recovered_right == sum(bool(a.correct) for a in alone if a.query_id in gaps) > 0

@@ -32,9 +32,6 @@ class Capabilities:
     """Outputs are recorded data already on disk: evaluation does not store their text again."""
     streams: bool = False
     """`stream` hands text to a callback as it is generated (token by token)."""
-    retries: bool = False
-    """The backend retries retryable failures itself (litellm: `num_retries`, with backoff), so the
-    Composer does not retry them again: retries never multiply."""
 
 
 TextSink = Callable[[str], None]

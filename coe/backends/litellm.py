@@ -53,7 +53,7 @@ RETRY_CAP_S = 8.0
 class LitellmBackend(NoLoadMixin):
     """Calls models through litellm; nothing to load, so loads are free."""
 
-    capabilities = Capabilities(needs_load=False, streams=True, retries=True)
+    capabilities = Capabilities(needs_load=False, streams=True)
 
     def generate(self, expert: ExpertSpec, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
         spec = _litellm_spec(expert)
