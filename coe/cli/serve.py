@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from coe.cli.ask import PoolOption, composition_spec
 from coe.cli.common import builder, out, settings
@@ -120,7 +121,7 @@ def keys_create(
     """Create a key; it is printed once and stored only as a hash."""
     key = KeyStore(Store(settings().database_url)).create(name, rate_limit)
     out.print(key)
-    out.print(f"[dim]key {name!r} created; it is not shown again: pass it as `Authorization: Bearer <key>`[/]")
+    out.print(Text(f"key {name!r} created; it is not shown again: pass it as `Authorization: Bearer <key>`", "dim"))
 
 
 @keys_app.command("list")

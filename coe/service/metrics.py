@@ -42,7 +42,6 @@ class Metrics:
         )
         self.errors = Counter("coe_errors", "Error responses and expert failures, by kind.", ["kind"], registry=r)
         self.queue_depth = Gauge("coe_queue_depth", "Requests waiting for a batch.", registry=r)
-        self.in_flight = Gauge("coe_requests_in_flight", "Requests being answered.", registry=r)
         self.batch_size = Histogram("coe_batch_size", "Requests per micro-batch.", buckets=BATCH_BUCKETS, registry=r)
         self.cooling = Gauge("coe_experts_cooling", "Experts in cool-down after repeated failures.", registry=r)
 

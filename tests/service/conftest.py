@@ -21,9 +21,14 @@ from tests.service.server import serve_in_thread
 from tests.upstream import Upstream, litellm_expert, serve_upstream
 
 REF8 = str(REPO / "registry" / "replay-mmlu-pro-ref8.yaml")
-FAST_RECOVERY = {"retries": 1, "backoff_s": 0.05, "replace": True}
 
 Serve = Callable[..., AbstractContextManager[str]]
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The litellm backend's retries (the one retry layer) back off 10 ms, not 0.5 s, in these tests."""
+    monkeypatch.setattr("coe.backends.litellm.RETRY_BASE_S", 0.01)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 from coe.compose import CompositionSpec
 from coe.settings import Settings
-from tests.service.conftest import FAST_RECOVERY, REF8, running, upstream_pool
+from tests.service.conftest import REF8, running, upstream_pool
 from tests.upstream import Upstream
 
 USER = [{"role": "user", "content": "Which is larger, 2 or 3?"}]
@@ -108,9 +108,7 @@ def test_a_full_queue_answers_429_with_retry_after(
 
 def test_a_request_past_its_deadline_is_a_504(tmp_path: Path, module_settings: Settings, upstream: Upstream) -> None:
     pool = upstream_pool(tmp_path, upstream, {"slow": 0.9})
-    spec = CompositionSpec.model_validate(
-        {"pool": pool, "router": "best-single", "profile": "priors", "recovery": FAST_RECOVERY}
-    )
+    spec = CompositionSpec.model_validate({"pool": pool, "router": "best-single", "profile": "priors"})
     with running(spec, module_settings, request_timeout_s=0.5) as url:
         error = _error(httpx.post(f"{url}/v1/chat/completions", json={"model": "coe", "messages": USER}), 504)
     assert error["type"] == "timeout"

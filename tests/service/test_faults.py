@@ -1,6 +1,7 @@
 """Fault injection: experts served by a misbehaving upstream HTTP server (always failing, failing 30% of
-calls, timing out, refusing connections, breaking mid-stream). No request is lost: the Composer
-retries and replaces, the cool-down routes around a failing expert, responses and metrics say so."""
+calls, timing out, refusing connections, breaking mid-stream). No request is lost: the backend retries
+(one layer), the Composer replaces, the cool-down routes around a failing expert, responses and metrics
+say so."""
 
 import json
 import re
@@ -14,14 +15,12 @@ from openai import OpenAI
 
 from coe.compose import CompositionSpec
 from coe.settings import Settings
-from tests.service.conftest import FAST_RECOVERY, running, upstream_pool
+from tests.service.conftest import running, upstream_pool
 from tests.upstream import ANSWER, Upstream
 
 
 def _spec(pool: str, router: str = "best-single") -> CompositionSpec:
-    return CompositionSpec.model_validate(
-        {"pool": pool, "router": router, "profile": "priors", "k": 1, "recovery": FAST_RECOVERY}
-    )
+    return CompositionSpec.model_validate({"pool": pool, "router": router, "profile": "priors", "k": 1})
 
 
 def _ask(url: str, text: str, **body) -> httpx.Response:
@@ -65,7 +64,7 @@ def test_an_expert_failing_every_call_is_replaced_then_cooled_down(
 def test_an_expert_failing_30_percent_of_calls_loses_no_request(
     tmp_path: Path, module_settings: Settings, upstream: Upstream
 ) -> None:
-    pool = upstream_pool(tmp_path, upstream, {"flaky": 0.9, "ok": 0.5})
+    pool = upstream_pool(tmp_path, upstream, {"flaky": 0.9, "ok": 0.5}, num_retries=0)  # every failure shows
     failures_before = upstream.failures["flaky"]
     with running(_spec(pool), module_settings, cooldown_after=0) as url:
         with ThreadPoolExecutor(max_workers=8) as clients:
@@ -76,7 +75,7 @@ def test_an_expert_failing_30_percent_of_calls_loses_no_request(
             (fallback,) = response.json()["coe"]["fallbacks"]
             assert (fallback["expert"], fallback["replacement"], fallback["kind"]) == ("flaky", "ok", "server")
             assert response.headers["x-coe-experts"] == "ok"
-        assert upstream.failures["flaky"] - failures_before >= 5  # about 30% of 40-odd calls
+        assert upstream.failures["flaky"] - failures_before == len(replaced) >= 5  # about 30% of 40 calls
         assert _metric(url, "coe_fallbacks_total", expert="flaky", kind="server") == len(replaced)
         assert _metric(url, "coe_expert_calls_total", expert="flaky", outcome="error") == len(replaced)
         assert _metric(url, "coe_expert_calls_total", expert="flaky", outcome="ok") == 40 - len(replaced)
@@ -93,7 +92,7 @@ def test_timeouts_refused_connections_and_bad_output_fall_back(
             "kind": "litellm",
             "model": "openai/x",
             "api_base": "http://127.0.0.1:9/v1",
-            "api_key": "k",
+            "api_key_env": "LOCAL_KEY",
             "num_retries": 0,
         },
     }

@@ -11,16 +11,14 @@ from schemathesis.generation import GenerationMode
 
 from coe.compose import CompositionSpec
 from coe.settings import Settings
-from tests.service.conftest import FAST_RECOVERY, running, upstream_pool
+from tests.service.conftest import running, upstream_pool
 from tests.upstream import Upstream
 
 
 @pytest.fixture(scope="module")
 def api(module_settings: Settings, upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     pool = upstream_pool(tmp_path_factory.mktemp("schema"), upstream, {"ok": 0.9, "once": 0.5})
-    spec = CompositionSpec.model_validate(
-        {"pool": pool, "router": "knn", "profile": "priors", "k": 1, "recovery": FAST_RECOVERY}
-    )
+    spec = CompositionSpec.model_validate({"pool": pool, "router": "knn", "profile": "priors", "k": 1})
     with running(spec, module_settings, max_tokens_limit=64, max_body_bytes=65536) as url:
         yield schemathesis.openapi.from_url(f"{url}/openapi.json")
 
