@@ -13,7 +13,9 @@ HTTP/1.1 client on asyncio in this process (lighter than any SDK, so the client 
 little); the service is a real `coe serve` process.
 
 The table gives throughput, client-side latency percentiles, errors and the micro-batch sizes seen,
-then where a request's time goes. The last line compares the first (new questions) pass:
+then where a request's time goes: wall time by stage, and CPU time per request (the service process,
+the clients) beside the in-process CPU time per question, which shared cores do not blur. The last
+line compares the first (new questions) pass:
 `errors=E rps=R p50_ms=A p99_ms=B inprocess_qps=Q ratio=R/Q`.
 """
 
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coe.compose import CompositionBuilder, CompositionSpec, SplitProfile
+from coe.embed import STATIC
 from coe.schema import Query
 from coe.settings import Settings, apply_offline_environment
 
@@ -54,6 +57,8 @@ class Pass:
     errors: int = 0
     batch_sizes: list[int] = field(default_factory=list)
     server: list[dict[str, float]] = field(default_factory=list)
+    server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -76,20 +81,38 @@ def questions(builder: CompositionBuilder, n: int) -> list[Query]:
     return [by_id[i] for i in split.test_ids[:n]]
 
 
-def in_process(settings: Settings, cache: Path, asked: list[Query]) -> tuple[float, float, float]:
-    """Seconds for `ask_batch` over new questions, over the same again, and to embed them alone."""
+@dataclass
+class InProcess:
+    """Seconds (wall, CPU) for `ask_batch` over new questions, over the same again, and to embed them alone."""
+
+    new_s: float
+    new_cpu_s: float
+    cached_s: float
+    embed_s: float
+
+
+def in_process(settings: Settings, cache: Path, asked: list[Query]) -> InProcess:
     builder = CompositionBuilder(settings.model_copy(update={"cache_dir": cache}))
     with builder.compose(spec()) as composer:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         composer.ask_batch(asked)
-        new = time.perf_counter() - started
+        new, new_cpu = time.perf_counter() - started, time.process_time() - cpu
         started = time.perf_counter()
         composer.ask_batch(asked)
         cached = time.perf_counter() - started
     uncached = builder.encoder(spec().encoder).with_cache(None)  # the same model, an empty cache
     started = time.perf_counter()
     uncached.encode([query.text for query in asked])
-    return new, cached, time.perf_counter() - started
+    return InProcess(new, new_cpu, cached, time.perf_counter() - started)
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc (Linux); 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def body(query: Query) -> bytes:
@@ -132,14 +155,16 @@ async def client(port: int, bodies: asyncio.Queue[bytes], result: Pass) -> None:
         writer.close()
 
 
-async def load(port: int, asked: Sequence[Query], clients: int, name: str) -> Pass:
+async def load(port: int, server_pid: int, asked: Sequence[Query], clients: int, name: str) -> Pass:
     bodies: asyncio.Queue[bytes] = asyncio.Queue()
     for query in asked:
         bodies.put_nowait(body(query))
     result = Pass(name)
-    started = time.perf_counter()
+    started, server_cpu, client_cpu = time.perf_counter(), cpu_s(server_pid), time.process_time()
     await asyncio.gather(*(client(port, bodies, result) for _ in range(clients)))
     result.seconds = time.perf_counter() - started
+    result.server_cpu_s = cpu_s(server_pid) - server_cpu
+    result.client_cpu_s = time.process_time() - client_cpu
     return result
 
 
@@ -179,24 +204,30 @@ def main() -> None:
     settings = Settings()
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder) / "profiling"
+        distilled = settings.cache_dir / "encoders" / STATIC  # `make setup` distils it: copy, not distil again
+        if distilled.is_dir():
+            shutil.copytree(distilled, base / "encoders" / STATIC)
         builder = CompositionBuilder(settings.model_copy(update={"cache_dir": base}))
         builder.compose(spec())  # profiles the pool once (stored) and embeds the profiling items into `base`
         asked = questions(builder, args.requests)
         for side in ("inprocess", "service"):
             shutil.copytree(base, Path(folder) / side)
-        new_s, cached_s, embed_s = in_process(settings, Path(folder) / "inprocess", asked)
+        inprocess = in_process(settings, Path(folder) / "inprocess", asked)
         port = free_port()
         server = serve(settings, Path(folder) / "service", port)
         try:
-            passes = [asyncio.run(load(port, asked, args.clients, name)) for name in ("new questions", "cached")]
+            passes = [
+                asyncio.run(load(port, server.pid, asked, args.clients, name)) for name in ("new questions", "cached")
+            ]
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=120)
-    report(args, passes, new_s, cached_s, embed_s)
+    report(args, passes, inprocess)
 
 
-def report(args: argparse.Namespace, passes: list[Pass], new_s: float, cached_s: float, embed_s: float) -> None:
+def report(args: argparse.Namespace, passes: list[Pass], inprocess: InProcess) -> None:
     n = args.requests
+    new_s, cached_s, embed_s = inprocess.new_s, inprocess.cached_s, inprocess.embed_s
     print(f"# python -m benchmarks.service {' '.join(sys.argv[1:])}".rstrip())
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"# {n} MMLU-Pro test questions, {args.clients} concurrent clients, pool {POOL}, knn k=3 weighted")
@@ -226,6 +257,10 @@ def report(args: argparse.Namespace, passes: list[Pass], new_s: float, cached_s:
         f"#   in-process, per question: {1000 * new_s / n:.2f} ms new ({1000 * embed_s / n:.2f} ms of it embedding), "
         f"{1000 * cached_s / n:.2f} ms cached"
     )
+    print("# CPU time per request (ms; wall-clock rates above also depend on what else runs on the cores):")
+    for p in passes:
+        print(f"#   {p.name}: service process {1000 * p.server_cpu_s / n:.2f}, clients {1000 * p.client_cpu_s / n:.2f}")
+    print(f"#   in-process ask_batch, new questions: {1000 * inprocess.new_cpu_s / n:.2f} per question")
     first = passes[0]
     inprocess_qps = n / new_s
     print(

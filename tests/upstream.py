@@ -8,7 +8,8 @@ The model named in a request picks the behaviour:
 - `slow`: answers like `ok` after `slow_s` seconds;
 - `garbage`: HTTP 200 with a body that is not JSON;
 - `cut`: streams two words, then an error event (a failure mid-stream);
-- `null`: HTTP 200 with a reply whose content is null.
+- `null`: HTTP 200 with a reply whose content is null;
+- `hold`: streams its first word, then waits for `release` to be set before the rest.
 
 It records the `Authorization` header of every call (`keys`).
 """
@@ -35,6 +36,7 @@ class Upstream:
         self.calls: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self.keys: list[str] = []
+        self.release = threading.Event()
         self.failure_rate = failure_rate
         self.slow_s = slow_s
         self._rng = random.Random(seed)
@@ -110,6 +112,8 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
                 chunk = {**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.flush()
+                if model == "hold" and n == 0:
+                    upstream.release.wait(timeout=60)
                 if model == "cut" and n == 1:
                     error = {"error": {"message": "injected failure mid-stream", "type": "server_error"}}
                     self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())

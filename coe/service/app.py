@@ -64,6 +64,9 @@ def create_app(
         summary="Composition of Experts: one OpenAI-compatible model over a routed pool of experts.",
         version="0.1.0",
         lifespan=lifespan,
+        # FastAPI's OpenTelemetry hooks look for providers on every request (the service has none
+        # configured; its metrics are Prometheus'): off, they cost nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(KeyCheck, gate=gate, on_refused=lambda error, seconds: _refused(gateway, error, seconds))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +26,10 @@ from coe.store import RequestLog, ServedRequest
 from coe.types import BatchStats, Failure, GenerationParams
 
 logger = logging.getLogger(__name__)
+
+_REQUEST_IDS = random.Random()
+"""Request ids: unique, not secret; seeded once from the system, since a system draw per request (a
+syscall) costs more than the rest of `decide`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +131,7 @@ class Gateway:
         )
         if options.max_cost_usd is not None:
             experts = self._affordable(experts, options.max_cost_usd, len(text), max_tokens, options.k or spec.k)
-        request_id = f"chatcmpl-{secrets.token_hex(12)}"
+        request_id = f"chatcmpl-{_REQUEST_IDS.getrandbits(96):024x}"
         choices = tuple(options.choices) if options.choices else None
         return Ask(
             request_id=request_id,

@@ -13,7 +13,8 @@ import pytest
 from coe.compose import CompositionSpec
 from coe.schema import Query
 from coe.settings import Settings
-from coe.store import KeyStore, RequestLog, Store
+from coe.errors import ConfigError
+from coe.store import KeyStore, RequestLog, Store, hash_key
 from tests.conftest import REPO
 from tests.service.conftest import REF8, running
 
@@ -93,3 +94,16 @@ def test_a_key_with_a_rate_limit_gets_429_past_it(settings: Settings) -> None:
         statuses = [httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {key}"}) for _ in range(3)]
     assert [r.status_code for r in statuses] == [200, 200, 429]
     assert statuses[2].json()["error"]["code"] == "rate_limit_exceeded" and int(statuses[2].headers["retry-after"]) >= 1
+
+
+def test_keys_on_sqlite_and_postgresql(database_url: str) -> None:
+    keys = KeyStore(Store(database_url))
+    key = keys.create("team", rate_limit_per_min=5)
+    with pytest.raises(ConfigError, match="a key named 'team' exists"):
+        keys.create("team")  # INSERT ... ON CONFLICT: a second writer of the name is told, not crashed
+    assert keys.by_hash()[hash_key(key)].name == "team"
+    keys.revoke("team")
+    (stored,) = keys.all()
+    assert not stored.active and stored.rate_limit_per_min == 5
+    with pytest.raises(ConfigError, match="no key named 'nobody'; known: team"):
+        keys.revoke("nobody")

@@ -121,6 +121,30 @@ def test_a_streaming_backend_streams_token_by_token(module_settings: Settings, u
     assert pieces == ["The", " answer", " is", " (B)."] and "".join(pieces) == ANSWER
 
 
+def test_the_first_piece_leaves_before_the_expert_has_finished(
+    module_settings: Settings, upstream: Upstream, tmp_path
+) -> None:
+    """The upstream holds the rest of its answer until the test has read the first piece from the service:
+    a service that waited for the whole answer would time out here."""
+    pool = upstream_pool(tmp_path, upstream, {"hold": 0.9})
+    request = {"model": "coe", "stream": True, "messages": [{"role": "user", "content": "Take your time."}]}
+    spec = CompositionSpec(pool=pool, router="best-single", profile="priors")
+    upstream.release.clear()
+    with (
+        running(spec, module_settings) as url,
+        httpx.stream("POST", f"{url}/v1/chat/completions", json=request, timeout=10) as response,
+    ):
+        events = (
+            json.loads(line.removeprefix("data: ")) for line in response.iter_lines() if line.startswith("data: {")
+        )
+        assert next(events)["choices"][0]["delta"]["role"] == "assistant"
+        first = next(events)["choices"][0]["delta"]["content"]
+        assert first == "The" and not upstream.release.is_set()
+        upstream.release.set()
+        rest = [event["choices"][0]["delta"].get("content") for event in events if event["choices"]]
+    assert first + "".join(piece for piece in rest if piece) == ANSWER
+
+
 def test_litellm_talks_to_the_service_as_an_openai_model(
     replay_url: str, questions: list[Query], in_process: dict
 ) -> None:
@@ -182,6 +206,23 @@ def test_per_request_options_reach_the_composition(replay_url: str, questions: l
     ).model_extra["coe"]
     assert len(coe["experts"]) == 2 and {e["expert"] for e in coe["experts"]} <= set(options["experts"])
     assert coe["aggregator"] == "majority" and "restricted to 3" in coe["route"]["reason"]
+
+
+def test_a_cost_budget_keeps_the_experts_that_fit_it(replay_url: str, questions: list[Query]) -> None:
+    """max_cost_usd admits the experts whose worst case (a token per 4 characters of the question, plus
+    max_tokens, at the expert's price, times k) fits: here the two priced under 0.20 USD per million."""
+    client = OpenAI(base_url=f"{replay_url}/v1", api_key="unused", max_retries=0)
+    question = questions[5]
+    k, max_tokens = 2, 100
+    budget = (len(question.text) / 4 + max_tokens) * 0.20 / 1e6 * k
+    coe = client.chat.completions.create(
+        model="coe",
+        messages=[{"role": "user", "content": question.text}],
+        max_tokens=max_tokens,
+        extra_body={"coe": {**_extra(question)["coe"], "k": k, "max_cost_usd": budget}},
+    ).model_extra["coe"]
+    assert {e["expert"] for e in coe["experts"]} == {"gemma-7b", "llama-3.1-8b-instruct"}  # 0.15 and 0.18
+    assert "restricted to 2" in coe["route"]["reason"] and coe["cost_usd"] <= budget
 
 
 def test_free_form_answers_of_several_experts_are_synthesized(

@@ -1,11 +1,13 @@
-"""The service on the embedded pool (real GGUF models on the CPU): a short live question, streamed token
-by token, and 32 concurrent requests that load each model once and answer as one at a time would."""
+"""The service on the embedded pool (real GGUF models on the CPU): short live questions through the
+openai client (sync, streamed token by token, async) and litellm, and 32 concurrent requests that load
+each model once and answer as one at a time would."""
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from openai import OpenAI
+from openai import AsyncOpenAI, OpenAI
 
 from coe.compose import CompositionSpec
 from coe.settings import Settings
@@ -30,15 +32,30 @@ def _spec(router: str) -> CompositionSpec:
     )
 
 
-def test_a_live_question_streams_token_by_token_as_it_answers_whole(module_settings: Settings) -> None:
+def test_live_questions_through_every_client_stream_token_by_token_and_agree(module_settings: Settings) -> None:
+    import litellm  # imported here, like in test_clients: importing it at collection trips a pydantic warning
+
     with running(_spec("best-single"), module_settings) as url:
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         messages = [{"role": "user", "content": QUESTIONS[0]}]
         whole = client.chat.completions.create(model="coe", messages=messages)
         chunks = list(client.chat.completions.create(model="coe", messages=messages, stream=True))
+
+        async def ask_together() -> list:
+            together = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+            asked = [{"role": "user", "content": question} for question in QUESTIONS[:2]]
+            return await asyncio.gather(*(together.chat.completions.create(model="coe", messages=[m]) for m in asked))
+
+        in_async = asyncio.run(ask_together())
+        via_litellm = litellm.completion(
+            model="openai/coe", api_base=f"{url}/v1", api_key="unused", messages=messages, num_retries=0
+        )
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(pieces) >= 3  # one chunk per token, not the answer at once
-    assert "".join(pieces) == whole.choices[0].message.content
+    answer = whole.choices[0].message.content
+    assert "".join(pieces) == answer and in_async[0].choices[0].message.content == answer
+    assert via_litellm.choices[0].message.content == answer
+    assert in_async[1].choices[0].message.content and in_async[1].choices[0].message.content != answer
     assert whole.model_extra["coe"]["experts"][0]["expert"] == "smollm2-135m"
     assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == 6
 
