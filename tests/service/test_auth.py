@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from coe.compose import CompositionSpec
+from coe.errors import ConfigError
 from coe.schema import Query
 from coe.settings import Settings
-from coe.errors import ConfigError
 from coe.store import KeyStore, RequestLog, Store, hash_key
 from tests.conftest import REPO
 from tests.service.conftest import REF8, running
