@@ -187,8 +187,10 @@ class _Collaborators:
         return self._annotator
 
     def params_for(self, name: str) -> dict[str, Any]:
-        needs = {"knn": ("encoder",), "classifier": ("encoder",), "skill": ("annotator",)}
-        return {need: getattr(self, need) for need in needs.get(name, ())}
+        """The collaborators router `name` takes (skill gets the annotator, which holds the encoder)."""
+        takes = make_router(name).get_params()
+        needs = ("annotator",) if "annotator" in takes else ("encoder",) if "encoder" in takes else ()
+        return {need: getattr(self, need) for need in needs}
 
 
 def _fit_routers(config: EvalConfig, seed: int, outcomes: Outcomes, shared: _Collaborators) -> dict[str, Router]:

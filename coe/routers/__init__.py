@@ -2,8 +2,8 @@
 
 Collaborators are objects given to the constructor, never built from settings inside a router:
 `encoder` (one `coe.embed.Encoder`, whose `cache_dir` keeps query embeddings on disk) for knn,
-skill and classifier, and `annotator` (a `coe.skills` annotator) for skill. Left as None, a router
-builds the default MiniLM encoder in `fit`, caching in memory only. An evaluation builds one encoder
+cluster, mf, skill and classifier, and `annotator` (a `coe.skills` annotator) for skill. Left as
+None, a router builds the default MiniLM encoder in `fit`, caching in memory only. An evaluation builds one encoder
 and one annotator and passes the same ones to every router, e.g.
 `make_router(name, k=3, random_state=seed, encoder=encoder, annotator=annotator)`:
 `make_router` keeps only the parameters each router takes.
@@ -17,7 +17,9 @@ from coe.errors import UnknownNameError
 from coe.routers.base import Router
 from coe.routers.baselines import AllRouter, BestSingleRouter, OracleRouter, RandomRouter
 from coe.routers.classifier import ClassifierRouter
+from coe.routers.cluster import ClusterRouter
 from coe.routers.knn import KnnRouter
+from coe.routers.mf import MfRouter
 from coe.routers.skill import SkillRouter
 
 ROUTERS: dict[str, type[Router]] = {
@@ -30,6 +32,8 @@ ROUTERS: dict[str, type[Router]] = {
         KnnRouter,
         SkillRouter,
         ClassifierRouter,
+        ClusterRouter,
+        MfRouter,
     )
 }
 
@@ -48,7 +52,9 @@ __all__ = [
     "AllRouter",
     "BestSingleRouter",
     "ClassifierRouter",
+    "ClusterRouter",
     "KnnRouter",
+    "MfRouter",
     "OracleRouter",
     "RandomRouter",
     "Router",

@@ -6,7 +6,8 @@ import pytest
 from coe.embed import Encoder
 from coe.outcomes import Outcomes
 from coe.routers import KnnRouter
-from coe.routers.knn import neighbour_accuracy, vote_accuracy
+from coe.routers.knn import neighbour_accuracy
+from coe.routers.selection import vote_accuracy
 from coe.schema import EmbeddedBackendSpec, ExpertSpec, Query
 
 EXPERTS = tuple(
