@@ -20,7 +20,7 @@ import numpy as np
 
 from benchmarks.embedded_lora import pool_and_questions
 from coe.adapters.data import arithmetic_examples, is_arithmetic_correct
-from coe.answers import extract_choice_with_level, format_question
+from coe.answers import format_question, read_choice
 from coe.backends.llamacpp import LlamaCppBackend
 from coe.scheduler import Request, Scheduler
 from coe.types import GenerationParams, Prompt
@@ -56,8 +56,7 @@ def main() -> None:
     for expert in EXPERTS:
         arithmetic = texts[expert][: len(problems)]
         letters = [
-            extract_choice_with_level(t, len(q.choices or ()))
-            for t, q in zip(texts[expert][len(problems) :], questions, strict=True)
+            read_choice(t, len(q.choices or ())) for t, q in zip(texts[expert][len(problems) :], questions, strict=True)
         ]
         right = np.mean(list(map(is_arithmetic_correct, arithmetic, problems)))
         formatted = np.mean([level == "l1" for _, level in letters])

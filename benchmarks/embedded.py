@@ -18,10 +18,11 @@ from pathlib import Path
 
 from coe.answers import question_prompt
 from coe.backends.llamacpp import LlamaCppBackend
-from coe.evals.datasets import load_mmlu_pro
+from coe.datasets import load_mmlu_pro
 from coe.registry import Registry
+from coe.resources import bundled_pools
 from coe.schema import EmbeddedBackendSpec, ExpertSpec
-from coe.settings import REPO_ROOT, Settings
+from coe.settings import Settings
 from coe.types import GenerationParams, Prompt
 
 
@@ -75,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     threads = settings.n_threads
-    pool = Registry.from_file(REPO_ROOT / "registry" / "embedded.yaml", settings.data_dir)
+    pool = Registry.from_file(bundled_pools()["embedded"], settings.data_dir)
     prompts = [question_prompt(q) for q in load_mmlu_pro("validation", settings.data_dir)[: args.prompts]]
     backend = LlamaCppBackend(cache_dir=settings.cache_dir)
     rows = []

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coe.evals.datasets import load_mmlu_pro
-from coe.evals.splits import stratified_sample
+from coe.datasets import load_mmlu_pro
 from coe.registry import Registry
 from coe.schema import Query
 from coe.settings import Settings, apply_offline_environment
+from coe.splits import stratified_sample
 
 POOL = Path(__file__).resolve().parents[1] / "registry" / "embedded-lora.yaml"
 

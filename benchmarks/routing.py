@@ -24,15 +24,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.routing_quality import POOL, correctness, recorded_letters
+from coe.datasets import load_mmlu_pro
 from coe.embed import Encoder
-from coe.evals.datasets import load_mmlu_pro
-from coe.evals.splits import make_split
 from coe.outcomes import Outcomes
 from coe.registry import Registry
 from coe.routers import Router, make_router
 from coe.schema import Query
 from coe.settings import Settings, apply_offline_environment
 from coe.skills import EmbeddingAnnotator, bundled_taxonomy
+from coe.splits import make_split
 
 SIZES = (1, 100, 10_000)
 SINGLE_REPEATS = 20

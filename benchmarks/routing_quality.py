@@ -5,7 +5,7 @@
 The 8 recorded models of `registry/replay-mmlu-pro-ref8.yaml` on MMLU-Pro test; per seed, the
 `random:1400:SEED` split profiles (routers fit on its outcomes) and the rest is the test. Each router's
 picks are fused by coe's own majority and weighted votes over the recorded letters (the `pred` column
-of the outcomes table, equal to `extract_choice` on the raw responses), scored against the current gold.
+of the outcomes table, equal to `read_choice` on the raw responses), scored against the current gold.
 Prints accuracy gain over the best single expert (chosen on the profiling split), mean ± std over seeds,
 and experts called per query. Embeddings come from the cache under COE_CACHE_DIR (about 4 minutes on
 2 cores the first time).
@@ -27,15 +27,15 @@ import numpy as np
 import yaml
 
 from coe.aggregate import MajorityVote, WeightedVote
+from coe.datasets import load_mmlu_pro
 from coe.embed import Encoder
-from coe.evals.datasets import load_mmlu_pro
-from coe.evals.splits import make_split
 from coe.outcomes import Outcomes
 from coe.registry import Registry
 from coe.routers import Router, make_router
 from coe.schema import ExpertAnswer, Query, Route
 from coe.settings import REPO_ROOT, Settings, apply_offline_environment
 from coe.skills import EmbeddingAnnotator, bundled_taxonomy
+from coe.splits import make_split
 
 POOL = REPO_ROOT / "registry" / "replay-mmlu-pro-ref8.yaml"
 OUTCOMES = "outcomes/mmlu_pro_tiger_outcomes_long.csv.gz"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from coe.answers import choice_of, format_question, strip_reasoning
+from coe.answers import format_question, read_choice, strip_reasoning
 from coe.errors import ConfigError, UnknownNameError
 from coe.registry import Registry
 from coe.scheduler import Request, Scheduler
@@ -141,7 +141,7 @@ class LlmSynthesis:
         verdicts = list(votes)
         for i, output in zip(pending, outputs, strict=True):
             n_choices = len(queries[i].choices or ())
-            choice = choice_of(output.text, n_choices) if output.ok and n_choices else None
+            choice = read_choice(output.text, n_choices).letter if output.ok and n_choices else None
             if output.ok and (choice is not None or not n_choices):
                 verdicts[i] = Verdict(text=output.text, choice=choice, votes=votes[i].votes)
         return verdicts

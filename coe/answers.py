@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import NamedTuple
 
 from coe.errors import QueryError
 from coe.schema import Query
@@ -62,9 +63,25 @@ def strip_reasoning(text: str) -> str:
     return text.rsplit(_THINK_END, 1)[-1].strip() if _THINK_END in text else text
 
 
-def extract_choice_with_level(text: str, n_choices: int = 10) -> tuple[str | None, str | None]:
-    """The chosen letter and the chain level that found it (`l1`, `l2`, `l3`), or (None, None)."""
+class Reading(NamedTuple):
+    """The letter an answer chose (None when none is found or it is not an option) and the level of
+    MMLU-Pro's chain that found it: `l1` "the answer is (X)", `l2` "Answer: X", `l3` a stray
+    standalone letter (a guess: the response never states an answer)."""
+
+    letter: str | None
+    level: str | None
+
+    @property
+    def guessed(self) -> bool:
+        return self.level == "l3"
+
+
+@lru_cache(maxsize=262_144)
+def read_choice(text: str, n_choices: int = 10) -> Reading:
+    """The one letter extractor: MMLU-Pro's chain on the answer with any reasoning before `</think>`
+    stripped. Memoized, as evaluation reads one text for many routers and aggregators."""
     valid = letters_for(n_choices)
+    text = strip_reasoning(text)
     first = _LEVEL1.search(text)
     if first:
         letter, level = first.group(1), "l1"
@@ -73,8 +90,8 @@ def extract_choice_with_level(text: str, n_choices: int = 10) -> tuple[str | Non
     elif last := _last(_LEVEL3, text):
         letter, level = last.group(0), "l3"
     else:
-        return None, None
-    return (letter, level) if letter in valid else (None, None)
+        return Reading(None, None)
+    return Reading(letter, level) if letter in valid else Reading(None, None)
 
 
 def _last(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
@@ -84,27 +101,8 @@ def _last(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
     return found
 
 
-def extract_choice(text: str, n_choices: int = 10) -> str | None:
-    """The letter an answer chose, by MMLU-Pro's chain; None when none is found or it is not an option."""
-    return extract_choice_with_level(text, n_choices)[0]
-
-
 def is_correct(choice: str | None, gold: str | None) -> bool | None:
     """Whether `choice` matches `gold`; None when there is no gold to score against."""
     if gold is None:
         return None
     return choice is not None and choice == gold
-
-
-@lru_cache(maxsize=262_144)
-def read_choice(text: str, n_choices: int) -> tuple[str | None, bool]:
-    """The letter an answer chose (reasoning stripped) and whether it was only guessed: found by the
-    chain's last resort (a standalone letter) because the response never states an answer. Memoized,
-    as evaluation reads one text for many routers and aggregators."""
-    letter, level = extract_choice_with_level(strip_reasoning(text), n_choices)
-    return letter, level == "l3"
-
-
-def choice_of(text: str, n_choices: int) -> str | None:
-    """The letter an answer text chose, reasoning stripped."""
-    return read_choice(text, n_choices)[0]

@@ -182,12 +182,12 @@ class Composer:
 
 def _expert_answer(query: Query, expert_id: str, generation: Generation) -> ExpertAnswer:
     n_choices = len(query.choices) if query.choices else 0
-    choice, guessed = read_choice(generation.text, n_choices) if n_choices else (None, False)
+    reading = read_choice(generation.text, n_choices) if n_choices else None
     return ExpertAnswer.model_construct(
         expert=expert_id,
         text=generation.text,
-        choice=choice,
-        guessed=guessed,
+        choice=reading.letter if reading else None,
+        guessed=reading.guessed if reading else False,
         n_prompt_tokens=generation.n_prompt_tokens,
         n_completion_tokens=generation.n_completion_tokens,
         latency_s=generation.latency_s,

@@ -13,6 +13,7 @@
     │   └── GenerationError          the model or API failed on a request
     ├── SchedulerError
     ├── DatasetError                 a benchmark file is missing, unreadable or locked
+    ├── ProfileError                 a stored profile is unknown or does not fit the pool
     └── RunError                     an evaluation run cannot start or resume
 
 Messages name the thing, the bad value, the allowed values and the next step.
@@ -21,6 +22,8 @@ Messages name the thing, the bad value, the allowed values and the next step.
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from coe.types import Failure, FailureKind
 
 
 class CoeError(Exception):
@@ -78,17 +81,28 @@ class NotFittedError(CoeError, ValueError):
 
 
 class BackendError(CoeError):
-    """A backend failed; `retryable` says whether trying again may help."""
+    """A backend failed; `kind` says how, `retryable` whether trying again may help."""
 
-    def __init__(self, message: str, *, expert: str | None = None, retryable: bool = False) -> None:
+    default_kind: FailureKind = "error"
+
+    def __init__(
+        self, message: str, *, expert: str | None = None, retryable: bool = False, kind: FailureKind | None = None
+    ) -> None:
         self.expert = expert
         self.retryable = retryable
+        self.kind: FailureKind = kind or self.default_kind
         prefix = f"expert {expert!r}: " if expert else ""
         super().__init__(prefix + message)
 
+    def failure(self) -> Failure:
+        """This error as a request's typed failure (what the scheduler returns instead of raising)."""
+        return Failure(str(self), kind=self.kind, retryable=self.retryable, expert=self.expert)
+
 
 class BackendUnavailableError(BackendError):
-    """An optional dependency or a weights package is not installed."""
+    """An optional dependency, a weights package or a model file is missing."""
+
+    default_kind = "unavailable"
 
 
 class GenerationError(BackendError):
@@ -101,6 +115,10 @@ class SchedulerError(CoeError):
 
 class DatasetError(CoeError):
     """A benchmark dataset is missing, unreadable or locked."""
+
+
+class ProfileError(CoeError):
+    """A stored profile is unknown, or measured other experts than the pool holds."""
 
 
 class RunError(CoeError):

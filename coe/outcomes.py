@@ -61,7 +61,7 @@ class Outcomes:
         """USD per million tokens per expert: what `cost_weight` trades against score."""
         return np.array([expert.cost_per_mtok for expert in self.experts], dtype=float)
 
-    def subset(self, item_indices: Sequence[int]) -> Outcomes:
+    def subset(self, item_indices: Sequence[int] | np.ndarray) -> Outcomes:
         index = np.asarray(item_indices, dtype=int)
         return Outcomes(self.experts, tuple(self.items[i] for i in index), self.correct[index])
 

@@ -3,25 +3,29 @@ answers, and keep the outcomes in the database with the pool's model identity, t
 
 Profiles are measured, never declared: routers fit on these outcomes (per item, per category, per
 skill); a second run with the same inputs reuses the stored profile instead of running the experts.
+A stored profile is public: found by id or by name (`coe profiles list`) and read back as `Outcomes`
+for any pool whose experts it measured.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from coe.answers import choice_of, question_prompt
+from coe.answers import question_prompt, read_choice
+from coe.errors import ProfileError
 from coe.outcomes import Outcomes
 from coe.registry import Registry
 from coe.scheduler import Request, Scheduler
 from coe.schema import ExpertSpec, Query
 from coe.skills import SkillAnnotator
 from coe.store import ProfileItem, ProfileOutcome, ProfileRecord, ProfileStore, Store
-from coe.types import Generation, GenerationParams
+from coe.types import Generation, GenerationParams, ProgressCallback
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ def measure(
     items: Sequence[Query],
     scheduler: Scheduler,
     params: GenerationParams,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> tuple[np.ndarray, list[list[Generation]]]:
     """Every expert on every item: the correctness matrix (NaN where an expert failed) and outputs."""
     experts = registry.experts
@@ -65,7 +69,9 @@ def measure(
         n_choices = len(item.choices or ())
         for j, generation in enumerate(generations):
             if generation.ok and item.gold is not None:
-                correct[i, j] = float(choice_of(generation.text, n_choices) == item.gold) if n_choices else np.nan
+                correct[i, j] = (
+                    float(read_choice(generation.text, n_choices).letter == item.gold) if n_choices else np.nan
+                )
     return correct, rows
 
 
@@ -82,7 +88,7 @@ def profile(
     keep_text: bool = True,
     reuse: bool = True,
     chunk_size: int = 100,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> Profile:
     """Measure the pool on `items` and store it chunk by chunk; a complete stored profile of the same
     inputs is reused, an interrupted one is continued."""
@@ -109,7 +115,7 @@ def profile(
             chunk = todo[start : start + chunk_size]
             _profile_chunk(profiles, record.id, registry, chunk, scheduler, params, annotator, keep_text, on_progress)
         record = profiles.finish(record.id)
-    return Profile(record, _stored_outcomes(profiles, record, registry, items), reused=reused)
+    return Profile(record, stored_outcomes(store, record, registry, items), reused=reused)
 
 
 def _profile_chunk(
@@ -121,7 +127,7 @@ def _profile_chunk(
     params: GenerationParams,
     annotator: SkillAnnotator | None,
     keep_text: bool,
-    on_progress: Callable[[int], None] | None,
+    on_progress: ProgressCallback | None,
 ) -> None:
     correct, outputs = measure(registry, chunk, scheduler, params, on_progress)
     skills = annotator.annotate(chunk) if annotator is not None else [item.skills for item in chunk]
@@ -129,11 +135,11 @@ def _profile_chunk(
         ProfileOutcome(
             item_id=item.id,
             expert_id=expert.id,
-            choice=choice_of(g.text, len(item.choices or ())) if g.ok and item.choices else None,
+            choice=read_choice(g.text, len(item.choices or ())).letter if g.ok and item.choices else None,
             correct=None if np.isnan(correct[i, j]) else bool(correct[i, j]),
-            text=g.text if keep_text and expert.backend_kind != "replay" else None,
+            text=g.text if keep_text and not scheduler.backend_for(expert).capabilities.recorded else None,
             n_tokens=g.n_prompt_tokens + g.n_completion_tokens,
-            error=g.error,
+            error=str(g.error) if g.error else None,
         )
         for i, item in enumerate(chunk)
         for j, (expert, g) in enumerate(zip(registry.experts, outputs[i], strict=True))
@@ -142,9 +148,45 @@ def _profile_chunk(
     profiles.add(profile_id, items, outcomes)
 
 
-def _stored_outcomes(
-    profiles: ProfileStore, record: ProfileRecord, registry: Registry, items: Sequence[Query]
-) -> Outcomes:
+def profile_name(record: ProfileRecord) -> str:
+    """A profile's readable name: `<pool>/<bench>/<split>` (pool: the registry file's stem or the
+    imported pool's name). Profiles of one name differ only in generation settings or experts' specs;
+    the name finds the newest complete one."""
+    pool = record.pool.removeprefix("pool:") if record.pool.startswith("pool:") else Path(record.pool).stem
+    return f"{pool}/{record.bench}/{record.split}"
+
+
+def find_profile(store: Store, ref: int | str) -> ProfileRecord:
+    """A complete stored profile by id or by name; an unknown one lists what is stored."""
+    records = [record for record in ProfileStore(store).all() if record.complete]
+    text = str(ref)
+    found = [r for r in records if str(r.id) == text] or [r for r in records if profile_name(r) == text]
+    if not found:
+        known = ", ".join(f"{r.id} ({profile_name(r)})" for r in records) or "none"
+        raise ProfileError(f"no stored profile {text!r}; stored: {known}; make one with `coe profile`")
+    return found[-1]
+
+
+def check_profile_covers(record: ProfileRecord, registry: Registry) -> None:
+    """The profile measured these very experts: every expert of the pool, each with an unchanged spec."""
+    missing = [e.id for e in registry.experts if e.id not in record.experts]
+    changed = [
+        e.id for e in registry.experts if e.id in record.experts and record.experts[e.id] != expert_fingerprint(e)
+    ]
+    if missing or changed:
+        problems = ([f"never measured {', '.join(missing)}"] if missing else []) + (
+            [f"measured {', '.join(changed)} before their specs changed"] if changed else []
+        )
+        raise ProfileError(
+            f"profile {record.id} ({profile_name(record)}) does not fit pool {registry.source}: "
+            f"it {' and '.join(problems)}; profile this pool with `coe profile`"
+        )
+
+
+def stored_outcomes(store: Store, record: ProfileRecord, registry: Registry, items: Sequence[Query]) -> Outcomes:
+    """A stored profile as the correctness matrix of `registry`'s experts on `items` (the profile's own
+    items, with their texts: routers embed them); skills as annotated when profiled."""
+    profiles = ProfileStore(store)
     skills = {item.item_id: item.skills for item in profiles.items(record.id)}
     column = {expert.id: j for j, expert in enumerate(registry.experts)}
     row = {item.id: i for i, item in enumerate(items)}

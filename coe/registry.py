@@ -1,6 +1,8 @@
 """Experts: read and validate `registry/*.yaml`, resolve adapters and paths, look experts up.
 
-A `Registry` is an in-memory, read-only view; persistence lives in `coe.store`.
+A `Registry` is an in-memory, read-only view; persistence lives in `coe.store`. A pool is addressed
+by its registry file, by the name it was imported under (`coe registry import FILE --name NAME`) or by
+a bundled pool's name (`embedded`); `load_pool` validates all three the same way.
 """
 
 from __future__ import annotations
@@ -9,13 +11,17 @@ import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from coe.errors import RegistryError, UnknownExpertError
+from coe.resources import bundled_pools
 from coe.schema import ExpertSpec, RegistryFile
+
+if TYPE_CHECKING:
+    from coe.store import Store
 
 
 def load_registry_file(path: Path, data_dir: Path | None = None) -> list[ExpertSpec]:
@@ -84,21 +90,23 @@ def _resolve_paths(expert: ExpertSpec, folder: Path, data_dir: Path | None) -> E
 # --------------------------------------------------------------------------- error messages
 
 
-def describe_validation_error(path: Path | str, error: ValidationError, raw: Any = None) -> str:
+def describe_validation_error(
+    path: Path | str, error: ValidationError, raw: Any = None, model: type[BaseModel] = RegistryFile
+) -> str:
     """One line per problem: file, field path (with the expert's id), what is wrong, what is allowed."""
     lines = []
     for problem in error.errors():
         loc = problem["loc"]
         where = _format_loc(loc, raw)
         if problem["type"] == "extra_forbidden":
-            allowed = _allowed_keys(loc[:-1])
+            allowed = _allowed_keys(loc[:-1], model)
             what = f"unknown key {loc[-1]!r}" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
         elif problem["type"] == "missing":
             what = "required field is missing"
         else:
             what = f"{problem['msg']} (got {problem.get('input')!r})"
         lines.append(f"{path}: {where}: {what}")
-    return "\n".join(lines) + "\nfix the file and import it again; nothing was written"
+    return "\n".join(lines) + "\nfix the file and try again; nothing was written"
 
 
 def _format_loc(loc: tuple[Any, ...], raw: Any) -> str:
@@ -119,8 +127,8 @@ def _format_loc(loc: tuple[Any, ...], raw: Any) -> str:
     return "".join(parts) or "(top level)"
 
 
-def _allowed_keys(loc: Sequence[Any]) -> list[str]:
-    model: Any = RegistryFile
+def _allowed_keys(loc: Sequence[Any], root: type[BaseModel]) -> list[str]:
+    model: Any = root
     items = list(loc)
     while items:
         item = items.pop(0)
@@ -151,7 +159,10 @@ def _unwrap(annotation: Any) -> Any:
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(members) == 1:
             return _unwrap(members[0])
-        return {m.model_fields["kind"].default: m for m in members if hasattr(m, "model_fields")}
+        models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+        if len(models) == 1:
+            return models[0]
+        return {m.model_fields["kind"].default: m for m in models if "kind" in m.model_fields}
     return annotation
 
 
@@ -193,6 +204,26 @@ class Registry(Mapping[str, ExpertSpec]):
         wanted = [self[expert_id] for expert_id in expert_ids]
         bases = [self[e.base] for e in wanted if e.is_adapter and e.base not in {w.id for w in wanted}]
         return Registry(wanted + bases, self.source)
+
+
+def load_pool(ref: str | Path, *, store: Store | None = None, data_dir: Path | None = None) -> Registry:
+    """A pool by registry file, by imported name (in `store`), or by bundled name, in that order."""
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.is_file() or len(path.parts) > 1:
+        return Registry.from_file(path, data_dir)
+    name = str(ref)
+    stored = store.get_pool(name) if store is not None else None
+    if stored is not None:
+        return Registry(stored.experts, source=f"pool:{name}")
+    bundled = bundled_pools()
+    if name in bundled:
+        return Registry.from_file(bundled[name], data_dir)
+    imported = [pool.name for pool in store.list_pools()] if store is not None else []
+    raise RegistryError(
+        f"no pool {name!r}: not a registry file, not a pool imported into the database "
+        f"({', '.join(imported) or 'none'}), not a bundled pool ({', '.join(bundled)}); "
+        f"import one with `coe registry import FILE --name {name}`"
+    )
 
 
 def dump_expert(expert: ExpertSpec) -> dict[str, Any]:

@@ -2,17 +2,19 @@
 
 Requests are grouped by the model that must be resident to serve them (an adapter's base), each
 group is loaded once and all of its requests (its adapters' too) run before the next group, and
-at most `max_resident` local models stay loaded (least recently used goes first). API groups need
-no load and run concurrently beside the local ones. Output order equals input order.
+at most `max_resident` local models stay loaded (least recently used goes first). Groups whose
+backend needs no load (APIs, recorded answers) run concurrently beside the local ones. Output order
+equals input order; a failed request comes back as a typed `Failure` naming its expert.
 
 `mode="naive"` loads the model for every request, as an unbatched system would: for comparison only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -20,10 +22,7 @@ from typing import Literal, Protocol
 from coe.backends.base import Backend, GroupBackend
 from coe.errors import BackendError, SchedulerError, UnknownNameError
 from coe.schema import ExpertSpec
-from coe.types import BatchStats, Generation, GenerationParams, LoadReport, Prompt
-
-# Backend kinds whose experts need no model load: their groups run concurrently.
-REMOTE_KINDS = frozenset({"litellm", "replay"})
+from coe.types import BatchStats, Failure, Generation, GenerationParams, LoadReport, ProgressCallback, Prompt
 
 CacheKey = tuple[str, str]
 """(expert id, query id)."""
@@ -98,18 +97,18 @@ class Scheduler:
         self,
         requests: Sequence[Request],
         params: GenerationParams,
-        on_done: Callable[[int], None] | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> tuple[list[Generation], BatchStats]:
         """One generation per request, in input order, and what the batch cost. With a cache, cached
         requests are answered from it and only the others run (successful ones are then cached)."""
         if self.cache is None:
-            return self._run(requests, params, on_done)
+            return self._run(requests, params, on_progress)
         keys = [(r.expert.id, r.prompt.query_id) if r.prompt.query_id else None for r in requests]
         cached = self.cache.get_many([key for key in keys if key is not None])
         missing = [i for i, key in enumerate(keys) if key not in cached]
-        if on_done and len(missing) < len(requests):
-            on_done(len(requests) - len(missing))
-        outputs, stats = self._run([requests[i] for i in missing], params, on_done)
+        if on_progress and len(missing) < len(requests):
+            on_progress(len(requests) - len(missing))
+        outputs, stats = self._run([requests[i] for i in missing], params, on_progress)
         fresh = dict(zip(missing, outputs, strict=True))
         self.cache.put_many({keys[i]: g for i, g in fresh.items() if keys[i] is not None and g.ok})  # type: ignore[misc]
         return [fresh[i] if i in fresh else cached[keys[i]] for i in range(len(requests))], stats  # type: ignore[index]
@@ -118,21 +117,24 @@ class Scheduler:
         self,
         requests: Sequence[Request],
         params: GenerationParams,
-        on_done: Callable[[int], None] | None,
+        on_progress: ProgressCallback | None,
     ) -> tuple[list[Generation], BatchStats]:
         started = time.perf_counter()
         results: list[Generation | None] = [None] * len(requests)
         stats = BatchStats(n_requests=len(requests))
         for request in requests:
-            self._backend(request.expert)  # fail fast on an unknown backend kind
+            self.backend_for(request.expert)  # fail fast on an unknown backend kind
             stats.requests_per_expert[request.expert.id] = stats.requests_per_expert.get(request.expert.id, 0) + 1
-        report = on_done or (lambda n: None)
+        report = on_progress or (lambda n: None)
         if self.mode == "naive":
             self._run_naive(requests, params, results, stats, report)
         else:
             self._run_batched(requests, params, results, stats, report)
         stats.wall_s = time.perf_counter() - started
-        final = [r if r is not None else Generation(text="", error="not run") for r in results]
+        final = [
+            _with_expert(result, request.expert.id) if result is not None else _failed("not run", request.expert.id)
+            for result, request in zip(results, requests, strict=True)
+        ]
         stats.n_prompt_tokens = sum(g.n_prompt_tokens for g in final)
         stats.n_completion_tokens = sum(g.n_completion_tokens for g in final)
         stats.n_errors = sum(not g.ok for g in final)
@@ -152,11 +154,11 @@ class Scheduler:
         params: GenerationParams,
         results: list[Generation | None],
         stats: BatchStats,
-        report: Callable[[int], None],
+        report: ProgressCallback,
     ) -> None:
         groups = self._groups(requests)
-        remote = [g for g in groups if g.kind in REMOTE_KINDS]
-        local = [g for g in groups if g.kind not in REMOTE_KINDS]
+        remote = [g for g in groups if not self.backends[g.kind].capabilities.needs_load]
+        local = [g for g in groups if self.backends[g.kind].capabilities.needs_load]
         # Resident models first: they cost no load.
         local.sort(key=lambda g: g.key not in self._resident)
         futures: list[tuple[_Group, Future[tuple[dict[int, Generation], float]]]] = []
@@ -165,7 +167,7 @@ class Scheduler:
                 futures.append((group, pool.submit(self._generate_group, group, requests, params, report)))
             for group in local:
                 load = self._ensure_loaded(group, requests)
-                if isinstance(load, str):
+                if isinstance(load, Failure):
                     self._fail_group(group, load, results, report)
                     continue
                 stats.loads.append(load)
@@ -195,8 +197,8 @@ class Scheduler:
             group.by_expert.setdefault(expert.id, []).append(index)
         return list(groups.values())
 
-    def _ensure_loaded(self, group: _Group, requests: Sequence[Request]) -> LoadReport | str:
-        """Load the group's base with its adapters (evicting LRU models); an error message on failure."""
+    def _ensure_loaded(self, group: _Group, requests: Sequence[Request]) -> LoadReport | Failure:
+        """Load the group's base with its adapters (evicting LRU models); the failure when it fails."""
         key = group.key
         backend = self.backends[group.kind]
         adapters = [
@@ -211,7 +213,7 @@ class Scheduler:
         try:
             report = backend.load(group.base, adapters)
         except BackendError as error:
-            return str(error)
+            return error.failure()
         self._resident[key] = group.base
         self._resident.move_to_end(key)
         return report
@@ -221,19 +223,19 @@ class Scheduler:
         group: _Group,
         requests: Sequence[Request],
         params: GenerationParams,
-        report: Callable[[int], None],
+        report: ProgressCallback,
     ) -> tuple[dict[int, Generation], float]:
         backend = self.backends[group.kind]
         outputs: dict[int, Generation] = {}
         started = time.perf_counter()
-        if isinstance(backend, GroupBackend):  # the whole group (base + adapters) in one engine call
+        if backend.capabilities.group_calls and isinstance(backend, GroupBackend):  # base + adapters, one call
             indices = [i for expert_indices in group.by_expert.values() for i in expert_indices]
             try:
                 generations = backend.generate_group(
                     [(requests[i].expert, requests[i].prompt) for i in indices], params
                 )
             except BackendError as error:
-                generations = [Generation(text="", error=str(error))] * len(indices)
+                generations = [Generation(text="", error=error.failure())] * len(indices)
             outputs = dict(zip(indices, generations, strict=True))
             report(len(indices))
             return outputs, time.perf_counter() - started
@@ -247,11 +249,11 @@ class Scheduler:
 
     @staticmethod
     def _fail_group(
-        group: _Group, message: str, results: list[Generation | None], report: Callable[[int], None]
+        group: _Group, failure: Failure, results: list[Generation | None], report: ProgressCallback
     ) -> None:
         for indices in group.by_expert.values():
             for index in indices:
-                results[index] = Generation(text="", error=message)
+                results[index] = Generation(text="", error=failure)
             report(len(indices))
 
     # ----------------------------------------------------------------------- naive
@@ -262,7 +264,7 @@ class Scheduler:
         params: GenerationParams,
         results: list[Generation | None],
         stats: BatchStats,
-        report: Callable[[int], None],
+        report: ProgressCallback,
     ) -> None:
         for index, request in enumerate(requests):
             expert = request.expert
@@ -271,7 +273,7 @@ class Scheduler:
             try:
                 load = backend.load(expert)
             except BackendError as error:
-                results[index] = Generation(text="", error=str(error))
+                results[index] = Generation(text="", error=error.failure())
                 report(1)
                 continue
             stats.loads.append(load)
@@ -284,7 +286,8 @@ class Scheduler:
             backend.unload(expert)
             report(1)
 
-    def _backend(self, expert: ExpertSpec) -> Backend:
+    def backend_for(self, expert: ExpertSpec) -> Backend:
+        """The backend that runs `expert`; an unknown kind names the configured ones."""
         backend = self.backends.get(expert.backend_kind)
         if backend is None:
             raise UnknownNameError(
@@ -303,11 +306,22 @@ def _generate_isolated(
         return backend.generate(expert, prompts, params)
     except BackendError as error:
         if len(prompts) == 1:
-            return [Generation(text="", error=str(error))]
+            return [Generation(text="", error=error.failure())]
     outputs = []
     for prompt in prompts:
         try:
             outputs.extend(backend.generate(expert, [prompt], params))
         except BackendError as error:
-            outputs.append(Generation(text="", error=str(error)))
+            outputs.append(Generation(text="", error=error.failure()))
     return outputs
+
+
+def _failed(message: str, expert: str) -> Generation:
+    return Generation(text="", error=Failure(message, expert=expert))
+
+
+def _with_expert(generation: Generation, expert: str) -> Generation:
+    """Every failure names its expert, whichever backend produced it."""
+    if generation.error is None or generation.error.expert is not None:
+        return generation
+    return dataclasses.replace(generation, error=dataclasses.replace(generation.error, expert=expert))

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from coe.types import Failure
+
 EXPERT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 
 
@@ -264,7 +266,8 @@ class ExpertAnswer(Frozen):
     n_prompt_tokens: int = 0
     n_completion_tokens: int = 0
     latency_s: float = 0.0
-    error: str | None = None
+    error: Failure | None = None
+    """Why the expert gave no answer (kind, retryable, message); None when it answered."""
 
 
 class Answer(Frozen):

@@ -9,11 +9,11 @@ from pathlib import Path
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def _default_data_dir() -> Path | None:
-    for candidate in (Path.cwd() / "../shared/data", REPO_ROOT / "../shared/data"):
+    """`../shared/data` beside the working directory or beside a checkout of coe."""
+    checkout = Path(__file__).resolve().parents[1]
+    for candidate in (Path.cwd() / "../shared/data", checkout / "../shared/data"):
         if candidate.is_dir():
             return candidate.resolve()
     return None
@@ -34,8 +34,9 @@ class Settings(BaseSettings):
     """Benchmark data (MMLU-Pro, GPQA, recorded outcomes); defaults to ../shared/data when it exists."""
     cache_dir: Path = _default_cache_dir()
     """Assembled model weights, embedding cache, trained adapters."""
-    registry: Path = REPO_ROOT / "registry" / "embedded.yaml"
-    """The pool used when a command names none."""
+    pool: str = "embedded"
+    """The pool used when a command names none: a registry file, an imported pool's name, or a bundled
+    pool's name (`embedded`, `embedded-lora`, `replay-mmlu-pro-ref8`)."""
     seed: int = 0
     threads: int = 0
     """CPU threads per embedded model; 0 picks the number of cores (measured best on 2 cores)."""

@@ -23,11 +23,9 @@ from coe.backends import Backend
 from coe.embed import Encoder
 from coe.errors import SkillTaxonomyError
 from coe.registry import describe_validation_error
+from coe.resources import taxonomy_files
 from coe.schema import ExpertSpec, Query, SkillGroup, SkillTaxonomyFile
-from coe.settings import REPO_ROOT
 from coe.types import GenerationParams, Prompt
-
-SKILLS_DIR = REPO_ROOT / "skills"
 
 KEYWORD_PROMPT = (
     "Question: {question}\n"
@@ -69,7 +67,7 @@ def load_taxonomy(path: Path) -> SkillTaxonomy:
     try:
         parsed = SkillTaxonomyFile.model_validate(raw)
     except ValidationError as error:
-        raise SkillTaxonomyError(describe_validation_error(path, error, raw)) from error
+        raise SkillTaxonomyError(describe_validation_error(path, error, raw, SkillTaxonomyFile)) from error
     skills: list[tuple[str, str, str]] = []
     for category in parsed.categories:
         skills.extend((name, text, category.name) for name, text in _leaves(category))
@@ -79,7 +77,11 @@ def load_taxonomy(path: Path) -> SkillTaxonomy:
 
 def bundled_taxonomy(*names: str) -> SkillTaxonomy:
     """The taxonomies shipped in `skills/` (default: all of them), merged."""
-    paths = [SKILLS_DIR / f"{name}.yaml" for name in names] or sorted(SKILLS_DIR.glob("*.yaml"))
+    shipped = taxonomy_files()
+    unknown = [name for name in names if name not in shipped]
+    if unknown:
+        raise SkillTaxonomyError(f"no bundled skill taxonomy {unknown[0]!r}; bundled: {', '.join(shipped)}")
+    paths = [shipped[name] for name in names] or list(shipped.values())
     taxonomies = [load_taxonomy(path) for path in paths]
     merged = taxonomies[0]
     for taxonomy in taxonomies[1:]:

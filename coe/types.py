@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
+
+ProgressCallback = Callable[[int], None]
+"""`on_progress(n)`: n more units of work are done (requests generated, items profiled)."""
+
+FailureKind = Literal[
+    "unavailable",
+    "timeout",
+    "connection",
+    "rate_limit",
+    "server",
+    "bad_request",
+    "auth",
+    "too_long",
+    "no_record",
+    "error",
+]
+"""Why a generation failed: `unavailable` a missing package, weights file or recorded file; `no_record`
+a recorded expert without this item; `too_long` the prompt exceeds the context; the others name the
+transport or provider failure; `error` anything else."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +45,20 @@ class Prompt:
 
 
 @dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed generation, typed so callers can decide: map it to a status, retry it, or replace the
+    expert. Never an empty answer."""
+
+    message: str
+    kind: FailureKind = "error"
+    retryable: bool = False
+    expert: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True, slots=True)
 class Generation:
     """One model output; `error` is set instead of raising so one bad request fails alone."""
 
@@ -31,7 +66,7 @@ class Generation:
     n_prompt_tokens: int = 0
     n_completion_tokens: int = 0
     latency_s: float = 0.0
-    error: str | None = None
+    error: Failure | None = None
 
     @property
     def ok(self) -> bool:

@@ -7,8 +7,8 @@ import pytest
 from coe.aggregate import LlmSynthesis, MajorityVote, WeightedVote, make_aggregator
 from coe.backends.llamacpp import LlamaCppBackend
 from coe.backends.replay import ReplayBackend
+from coe.datasets import load_mmlu_pro
 from coe.errors import ConfigError, UnknownNameError
-from coe.evals.datasets import load_mmlu_pro
 from coe.evals.probe import build_probe_items, run_probe
 from coe.profile import profile
 from coe.registry import Registry

@@ -1,6 +1,6 @@
 import pytest
 
-from coe.answers import extract_choice, extract_choice_with_level, format_question, is_correct, strip_reasoning
+from coe.answers import format_question, is_correct, read_choice, strip_reasoning
 from coe.errors import QueryError
 
 
@@ -34,22 +34,22 @@ def test_more_than_ten_options_is_a_query_error() -> None:
     ],
 )
 def test_extraction_follows_the_three_level_chain(text: str, n: int, expected: str | None, level: str | None) -> None:
-    assert extract_choice_with_level(text, n) == (expected, level)
+    assert read_choice(text, n) == (expected, level)
 
 
 def test_first_level_one_match_wins_when_several_candidates() -> None:
-    assert extract_choice("the answer is (A) ... on reflection the answer is (B)", 4) == "A"
+    assert read_choice("the answer is (A) ... on reflection the answer is (B)", 4).letter == "A"
 
 
 def test_lowercase_letters_are_not_choices() -> None:
-    assert extract_choice("the answer is (b)", 4) is None
-    assert extract_choice("answer: c", 4) is None
+    assert read_choice("the answer is (b)", 4).letter is None
+    assert read_choice("answer: c", 4).letter is None
 
 
 def test_a_letter_outside_the_options_is_never_returned() -> None:
-    assert extract_choice("the answer is (E)", 4) is None
-    assert extract_choice("Answer: G", 3) is None
-    assert extract_choice("maybe H", 5) is None
+    assert read_choice("the answer is (E)", 4).letter is None
+    assert read_choice("Answer: G", 3).letter is None
+    assert read_choice("maybe H", 5).letter is None
 
 
 def test_reasoning_before_think_end_is_dropped() -> None:

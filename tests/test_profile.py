@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from coe.backends.replay import ReplayBackend
+from coe.datasets import load_mmlu_pro
 from coe.errors import ConfigError
-from coe.evals.datasets import load_mmlu_pro
 from coe.profile import profile
 from coe.registry import Registry
 from coe.scheduler import Scheduler
@@ -46,7 +46,7 @@ def test_an_interrupted_profiling_continues_and_a_complete_one_is_reused(tmp_pat
     }
     with pytest.raises(Stop):
         profile(store, pool, on_progress=stop_after_first_chunk, **kwargs)
-    [partial] = ProfileStore(store).list()
+    [partial] = ProfileStore(store).all()
     assert not partial.complete and len(ProfileStore(store).items(partial.id)) == 10
 
     continued = profile(store, pool, **kwargs)

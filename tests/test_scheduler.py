@@ -80,9 +80,15 @@ def test_failures_stay_with_their_requests(backends: dict, embedded_pool: Regist
     ]
     outputs, stats = Scheduler(backends).run(requests, PARAMS)
     assert [o.ok for o in outputs] == [True, False, False, False, True]
-    assert "missing.gguf does not exist" in (outputs[1].error or "")
-    assert "Connection error" in (outputs[2].error or "")
-    assert "context" in (outputs[3].error or "")
+    failures = [o.error for o in outputs[1:4]]
+    assert all(f is not None for f in failures)
+    missing_file, refused, too_long = failures  # typed: kind, retryable and expert survive to the caller
+    assert "missing.gguf does not exist" in missing_file.message
+    assert (missing_file.kind, missing_file.retryable, missing_file.expert) == ("unavailable", False, "missing")
+    assert "Connection error" in refused.message
+    assert (refused.kind, refused.retryable, refused.expert) == ("connection", True, "dead")
+    assert "context" in too_long.message
+    assert (too_long.kind, too_long.expert) == ("too_long", "smollm2-135m")
     assert stats.n_errors == 3
 
 

@@ -8,9 +8,9 @@ from coe.backends.llamacpp import LlamaCppBackend
 from coe.embed import Encoder
 from coe.errors import SkillTaxonomyError
 from coe.registry import Registry
+from coe.resources import taxonomy_files
 from coe.schema import Query
 from coe.skills import (
-    SKILLS_DIR,
     EmbeddingAnnotator,
     KeywordMapper,
     LlmAnnotator,
@@ -28,10 +28,10 @@ QUERIES = [
 
 
 def test_bundled_taxonomies_hold_the_benchmark_categories() -> None:
-    mmlu = load_taxonomy(SKILLS_DIR / "mmlu_pro.yaml")
+    mmlu = load_taxonomy(taxonomy_files()["mmlu_pro"])
     assert len(set(mmlu.categories)) == 14
     assert {"algebra", "organic chemistry", "contract law"} <= set(mmlu.skills)
-    gpqa = load_taxonomy(SKILLS_DIR / "gpqa.yaml")
+    gpqa = load_taxonomy(taxonomy_files()["gpqa"])
     assert set(gpqa.categories) == {"Physics", "Chemistry", "Biology"}
     assert all(description for description in mmlu.descriptions + gpqa.descriptions)
     assert len(bundled_taxonomy().skills) == len(mmlu.skills) + len(gpqa.skills)

@@ -86,7 +86,7 @@ def arithmetic_examples(n: int, seed: int, exclude: Collection[str] = ()) -> lis
         raise DatasetError(f"arithmetic: at most 10000 distinct problems, asked for {n}")
     rng = random.Random(seed)
     seen = set(exclude)
-    examples = []
+    examples: list[Example] = []
     while len(examples) < n:
         prompt, value = arithmetic_problem(rng)
         if prompt not in seen:

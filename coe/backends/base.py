@@ -2,13 +2,17 @@
 
 Construction is cheap and does no I/O; `load` does the heavy work and only the scheduler decides
 when. `generate` takes a list and returns one `Generation` per prompt, in order; a failure on one
-prompt is returned as `Generation(error=...)`, not raised, so it fails alone.
+prompt is returned as `Generation(error=Failure(...))`, not raised, so it fails alone.
+
+What a backend can do is declared on it (`capabilities`), so the scheduler and the evaluation ask the
+backend instead of testing kind strings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, Self, runtime_checkable
 
 from coe.schema import ExpertSpec
 from coe.types import Generation, GenerationParams, LoadReport, Prompt
@@ -17,9 +21,22 @@ COMPLETION_STOPS = ("\nQuestion:", "\n\n\n")
 """Where a base model prompted completion-style stops: before it invents the next question."""
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    needs_load: bool = True
+    """A local model that must be resident to generate; False for APIs and recorded answers, whose
+    groups need no load and run concurrently beside the local ones."""
+    group_calls: bool = False
+    """`generate_group` runs a base model and its adapters' requests in one engine call (vLLM)."""
+    recorded: bool = False
+    """Outputs are recorded data already on disk: evaluation does not store their text again."""
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Runs experts of one backend kind."""
+
+    capabilities: Capabilities
 
     def load(self, expert: ExpertSpec, adapters: Sequence[ExpertSpec] = ()) -> LoadReport:
         """Make `expert`'s model resident (with `adapters` on it); free when already resident."""
@@ -54,6 +71,8 @@ class GroupBackend(Backend, Protocol):
 class NoLoadMixin:
     """For backends with nothing to load (APIs, recorded responses)."""
 
+    capabilities = Capabilities(needs_load=False)
+
     def load(self, expert: ExpertSpec, adapters: Sequence[ExpertSpec] = ()) -> LoadReport:
         return LoadReport(key=expert.load_key, loaded=False)
 
@@ -66,7 +85,7 @@ class NoLoadMixin:
     def close(self) -> None:
         return None
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -9,22 +9,41 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from coe.backends.base import NoLoadMixin
 from coe.errors import BackendError, BackendUnavailableError, GenerationError
 from coe.schema import ExpertSpec, LitellmBackendSpec
-from coe.types import Generation, GenerationParams, Prompt
+from coe.types import FailureKind, Generation, GenerationParams, Prompt
 
-_RETRYABLE = (
-    "RateLimitError",
-    "Timeout",
-    "APIConnectionError",
-    "ServiceUnavailableError",
-    "InternalServerError",
-)
+_TRANSPORT: dict[str, FailureKind] = {
+    "APIConnectionError": "connection",
+    "ConnectError": "connection",
+    "ConnectionError": "connection",
+    "ConnectionRefusedError": "connection",
+    "APITimeoutError": "timeout",
+    "Timeout": "timeout",
+    "TimeoutException": "timeout",
+    "ReadTimeout": "timeout",
+    "ConnectTimeout": "timeout",
+}
+"""Transport failures, found anywhere in the exception chain: litellm wraps a refused connection in an
+`InternalServerError` with status 500, which is not what happened."""
+_PROVIDER: dict[str, FailureKind] = {
+    "RateLimitError": "rate_limit",
+    "ServiceUnavailableError": "server",
+    "InternalServerError": "server",
+    "BadGatewayError": "server",
+    "AuthenticationError": "auth",
+    "PermissionDeniedError": "auth",
+    "ContextWindowExceededError": "too_long",
+    "BadRequestError": "bad_request",
+    "NotFoundError": "bad_request",
+    "UnprocessableEntityError": "bad_request",
+}
+_RETRYABLE_KINDS = frozenset({"rate_limit", "timeout", "connection", "server"})
 
 
 class LitellmBackend(NoLoadMixin):
@@ -62,7 +81,7 @@ class LitellmBackend(NoLoadMixin):
             )
         except Exception as error:  # every provider error becomes this prompt's error, not the batch's
             mapped = map_litellm_error(error, expert.id)
-            return Generation(text="", latency_s=time.perf_counter() - started, error=str(mapped))
+            return Generation(text="", latency_s=time.perf_counter() - started, error=mapped.failure())
         usage = getattr(response, "usage", None)
         return Generation(
             text=response.choices[0].message.content or "",
@@ -73,16 +92,31 @@ class LitellmBackend(NoLoadMixin):
 
 
 def map_litellm_error(error: Exception, expert: str) -> GenerationError:
-    """A litellm/OpenAI exception as a `GenerationError` naming the expert, status and retryability."""
-    kind = type(error).__name__
-    status = getattr(error, "status_code", None)
-    retryable = kind in _RETRYABLE or (isinstance(status, int) and status >= 500)
+    """A litellm/OpenAI exception as a `GenerationError` naming the expert, its kind, status and retryability."""
+    chain = list(_chain(error))
+    transport = next((_TRANSPORT[type(e).__name__] for e in chain if type(e).__name__ in _TRANSPORT), None)
+    status = None if transport else getattr(error, "status_code", None)
+    kind: FailureKind = (
+        transport
+        or _PROVIDER.get(type(error).__name__)
+        or ("server" if isinstance(status, int) and status >= 500 else "error")
+    )
+    retryable = kind in _RETRYABLE_KINDS
     message = getattr(error, "message", None) or str(error)
-    detail = f"{kind}" + (f" (HTTP {status})" if status else "") + f": {message}"
+    detail = f"{kind} error" + (f" (HTTP {status})" if status else "") + f": {message}"
     hint = "; retrying may help" if retryable else ""
-    mapped = GenerationError(detail + hint, expert=expert, retryable=retryable)
+    mapped = GenerationError(detail + hint, expert=expert, retryable=retryable, kind=kind)
     mapped.__cause__ = error
     return mapped
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def _litellm_spec(expert: ExpertSpec) -> LitellmBackendSpec:

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coe.backends.base import COMPLETION_STOPS
+from coe.backends.base import COMPLETION_STOPS, Capabilities
 from coe.backends.weights import locate_weights
 from coe.errors import BackendError, BackendUnavailableError
 from coe.schema import EmbeddedBackendSpec, ExpertSpec
-from coe.types import Generation, GenerationParams, LoadReport, Prompt
+from coe.types import Failure, FailureKind, Generation, GenerationParams, LoadReport, Prompt
 
 
 @dataclass(slots=True)
@@ -38,6 +38,8 @@ class LlamaCppBackend:
 
     It keeps what it loaded until told to unload; the scheduler decides how many stay resident.
     """
+
+    capabilities = Capabilities()
 
     def __init__(self, *, cache_dir: Path, threads: int = 0) -> None:
         self.cache_dir = Path(cache_dir)
@@ -176,7 +178,9 @@ class LlamaCppBackend:
         latency_s = time.perf_counter() - started
         if "error" in result:
             error = result["error"]
-            return Generation(text="", latency_s=latency_s, error=f"llama.cpp: {error.get('message', error)}")
+            message = str(error.get("message", error) if isinstance(error, dict) else error)
+            kind: FailureKind = "too_long" if "context" in message.lower() else "error"
+            return Generation(text="", latency_s=latency_s, error=Failure(f"llama.cpp: {message}", kind=kind))
         choice = result["choices"][0]
         text = choice["message"]["content"] if "message" in choice else choice["text"]
         usage = result.get("usage", {})

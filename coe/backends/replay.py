@@ -13,10 +13,10 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from coe.backends.base import NoLoadMixin
+from coe.backends.base import Capabilities, NoLoadMixin
 from coe.errors import BackendError, BackendUnavailableError
 from coe.schema import ExpertSpec, ReplayBackendSpec
-from coe.types import Generation, GenerationParams, Prompt
+from coe.types import Failure, Generation, GenerationParams, Prompt
 
 NO_RECORD = "no recorded response for this question"
 
@@ -24,16 +24,19 @@ NO_RECORD = "no recorded response for this question"
 class ReplayBackend(NoLoadMixin):
     """Serves recorded responses by query id; each file is read once and kept."""
 
+    capabilities = Capabilities(needs_load=False, recorded=True)
+
     def __init__(self) -> None:
         self._tables: dict[Path, dict[str, str]] = {}
         self._lock = threading.Lock()
 
     def generate(self, expert: ExpertSpec, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
         table = self.responses(expert)
+        missing = Failure(NO_RECORD, kind="no_record", expert=expert.id)
         outputs = []
         for prompt in prompts:
             text = table.get(prompt.query_id)
-            outputs.append(Generation(text=text) if text is not None else Generation(text="", error=NO_RECORD))
+            outputs.append(Generation(text=text) if text is not None else Generation(text="", error=missing))
         return outputs
 
     def responses(self, expert: ExpertSpec) -> dict[str, str]:

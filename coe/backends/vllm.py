@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coe.backends.base import COMPLETION_STOPS
+from coe.backends.base import COMPLETION_STOPS, Capabilities
 from coe.errors import BackendError, BackendUnavailableError, GenerationError
 from coe.schema import ExpertSpec, VllmBackendSpec
-from coe.types import Generation, GenerationParams, LoadReport, Prompt
+from coe.types import Failure, Generation, GenerationParams, LoadReport, Prompt
 
 _RETRYABLE = frozenset({"RetryableRequestError", "EngineGenerateError", "EngineDeadError"})
 _FAILED_FINISH = frozenset({"abort", "error"})
@@ -48,6 +48,8 @@ class _Engine:
 
 class VllmBackend:
     """Serves vLLM experts; the scheduler decides when to load, `generate_group` runs a whole group."""
+
+    capabilities = Capabilities(group_calls=True)
 
     def __init__(self) -> None:
         self._engine: _Engine | None = None
@@ -157,8 +159,11 @@ def _too_long(n_tokens: int, max_model_len: int) -> Generation:
     return Generation(
         text="",
         n_prompt_tokens=n_tokens,
-        error=f"vLLM: the prompt has {n_tokens} tokens, more than `max_model_len` {max_model_len} leaves "
-        "room for; shorten it or raise `max_model_len` in the registry",
+        error=Failure(
+            f"vLLM: the prompt has {n_tokens} tokens, more than `max_model_len` {max_model_len} leaves "
+            "room for; shorten it or raise `max_model_len` in the registry",
+            kind="too_long",
+        ),
     )
 
 
@@ -170,7 +175,7 @@ def _generation(output: Any, latency_s: float) -> Generation:
         n_prompt_tokens=len(output.prompt_token_ids or ()),
         n_completion_tokens=len(completion.token_ids),
         latency_s=latency_s,
-        error=f"vLLM: the request ended with finish_reason {completion.finish_reason!r}" if failed else None,
+        error=Failure(f"vLLM: the request ended with finish_reason {completion.finish_reason!r}") if failed else None,
     )
 
 

@@ -16,8 +16,8 @@ from coe.adapters.data import (
 )
 from coe.adapters.train import TRAINING_RECORD, TrainConfig, build_adapter
 from coe.cli.common import load_pool, out, progress, settings
+from coe.datasets import load_mmlu_pro
 from coe.errors import UnknownNameError
-from coe.evals.datasets import load_mmlu_pro
 
 app = typer.Typer(help="LoRA adapters as experts: skill data, training with peft, GGUF for llama.cpp.")
 

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from coe.cli.common import backends, load_pool, out, progress, settings
-from coe.composer import Composer
-from coe.evals.datasets import load_mmlu_pro
+from coe.cli.common import builder, out, progress, settings
+from coe.compose import CompositionSpec, GenerationSpec, parse_profile_source
+from coe.datasets import load_mmlu_pro
 from coe.schema import Answer, Query
-from coe.types import GenerationParams
 
 PoolOption = Annotated[
-    Path | None, typer.Option("--pool", help="Registry file of the expert pool (default: the embedded pool).")
+    str | None,
+    typer.Option("--pool", help="Registry file, imported pool name or bundled pool name (default: embedded)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the answer(s) as JSON.")]
 
@@ -31,18 +30,26 @@ def ask(
     choices: Annotated[
         str | None, typer.Option("--choices", help="Comma-separated options: multiple choice A, B, ...")
     ] = None,
+    composition: Annotated[
+        str | None,
+        typer.Option("--composition", help="A composition file or a bundled one's name (knn, embedded, ...)."),
+    ] = None,
     pool: PoolOption = None,
-    max_tokens: Annotated[int, typer.Option(help="Generation budget per expert.")] = 384,
+    router: Annotated[str | None, typer.Option(help="Router (default: all experts).")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="Experts per query, for routers that pick k.")] = None,
+    aggregator: Annotated[str | None, typer.Option(help="majority, weighted or llm.")] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="What the router fits on: priors, a stored profile (id or name) or BENCH:SPLIT."),
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Generation budget per expert (default 384).")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Answer one question with every expert of the pool and a majority vote."""
+    """Answer one question with a composition (default: every expert of the pool, majority vote)."""
     options = [c.strip() for c in choices.split(",")] if choices else None
     query = Query(id="q0", text=question, choices=tuple(options) if options else None)
-    registry = load_pool(pool)
-    with (
-        Composer(registry, backends=backends(), params=_params(max_tokens)) as composer,
-        progress("asking experts", total=len(registry)) as advance,
-    ):
+    spec = composition_spec(composition, pool, router, k, aggregator, profile, max_tokens)
+    with builder().compose(spec) as composer, progress("asking experts", total=len(composer.registry)) as advance:
         result = composer.run([query], advance)
     answer = result.answers[0]
     if as_json:
@@ -53,6 +60,34 @@ def ask(
     out.print(f"[bold green]answer:[/] {answer.choice or _one_line(answer.answer)}   ({answer.route.reason})")
 
 
+def composition_spec(
+    composition: str | None,
+    pool: str | None,
+    router: str | None,
+    k: int | None,
+    aggregator: str | None,
+    profile: str | None,
+    max_tokens: int | None,
+) -> CompositionSpec:
+    """A composition file (or the defaults) with the command line's options laid over it."""
+    current = settings()
+    base = (
+        CompositionSpec.load(composition)
+        if composition
+        else CompositionSpec(pool=current.pool, seed=current.seed, generation=GenerationSpec(seed=current.seed))
+    )
+    data = base.model_dump()
+    given = {
+        "pool": pool,
+        "router": {"name": router} if router else None,
+        "k": k,
+        "aggregator": {"name": aggregator} if aggregator else None,
+        "profile": parse_profile_source(profile) if profile else None,
+        "generation": {**data["generation"], "max_tokens": max_tokens} if max_tokens else None,
+    }
+    return CompositionSpec.model_validate({**data, **{key: value for key, value in given.items() if value is not None}})
+
+
 def demo(
     pool: PoolOption = None,
     max_tokens: Annotated[int, typer.Option(help="Generation budget per expert.")] = 256,
@@ -60,13 +95,11 @@ def demo(
 ) -> None:
     """14 MMLU-Pro validation questions (one per category) through the pool, with a table."""
     queries = one_per_category(load_mmlu_pro("validation", settings().data_dir))
-    registry = load_pool(pool)
-    expert_ids = list(registry)
-    with (
-        Composer(registry, backends=backends(), params=_params(max_tokens)) as composer,
-        progress("demo: expert answers", total=len(queries) * len(expert_ids)) as advance,
-    ):
-        result = composer.run(queries, advance)
+    spec = composition_spec(None, pool, None, None, None, None, max_tokens)
+    with builder().compose(spec) as composer:
+        expert_ids = list(composer.registry)
+        with progress("demo: expert answers", total=len(queries) * len(expert_ids)) as advance:
+            result = composer.run(queries, advance)
     if as_json:
         out.print_json(json.dumps([answer.model_dump(mode="json") for answer in result.answers]))
         return
@@ -104,10 +137,6 @@ def demo_table(queries: list[Query], answers: list[Answer], expert_ids: list[str
             "[green]yes[/]" if answer.correct else "[red]no[/]",
         )
     return table
-
-
-def _params(max_tokens: int) -> GenerationParams:
-    return GenerationParams(max_tokens=max_tokens, seed=settings().seed)
 
 
 def _one_line(text: str, width: int = 160) -> str:

@@ -1,10 +1,10 @@
-"""What every command shares: the settings built once, consoles, progress bars, pool loading."""
+"""What every command shares: the settings built once, consoles, progress bars, the composition builder."""
 
 from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +19,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from coe.backends import Backend, default_backends
+from coe.compose import CompositionBuilder
 from coe.registry import Registry
 from coe.settings import Settings
+from coe.types import ProgressCallback
 
 console = Console(stderr=True)
 # Wide enough for result tables when stdout is a file or a CI log (rich assumes 80 there).
@@ -32,6 +33,7 @@ out = Console(highlight=False, soft_wrap=True, width=max(shutil.get_terminal_siz
 class _State:
     settings: Settings | None = None
     debug: bool = False
+    builder: CompositionBuilder | None = None
 
 
 state = _State()
@@ -43,19 +45,20 @@ def settings() -> Settings:
     return state.settings
 
 
-def load_pool(pool: Path | None) -> Registry:
-    """A registry file (the default pool when none is given)."""
-    current = settings()
-    return Registry.from_file(pool or current.registry, current.data_dir)
+def builder() -> CompositionBuilder:
+    """The one composition builder of this command: every composition, profile and pool comes from it."""
+    if state.builder is None:
+        state.builder = CompositionBuilder(settings(), progress=progress)
+    return state.builder
 
 
-def backends() -> dict[str, Backend]:
-    current = settings()
-    return default_backends(cache_dir=current.cache_dir, threads=current.threads)
+def load_pool(pool: str | Path | None) -> Registry:
+    """A pool by registry file, imported name or bundled name (the settings' default when None)."""
+    return builder().pool(pool or settings().pool)
 
 
 @contextmanager
-def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+def progress(description: str, total: int) -> Iterator[ProgressCallback]:
     """A progress bar on stderr (progress lines when stderr is a log file); yields `advance(n)`."""
     if not console.is_terminal:
         yield _progress_lines(description, total)
@@ -74,7 +77,7 @@ def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda n: bar.advance(task, n)
 
 
-def _progress_lines(description: str, total: int) -> Callable[[int], None]:
+def _progress_lines(description: str, total: int) -> ProgressCallback:
     """`advance(n)` that prints a line at every tenth of the work, so a long run in a log shows life."""
     started = time.perf_counter()
     done = 0

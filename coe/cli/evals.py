@@ -10,26 +10,25 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from coe.cli.common import backends, load_pool, out, progress, settings
+from coe.cli.common import builder, load_pool, out, progress, settings
+from coe.compose import SplitProfile
 from coe.errors import RunError
-from coe.evals.datasets import load_benchmark
-from coe.evals.run import EvalConfig, run_eval
-from coe.evals.splits import make_split
+from coe.evals.config import EvalConfig
+from coe.evals.run import run_eval
 from coe.evals.summary import EvalSummary
 from coe.outcomes import Outcomes
-from coe.profile import profile
 from coe.routers.skill import skill_profile
-from coe.scheduler import Scheduler
 from coe.store import RunStore, Store
 from coe.types import GenerationParams
 
 BenchOption = Annotated[str, typer.Option("--bench", help="mmlu-pro or gpqa.")]
-PoolOption = Annotated[Path, typer.Option("--pool", help="Registry file of the expert pool.")]
+PoolOption = Annotated[str, typer.Option("--pool", help="Registry file, imported pool name or bundled pool name.")]
 SplitOption = Annotated[str, typer.Option("--split", help="random:N:SEED, ids:FILE or symbolic-moe.")]
 
 
 aggregators_app = typer.Typer(help="Aggregators: choose the LLM aggregator expert.")
 runs_app = typer.Typer(help="Stored evaluation runs: list them, trace a number back to its items, delete them.")
+profiles_app = typer.Typer(help="Stored profiles: what routers fit on (see `coe profile`).")
 
 
 def register(app: typer.Typer) -> None:
@@ -38,6 +37,7 @@ def register(app: typer.Typer) -> None:
     app.command("report")(report_command)
     app.add_typer(aggregators_app, name="aggregators")
     app.add_typer(runs_app, name="runs")
+    app.add_typer(profiles_app, name="profiles")
 
 
 def profile_command(
@@ -48,36 +48,19 @@ def profile_command(
     annotate: Annotated[bool, typer.Option(help="Tag profiling items with taxonomy skills (MiniLM).")] = True,
 ) -> None:
     """Run every expert of a pool over the profiling items and store the measured profile."""
-    current = settings()
-    registry = load_pool(pool)
-    queries = load_benchmark(bench, current.data_dir)
-    by_id = {q.id: q for q in queries}
-    chosen = make_split(split, queries, bench, current.data_dir)
-    items = [by_id[i] for i in chosen.profile_ids]
-    annotator = None
-    if annotate:
-        from coe.embed import Encoder
-        from coe.skills import EmbeddingAnnotator, bundled_taxonomy
+    from coe.profile import profile_name
 
-        taxonomy = bundled_taxonomy("mmlu_pro" if bench == "mmlu-pro" else "gpqa")
-        annotator = EmbeddingAnnotator(taxonomy, Encoder(cache_dir=current.cache_dir))
-    with progress(f"profiling {len(items)} items × {len(registry)} experts", len(items) * len(registry)) as advance:
-        measured = profile(
-            Store(current.database_url),
-            registry,
-            bench=bench,
-            split=chosen.spec,
-            items=items,
-            scheduler=Scheduler(backends()),
-            params=GenerationParams(max_tokens=max_tokens, seed=current.seed),
-            annotator=annotator,
-            keep_text=bench != "gpqa",
-            on_progress=advance,
-        )
+    registry = load_pool(pool)
+    source = SplitProfile.model_validate({"bench": bench, "split": split})
+    params = GenerationParams(max_tokens=max_tokens, seed=settings().seed)
+    measured = builder().profile(source, registry, params, annotate=annotate)
     outcomes = measured.outcomes
     state = "reused the stored profile" if measured.reused else "stored"
-    created = f"{measured.record.created_at:%Y-%m-%d %H:%M}"
-    out.print(f"profile {measured.record.id} ({state}): {bench} {chosen.spec}, {len(items)} items, {created}")
+    record = measured.record
+    out.print(
+        f"profile {record.id} {profile_name(record)} ({state}): {len(outcomes.items)} items, "
+        f"{record.created_at:%Y-%m-%d %H:%M}; use it with --profile {record.id}"
+    )
     categories = outcomes.category_accuracy()
     table = Table(title="measured accuracy (profiling items)")
     table.add_column("expert")
@@ -90,6 +73,29 @@ def profile_command(
     out.print(table)
     if any(item.skills for item in outcomes.items):
         print_skill_profiles(outcomes)
+
+
+@profiles_app.command("list")
+def profiles_list() -> None:
+    """Every stored profile, oldest first: use one with `--profile ID` or its name."""
+    from coe.profile import profile_name
+    from coe.store import ProfileStore
+
+    profiles = ProfileStore(Store(settings().database_url))
+    table = Table(title="stored profiles")
+    for column in ("id", "name", "experts", "items", "max tokens", "complete", "created"):
+        table.add_column(column, no_wrap=column == "name")
+    for record in profiles.all():
+        table.add_row(
+            str(record.id),
+            profile_name(record),
+            str(len(record.experts)),
+            str(len(profiles.items(record.id))),
+            str(record.params.get("max_tokens", "")),
+            "yes" if record.complete else "no (resumes on the next run)",
+            f"{record.created_at:%Y-%m-%d %H:%M}",
+        )
+    out.print(table)
 
 
 def print_skill_profiles(outcomes: Outcomes) -> None:
@@ -107,7 +113,7 @@ def print_skill_profiles(outcomes: Outcomes) -> None:
 
 
 def eval_command(
-    pool: Annotated[Path | None, typer.Option("--pool", help="Registry file of the expert pool.")] = None,
+    pool: Annotated[str | None, typer.Option("--pool", help="Registry file, imported or bundled pool name.")] = None,
     bench: Annotated[str | None, typer.Option("--bench", help="mmlu-pro or gpqa.")] = None,
     split: Annotated[str | None, typer.Option("--split", help="random:N:SEED, ids:FILE or symbolic-moe.")] = None,
     routers: Annotated[str | None, typer.Option(help="Comma-separated routers.")] = None,
@@ -117,7 +123,7 @@ def eval_command(
     limit: Annotated[int | None, typer.Option(help="At most N test items per seed (stratified).")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Generation budget per expert.")] = None,
     aggregator_expert: Annotated[str | None, typer.Option(help="Expert of the llm aggregator.")] = None,
-    aggregator_pool: Annotated[Path | None, typer.Option(help="Registry holding the llm aggregator expert.")] = None,
+    aggregator_pool: Annotated[str | None, typer.Option(help="Pool holding the llm aggregator expert.")] = None,
     chunk_size: Annotated[int | None, typer.Option(help="Test items stored per transaction (resume unit).")] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the JSON summary here.")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue this run where it stopped.")] = None,
@@ -126,7 +132,7 @@ def eval_command(
     current = settings()
     store = Store(current.database_url)
     given = {
-        "pool": str(pool) if pool else None,
+        "pool": pool,
         "bench": bench,
         "split": split,
         "routers": tuple(routers.split(",")) if routers else None,
@@ -136,7 +142,7 @@ def eval_command(
         "limit": limit,
         "max_tokens": max_tokens,
         "aggregator_expert": aggregator_expert,
-        "aggregator_pool": str(aggregator_pool) if aggregator_pool else None,
+        "aggregator_pool": aggregator_pool,
         "chunk_size": chunk_size,
     }
     given = {key: value for key, value in given.items() if value is not None}
@@ -148,15 +154,7 @@ def eval_command(
         if missing:
             raise RunError(f"coe eval needs --{', --'.join(missing)} (or --resume RUN_ID)")
         config = EvalConfig.model_validate(given)
-    summary = run_eval(
-        config,
-        store=store,
-        backends=backends(),
-        data_dir=current.data_dir,
-        cache_dir=current.cache_dir,
-        run_id=resume,
-        progress=progress,
-    )
+    summary = run_eval(config, settings=current, store=store, run_id=resume, progress=progress)
     print_summary(summary)
     if json_file:
         json_file.write_text(json.dumps(json_summary(summary), indent=2))
@@ -233,7 +231,7 @@ def probe_command(
     bench: BenchOption = "mmlu-pro",
     split: SplitOption = "random:1400:0",
     candidates: Annotated[str | None, typer.Option(help="Comma-separated candidate ids (default: all live).")] = None,
-    aggregator_pool: Annotated[Path | None, typer.Option(help="Registry of the candidates (default: --pool).")] = None,
+    aggregator_pool: Annotated[str | None, typer.Option(help="Pool of the candidates (default: --pool).")] = None,
     items: Annotated[int, typer.Option(help="Probe items (one correct, up to two incorrect answers).")] = 50,
     max_tokens: Annotated[int, typer.Option(help="Generation budget of a synthesis.")] = 512,
 ) -> None:
@@ -242,41 +240,24 @@ def probe_command(
     from coe.evals.probe import run_probe
 
     current = settings()
-    store = Store(current.database_url)
+    compositions = builder()
     registry = load_pool(pool)
     candidate_pool = load_pool(aggregator_pool) if aggregator_pool else registry
-    chosen = (
-        [candidate_pool[c] for c in candidates.split(",")]
-        if candidates
-        else [e for e in candidate_pool.experts if e.backend_kind != "replay"]
-    )
+    live = [e for e in candidate_pool.experts if not compositions.scheduler.backend_for(e).capabilities.recorded]
+    chosen = [candidate_pool[c] for c in candidates.split(",")] if candidates else live
     if not chosen:
         raise RunError(f"{candidate_pool.source} has no expert that can synthesize; pass --aggregator-pool")
-    queries = load_benchmark(bench, current.data_dir)
-    by_id = {q.id: q for q in queries}
-    profile_items = [by_id[i] for i in make_split(split, queries, bench, current.data_dir).profile_ids]
-    scheduler = Scheduler(backends())
     params = GenerationParams(max_tokens=max_tokens, seed=current.seed)
-    with progress("profiling (reused when stored)", len(profile_items) * len(registry)) as advance:
-        measured = profile(
-            store,
-            registry,
-            bench=bench,
-            split=split,
-            items=profile_items,
-            scheduler=scheduler,
-            params=params,
-            keep_text=bench != "gpqa",
-            on_progress=advance,
-        )
+    source = SplitProfile.model_validate({"bench": bench, "split": split})
+    measured = compositions.profile(source, registry, params, annotate=False)
     result = run_probe(
-        store,
+        compositions.store,
         registry,
         chosen,
         bench=bench,
         profile_id=measured.record.id,
-        items=profile_items,
-        scheduler=scheduler,
+        items=measured.outcomes.items,
+        scheduler=compositions.scheduler,
         params=params,
         n_items=items,
     )
@@ -295,7 +276,7 @@ def runs_list() -> None:
     table = Table(title="evaluation runs")
     for column in ("run id", "status", "bench", "pool", "split", "seeds", "routers", "updated"):
         table.add_column(column, no_wrap=column == "run id")
-    for run in RunStore(Store(settings().database_url)).list():
+    for run in RunStore(Store(settings().database_url)).all():
         config = run.config
         table.add_row(
             run.id,

@@ -1,4 +1,4 @@
-"""`coe registry import|list|show|remove|export`: the expert registry in the database."""
+"""`coe registry import|pools|list|show|remove|export`: experts and named pools in the database."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from coe.cli.common import out, settings
-from coe.registry import Registry, dump_registry, load_registry_file
+from coe.registry import dump_registry, load_registry_file
+from coe.resources import bundled_pools
 from coe.store import Store
 
 app = typer.Typer(help="Experts persisted in the database (SQLite by default; COE_DATABASE_URL for any other).")
@@ -20,17 +21,34 @@ def _store() -> Store:
 
 
 @app.command("import")
-def import_file(path: Annotated[Path, typer.Argument(help="A registry YAML file.")]) -> None:
-    """Validate a registry file and store its experts (one transaction; idempotent)."""
+def import_file(
+    path: Annotated[Path, typer.Argument(help="A registry YAML file.")],
+    name: Annotated[str | None, typer.Option(help="The pool's name (default: the file's stem).")] = None,
+) -> None:
+    """Validate a registry file and store its experts as a named pool (one transaction; idempotent):
+    afterwards `--pool NAME` serves it anywhere a pool is asked for."""
     experts = load_registry_file(path, settings().data_dir)
-    store = _store()
-    known = {stored.spec.id: stored.spec for stored in store.list_experts()}
-    Registry([*known.values(), *experts], source=str(path))  # adapters must find their bases
-    summary = store.import_experts(experts, source=str(path.resolve()))
+    pool = name or path.stem
+    summary = _store().import_pool(pool, experts, source=str(path.resolve()))
     out.print(
-        f"imported {path}: {len(summary.added)} added, {len(summary.updated)} updated, "
-        f"{len(summary.unchanged)} unchanged"
+        f"imported {path} as pool {pool!r}: {len(summary.added)} added, {len(summary.updated)} updated, "
+        f"{len(summary.unchanged)} unchanged; use it with --pool {pool}"
     )
+
+
+@app.command("pools")
+def pools() -> None:
+    """The imported pools, and the bundled ones (both answer to `--pool NAME`)."""
+    table = Table(title="pools")
+    for column in ("name", "experts", "source", "imported"):
+        table.add_column(column)
+    for stored in _store().list_pools():
+        experts = ", ".join(e.id for e in stored.experts)
+        table.add_row(stored.name, experts, stored.source, f"{stored.imported_at:%Y-%m-%d %H:%M}")
+    for name, path in bundled_pools().items():
+        experts = ", ".join(e.id for e in load_registry_file(path, settings().data_dir))
+        table.add_row(name, experts, f"bundled: {path}", "")
+    out.print(table)
 
 
 @app.command("list")

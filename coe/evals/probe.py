@@ -44,14 +44,15 @@ def build_probe_items(
     for index in rng.permutation(len(items)):
         item = items[index]
         n_choices = len(item.choices or ())
-        right, wrong = [], []
+        right: list[ExpertAnswer] = []
+        wrong: list[ExpertAnswer] = []
         for expert in experts:
             text = texts.get((expert, item.id))
             if text is None:
                 continue
-            choice, guessed = read_choice(text, n_choices)
-            answer = ExpertAnswer(expert=expert, text=text, choice=choice, guessed=guessed)
-            (right if choice == item.gold else wrong).append(answer)
+            reading = read_choice(text, n_choices)
+            answer = ExpertAnswer(expert=expert, text=text, choice=reading.letter, guessed=reading.guessed)
+            (right if reading.letter == item.gold else wrong).append(answer)
         if right and wrong:
             picked = [right[int(rng.integers(len(right)))], *(wrong[i] for i in rng.permutation(len(wrong))[:2])]
             built.append(ProbeItem(item, tuple(picked[i] for i in rng.permutation(len(picked)))))

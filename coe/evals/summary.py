@@ -4,17 +4,13 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from coe.registry import Registry
-from coe.scheduler import REMOTE_KINDS
+from coe.evals.config import EvalConfig
 from coe.store import RunStore
-
-if TYPE_CHECKING:
-    from coe.evals.run import EvalConfig
 
 
 class _Model(BaseModel):
@@ -63,7 +59,8 @@ class EvalSummary(_Model):
     """"router/aggregator" -> category -> accuracy (mean over seeds)."""
 
 
-def summarize(run_id: str, config: EvalConfig, runs: RunStore, registry: Registry) -> EvalSummary:
+def summarize(run_id: str, config: EvalConfig, runs: RunStore, load_keys: Mapping[str, str]) -> EvalSummary:
+    """The run's numbers; `load_keys` maps each expert that needs a model load to its model's key."""
     rows = runs.results(run_id)
     accuracy: dict[tuple[str, str], dict[int, list[bool]]] = defaultdict(lambda: defaultdict(list))
     calls: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -81,7 +78,7 @@ def summarize(run_id: str, config: EvalConfig, runs: RunStore, registry: Registr
         if key == ("best-single", config.aggregators[0]):
             n_test[row.seed] += 1
     seeds = list(config.seeds)
-    loads, chosen = _route_facts(runs, run_id, registry, seeds)
+    loads, chosen = _route_facts(runs, run_id, load_keys, seeds)
 
     def seed_means(key: tuple[str, str]) -> list[float]:
         return [float(np.mean(accuracy[key][seed])) for seed in seeds if accuracy[key][seed]]
@@ -138,15 +135,14 @@ def _std(values: list[float]) -> float:
 
 
 def _route_facts(
-    runs: RunStore, run_id: str, registry: Registry, seeds: list[int]
+    runs: RunStore, run_id: str, load_keys: Mapping[str, str], seeds: list[int]
 ) -> tuple[dict[tuple[str, int], int], list[str]]:
-    """From the stored routes, in one pass: distinct local models per (router, seed), and the
+    """From the stored routes, in one pass: distinct models to load per (router, seed), and the
     expert best-single chose in each seed."""
     keys: dict[tuple[str, int], set[str]] = defaultdict(set)
-    local = {e.id: e.load_key for e in registry.experts if e.backend_kind not in REMOTE_KINDS}
     best: dict[int, str] = {}
     for seed, router, _, experts in runs.routes(run_id):
-        keys[router, seed].update(local[expert] for expert, _ in experts if expert in local)
+        keys[router, seed].update(load_keys[expert] for expert, _ in experts if expert in load_keys)
         if router == "best-single" and experts:
             best.setdefault(seed, experts[0][0])
     return {key: len(value) for key, value in keys.items()}, [best[seed] for seed in seeds if seed in best]

@@ -29,8 +29,8 @@ from coe.schema import ExpertChoice, Query, Route
 class Pick:
     """A router's decision for one query: expert indices (best first), their scores, and why."""
 
-    indices: Sequence[int]
-    scores: Sequence[float]
+    indices: Sequence[int] | np.ndarray
+    scores: Sequence[float] | np.ndarray
     reason: str
 
 

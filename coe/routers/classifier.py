@@ -11,7 +11,7 @@ is under `threshold`, the query goes to the generalist (`fallback`, default the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 
@@ -109,7 +109,7 @@ class ClassifierRouter(Router):
         self.classifier_ = self._train(training) if len(self.categories_) > 1 else None
         return self
 
-    def _train(self, training: Sequence[Query]):  # type: ignore[no-untyped-def]
+    def _train(self, training: Sequence[Query]) -> Any:
         from sklearn.linear_model import LogisticRegression
 
         vectors = self.encoder_.encode([q.text for q in training])

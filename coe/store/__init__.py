@@ -1,6 +1,6 @@
 """Persistence with SQLAlchemy 2 (the only package that imports it)."""
 
-from coe.store.database import ImportSummary, Store, StoredExpert
+from coe.store.database import ImportSummary, Store, StoredExpert, StoredPool
 from coe.store.profiles import (
     AggregatorChoice,
     ProfileItem,
@@ -25,6 +25,7 @@ __all__ = [
     "RunStore",
     "Store",
     "StoredExpert",
+    "StoredPool",
     "latest_aggregator_choice",
     "save_aggregator_choice",
     "trace_item",

@@ -1,14 +1,15 @@
 """The database: a SQLite file by default, any SQLAlchemy URL (PostgreSQL for a team); the registry's
-experts. Profiles and runs have their own modules beside this one."""
+experts and named pools. Profiles and runs have their own modules beside this one."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, delete, event, select
 from sqlalchemy.engine import Engine, make_url
@@ -16,12 +17,20 @@ from sqlalchemy.orm import Session
 
 from coe.errors import ConfigError, RegistryError, UnknownExpertError
 from coe.schema import ExpertSpec
-from coe.store.tables import SCHEMA_VERSION, Base, ExpertRow, MetaRow
+from coe.store.tables import SCHEMA_VERSION, Base, ExpertRow, MetaRow, PoolRow
 
 
 @dataclass(frozen=True, slots=True)
 class StoredExpert:
     spec: ExpertSpec
+    source: str
+    imported_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPool:
+    name: str
+    experts: tuple[ExpertSpec, ...]
     source: str
     imported_at: datetime
 
@@ -107,6 +116,38 @@ class Store:
                     unchanged.append(expert.id)
         return ImportSummary(tuple(added), tuple(updated), tuple(unchanged))
 
+    def import_pool(self, name: str, experts: Sequence[ExpertSpec], source: str) -> ImportSummary:
+        """Store experts and remember them as the pool `name` (replacing a pool of that name)."""
+        summary = self.import_experts(experts, source)
+        with self.session() as session:
+            row = session.get(PoolRow, name)
+            ids = json.dumps([expert.id for expert in experts])
+            if row is None:
+                session.add(PoolRow(name=name, expert_ids_json=ids, source=source, imported_at=now()))
+            else:
+                row.expert_ids_json, row.source, row.imported_at = ids, source, now()
+        return summary
+
+    def list_pools(self) -> list[StoredPool]:
+        with self.session() as session:
+            names = session.scalars(select(PoolRow.name).order_by(PoolRow.name)).all()
+        return [pool for name in names if (pool := self.get_pool(name)) is not None]
+
+    def get_pool(self, name: str) -> StoredPool | None:
+        """The pool imported under `name` with its experts' stored specs; None when there is none."""
+        with self.session() as session:
+            row = session.get(PoolRow, name)
+            if row is None:
+                return None
+            expert_rows = {r.id: r for r in session.scalars(select(ExpertRow)).all()}
+            missing = [i for i in json.loads(row.expert_ids_json) if i not in expert_rows]
+            if missing:
+                raise RegistryError(
+                    f"pool {name!r} names experts no longer stored ({', '.join(missing)}); import {row.source} again"
+                )
+            experts = tuple(self._stored(expert_rows[i]).spec for i in json.loads(row.expert_ids_json))
+            return StoredPool(name=row.name, experts=experts, source=row.source, imported_at=row.imported_at)
+
     def list_experts(self) -> list[StoredExpert]:
         with self.session() as session:
             rows = session.scalars(select(ExpertRow).order_by(ExpertRow.source, ExpertRow.id)).all()
@@ -133,6 +174,10 @@ class Store:
                     f"expert {expert_id!r} is the base of adapter(s) {', '.join(dependants)}; remove those first"
                 )
             session.execute(delete(ExpertRow).where(ExpertRow.id == expert_id))
+            for pool in session.scalars(select(PoolRow)).all():  # the pools that held it go on without it
+                ids = json.loads(pool.expert_ids_json)
+                if expert_id in ids:
+                    pool.expert_ids_json = json.dumps([i for i in ids if i != expert_id])
 
     @staticmethod
     def _stored(row: ExpertRow) -> StoredExpert:
@@ -146,7 +191,7 @@ class Store:
         return StoredExpert(spec=spec, source=row.source, imported_at=row.imported_at)
 
 
-def _sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     """Foreign keys on (cascading deletes), WAL so a reader never blocks a running evaluation."""
     cursor = connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")

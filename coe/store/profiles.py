@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, null, select
 
 from coe.store.database import Store, now
 from coe.store.tables import AggregatorChoiceRow, ProfileItemRow, ProfileOutcomeRow, ProfileRow
@@ -125,7 +125,7 @@ class ProfileStore:
             row = session.scalars(select(ProfileRow).where(ProfileRow.key == key)).one_or_none()
             return _record(row) if row else None
 
-    def list(self) -> list[ProfileRecord]:
+    def all(self) -> list[ProfileRecord]:
         with self.store.session() as session:
             return [_record(row) for row in session.scalars(select(ProfileRow).order_by(ProfileRow.created_at))]
 
@@ -144,15 +144,23 @@ class ProfileStore:
             ProfileOutcomeRow.expert_id,
             ProfileOutcomeRow.choice,
             ProfileOutcomeRow.correct,
-            ProfileOutcomeRow.text if with_text else ProfileOutcomeRow.n_tokens,
+            ProfileOutcomeRow.text if with_text else null().label("text"),
             ProfileOutcomeRow.n_tokens,
             ProfileOutcomeRow.error,
         ]
         with self.store.session() as session:
             rows = session.execute(select(*columns).where(ProfileOutcomeRow.profile_id == profile_id)).all()
         return [
-            ProfileOutcome(item, expert, choice, correct, text if with_text else None, n_tokens, error)
-            for item, expert, choice, correct, text, n_tokens, error in rows
+            ProfileOutcome(
+                item_id=row.item_id,
+                expert_id=row.expert_id,
+                choice=row.choice,
+                correct=row.correct,
+                text=row.text,
+                n_tokens=row.n_tokens,
+                error=row.error,
+            )
+            for row in rows
         ]
 
 

@@ -66,7 +66,7 @@ class RunStore:
                 raise RunError(f"no run {run_id!r} in {self.store.url}; recent runs: {', '.join(known) or '(none)'}")
             return _record(row)
 
-    def list(self) -> list[RunRecord]:
+    def all(self) -> list[RunRecord]:
         with self.store.session() as session:
             return [_record(row) for row in session.scalars(select(RunRow).order_by(RunRow.created_at))]
 
@@ -134,7 +134,7 @@ class RunStore:
         )
         with self.store.session() as session:
             rows = session.execute(select(*columns).where(RunResultRow.run_id == run_id)).all()
-        return [ResultRow(*row) for row in rows]
+        return [ResultRow(**row._asdict()) for row in rows]
 
     def routes(self, run_id: str) -> list[tuple[int, str, str, list[tuple[str, float]]]]:
         """(seed, router, item id, [(expert, score), ...]) for every stored route."""
@@ -218,6 +218,6 @@ def trace_item(store: Store, run_id: str, item_id: str) -> ItemTrace:
         routes=[
             (seed, router, [tuple(p) for p in json.loads(experts)], reason) for seed, router, experts, reason in routes
         ],
-        generations=[tuple(row) for row in generations],
-        results=[tuple(row) for row in results],
+        generations=[(expert, choice, text, error) for expert, choice, text, error in generations],
+        results=[(seed, router, aggregator, choice, correct) for seed, router, aggregator, choice, correct in results],
     )

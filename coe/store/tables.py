@@ -1,4 +1,4 @@
-"""The database tables: experts (the registry), profiles (measured outcomes), evaluation runs."""
+"""The database tables: experts and named pools (the registry), profiles (measured outcomes), evaluation runs."""
 
 from __future__ import annotations
 
@@ -27,6 +27,17 @@ class ExpertRow(Base):
 
     id: Mapped[str] = mapped_column(String(200), primary_key=True)
     spec_json: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text)
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PoolRow(Base):
+    """A named pool: the experts of one imported registry file, in file order."""
+
+    __tablename__ = "pools"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    expert_ids_json: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(Text)
     imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

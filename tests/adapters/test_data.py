@@ -14,9 +14,9 @@ from coe.adapters.data import (
     read_examples,
     write_examples,
 )
-from coe.answers import extract_choice_with_level, format_question
+from coe.answers import format_question, read_choice
+from coe.datasets import load_mmlu_pro
 from coe.errors import DatasetError
-from coe.evals.datasets import load_mmlu_pro
 from tests.conftest import DATA_DIR
 
 
@@ -48,7 +48,7 @@ def test_letter_answers_use_the_composer_prompt_and_the_gold_letter() -> None:
     assert len(examples) == 70
     first = queries[0]
     assert examples[0].prompt == format_question(first.text, first.choices, first.category)
-    assert extract_choice_with_level(examples[0].response) == (first.gold, "l1")
+    assert read_choice(examples[0].response) == (first.gold, "l1")
 
 
 def test_examples_round_trip_through_json_lines(tmp_path: Path) -> None:

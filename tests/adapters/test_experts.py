@@ -10,9 +10,9 @@ import pytest
 from coe.adapters.convert import ADAPTER_GGUF
 from coe.adapters.data import arithmetic_examples, is_arithmetic_correct
 from coe.adapters.train import TRAINING_RECORD
-from coe.answers import extract_choice_with_level, format_question
+from coe.answers import format_question, read_choice
 from coe.backends.llamacpp import LlamaCppBackend
-from coe.evals.datasets import load_mmlu_pro
+from coe.datasets import load_mmlu_pro
 from coe.registry import Registry
 from coe.scheduler import Request, Scheduler
 from coe.types import GenerationParams, Prompt
@@ -65,6 +65,6 @@ def test_two_adapters_on_one_base_load_answer_their_own_skills_differently(lora_
     assert right[ARITHMETIC] > right[BASE]
 
     for question, prompt in zip(questions, prompts[len(problems) :], strict=True):
-        letter = extract_choice_with_level(text[LETTER, prompt.text], len(question.choices or ()))
+        letter = read_choice(text[LETTER, prompt.text], len(question.choices or ()))
         assert letter[1] == "l1"  # "The answer is (X)." at once
-        assert extract_choice_with_level(text[BASE, prompt.text], len(question.choices or ()))[1] != "l1"
+        assert read_choice(text[BASE, prompt.text], len(question.choices or ()))[1] != "l1"

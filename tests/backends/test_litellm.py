@@ -60,14 +60,16 @@ def test_unreachable_server_fails_each_request_with_a_retryable_coe_error() -> N
     for output in outputs:
         assert output.text == ""
         assert output.error is not None
-        assert output.error.startswith("expert 'dead': ")
-        assert "Connection error" in output.error
-        assert output.error.endswith("retrying may help")
+        assert output.error.message.startswith("expert 'dead': connection error: ")
+        assert "Connection error" in output.error.message and "HTTP" not in output.error.message
+        assert output.error.message.endswith("retrying may help")
+        assert (output.error.kind, output.error.retryable, output.error.expert) == ("connection", True, "dead")
 
 
 def test_a_bad_request_fails_alone_and_is_not_retryable(served: ExpertSpec) -> None:
     outputs = LitellmBackend().generate(served, [Prompt("word " * 9000), Prompt("Hi")], PARAMS)
     assert outputs[0].error is not None
-    assert "HTTP 400" in outputs[0].error and "context" in outputs[0].error
-    assert "retrying may help" not in outputs[0].error
+    assert "HTTP 400" in outputs[0].error.message and "context" in outputs[0].error.message
+    assert "retrying may help" not in outputs[0].error.message
+    assert outputs[0].error.kind in ("bad_request", "too_long") and not outputs[0].error.retryable
     assert outputs[1].ok and outputs[1].text

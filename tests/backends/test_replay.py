@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from coe.answers import choice_of
+from coe.answers import read_choice
 from coe.backends.replay import NO_RECORD, ReplayBackend
 from coe.errors import BackendError, BackendUnavailableError
 from coe.registry import Registry
@@ -64,6 +64,6 @@ def test_reference_pool_extraction_matches_the_shared_outcomes() -> None:
         sample = [r for r in rows if r["model"] == model][::40]
         outputs = backend.generate(expert, [Prompt("", r["question_id"]) for r in sample], PARAMS)
         for row, output in zip(sample, outputs, strict=True):
-            assert (choice_of(output.text, 10) or "") == row["pred"], (model, row["question_id"])
+            assert (read_choice(output.text, 10).letter or "") == row["pred"], (model, row["question_id"])
             checked += 1
     assert checked > 2000

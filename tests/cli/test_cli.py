@@ -47,6 +47,9 @@ def test_ask_json_returns_real_generations_from_every_expert(env: dict[str, str]
     assert answer["choice"] in (None, "A", "B", "C", "D")
     assert answer["timings"]["total_s"] > 0
 
+    one = coe("ask", "Hi", "--router", "random", "--k", "1", "--max-tokens", "8", "--json", env=env)
+    assert len(json.loads(one.stdout)["experts"]) == 1 and json.loads(one.stdout)["route"]["router"] == "random"
+
 
 def test_registry_import_list_show_export_remove(env: dict[str, str], tmp_path: Path) -> None:
     pool = REPO / "registry" / "embedded.yaml"
@@ -89,6 +92,23 @@ def test_profile_stores_and_then_reuses_a_profile(env: dict[str, str], tmp_path:
     assert "(stored)" in first and "40 items" in first
     assert "gemini-1.5-flash-002" in first and "strongest skills" in first
     assert "(reused the stored profile)" in coe(*args, env=env).stdout
+
+
+def test_a_pool_imported_by_name_is_profiled_and_listed(env: dict[str, str], tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(str(qid) for qid in range(70, 90)))
+    imported = coe(
+        "registry", "import", str(REPO / "registry" / "replay-mmlu-pro-ref8.yaml"), "--name", "team", env=env
+    )
+    assert "as pool 'team': 8 added" in imported.stdout and "--pool team" in imported.stdout
+    pools = coe("registry", "pools", env=env).stdout
+    assert "team" in pools and "embedded-lora" in pools  # imported and bundled pools side by side
+    profiled = coe("profile", "--pool", "team", "--split", f"ids:{ids}", "--no-annotate", env=env).stdout
+    assert "team/mmlu-pro/ids:" in profiled and "(stored)" in profiled
+    listing = coe("profiles", "list", env=env).stdout
+    assert "team/mmlu-pro/ids:" in listing and "yes" in listing
+    unknown = coe("profile", "--pool", "nosuch", "--split", f"ids:{ids}", env=env, check=False)
+    assert unknown.returncode == 2 and "no pool 'nosuch'" in unknown.stderr and "team" in unknown.stderr
 
 
 def test_eval_json_summary_then_trace_an_item(env: dict[str, str], tmp_path: Path) -> None:

@@ -19,13 +19,15 @@ import pytest
 
 from coe.backends.llamacpp import LlamaCppBackend
 from coe.backends.replay import ReplayBackend
+from coe.datasets import load_mmlu_pro
 from coe.errors import RunError
-from coe.evals.datasets import load_mmlu_pro
+from coe.evals.config import EvalConfig, seeded_split
 from coe.evals.report import write_report
-from coe.evals.run import EvalConfig, run_eval, seeded_split
-from coe.evals.splits import make_split
+from coe.evals.run import run_eval
 from coe.registry import Registry
 from coe.schema import ExpertSpec
+from coe.settings import Settings
+from coe.splits import make_split
 from coe.store import Store
 from coe.types import Generation, GenerationParams, LoadReport, Prompt
 from tests.conftest import DATA_DIR, EMBEDDED_POOL, REPO
@@ -35,6 +37,8 @@ REF8 = REPO / "registry" / "replay-mmlu-pro-ref8.yaml"
 
 class CountingBackend:
     """The real backend, recording which (expert, query) pairs it was asked to generate."""
+
+    capabilities = LlamaCppBackend.capabilities
 
     def __init__(self, inner: LlamaCppBackend) -> None:
         self.inner = inner
@@ -55,6 +59,10 @@ class CountingBackend:
 
     def close(self) -> None:
         return None
+
+
+def eval_settings(tmp_path: Path) -> Settings:
+    return Settings(cache_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'coe.db'}", data_dir=DATA_DIR)
 
 
 def matrix_accuracy(split_seed: int) -> tuple[str, float, float]:
@@ -87,8 +95,7 @@ def test_reference_pool_baselines_agree_with_the_shared_correctness_matrix(tmp_p
         config,
         store=Store(f"sqlite:///{tmp_path / 'coe.db'}"),
         backends={"replay": ReplayBackend()},
-        data_dir=DATA_DIR,
-        cache_dir=tmp_path,
+        settings=eval_settings(tmp_path),
     )
     expert, best_accuracy, oracle_accuracy = matrix_accuracy(0)
     assert summary.n_test == 12_032 - 1400
@@ -114,8 +121,7 @@ def test_json_summary_shape_and_report(tmp_path: Path) -> None:
         config,
         store=Store(f"sqlite:///{tmp_path / 'coe.db'}"),
         backends={"replay": ReplayBackend()},
-        data_dir=DATA_DIR,
-        cache_dir=tmp_path,
+        settings=eval_settings(tmp_path),
     )
     assert summary.n_test == 300 and summary.seeds == [0, 1]
     keys = {(r.router, r.aggregator) for r in summary.results}
@@ -183,8 +189,7 @@ def test_interrupted_run_resumes_without_recomputing_finished_items(
                 config,
                 store=store,
                 backends={"embedded": first},
-                data_dir=DATA_DIR,
-                cache_dir=tmp_path,
+                settings=eval_settings(tmp_path),
                 progress=interrupting,
             )
         run_id = store_runs(tmp_path)[0]
@@ -193,7 +198,7 @@ def test_interrupted_run_resumes_without_recomputing_finished_items(
 
         again = CountingBackend(inner)
         summary = run_eval(
-            config, store=store, backends={"embedded": again}, data_dir=DATA_DIR, cache_dir=tmp_path, run_id=run_id
+            config, store=store, backends={"embedded": again}, settings=eval_settings(tmp_path), run_id=run_id
         )
     assert not {item for _, item in again.asked} & (finished | {"70", "71", "4000", "9000"})
     assert len(again.asked) == 2 * 4  # the 4 unfinished test items, both experts; profile reused
@@ -205,14 +210,12 @@ def test_interrupted_run_resumes_without_recomputing_finished_items(
 def test_resume_refuses_other_settings_and_unknown_runs(tmp_path: Path, ids_file: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
     with pytest.raises(RunError, match="no run 'nope'"):
-        run_eval(live_config(ids_file), store=store, backends={}, data_dir=DATA_DIR, cache_dir=tmp_path, run_id="nope")
+        run_eval(live_config(ids_file), store=store, backends={}, settings=eval_settings(tmp_path), run_id="nope")
     from coe.store import RunStore
 
     RunStore(store).create("r1", live_config(ids_file).model_dump(mode="json"))
     with pytest.raises(RunError, match="k: stored 3, given 2"):
-        run_eval(
-            live_config(ids_file, k=2), store=store, backends={}, data_dir=DATA_DIR, cache_dir=tmp_path, run_id="r1"
-        )
+        run_eval(live_config(ids_file, k=2), store=store, backends={}, settings=eval_settings(tmp_path), run_id="r1")
 
 
 def test_seeded_split_moves_only_random_specs() -> None:

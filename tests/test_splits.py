@@ -2,9 +2,9 @@ from collections import Counter
 
 import pytest
 
+from coe.datasets import load_mmlu_pro
 from coe.errors import DatasetError
-from coe.evals.datasets import load_mmlu_pro
-from coe.evals.splits import make_split
+from coe.splits import make_split
 from tests.conftest import DATA_DIR
 
 

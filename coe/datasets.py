@@ -30,6 +30,12 @@ GPQA_PASSWORD = "deserted-untie-orchid"
 GPQA_SUBSETS = ("diamond", "main", "extended")
 MmluProSplit = Literal["test", "validation"]
 BENCHMARKS = ("mmlu-pro", "gpqa")
+REDACTED_BENCHMARKS = frozenset({"gpqa"})
+"""Benchmarks whose text (and so experts' answers, which quote it) is never stored or printed."""
+
+
+def is_redacted(bench: str) -> bool:
+    return bench in REDACTED_BENCHMARKS
 
 
 def mmlu_pro_query(row: dict[str, Any]) -> Query:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from coe.datasets import load_benchmark, load_gpqa, load_mmlu_pro
 from coe.errors import DatasetError, UnknownNameError
-from coe.evals.datasets import load_benchmark, load_gpqa, load_mmlu_pro
 from tests.conftest import DATA_DIR
 
 

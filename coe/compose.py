@@ -1,0 +1,355 @@
+"""One public way to build a composition: a declarative `CompositionSpec` and `compose()`.
+
+A spec names the pool (a registry file, an imported pool or a bundled one), the router and its
+hyperparameters, where its profile comes from (a stored profile, a benchmark split to profile now,
+or the registry's declared priors), the aggregator, k, the generation settings and the executor.
+`compose(spec)` returns a fitted, ready `Composer`. The SDK, `coe ask/demo`, `coe eval` (one
+composition per router), `coe aggregators probe`, the service and the UI all build compositions
+here; a `CompositionBuilder` shares what is costly between them (database, backends, scheduler,
+encoder, skill annotators, loaded benchmarks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from coe.aggregate import Aggregator, make_aggregator
+from coe.backends import Backend, default_backends
+from coe.composer import Composer
+from coe.datasets import BENCHMARKS, is_redacted, load_benchmark
+from coe.errors import ConfigError
+from coe.outcomes import Outcomes
+from coe.registry import Registry, describe_validation_error, load_pool
+from coe.resources import bundled_compositions
+from coe.routers import make_router
+from coe.routers.base import Router
+from coe.scheduler import Scheduler
+from coe.schema import Frozen, Query
+from coe.settings import Settings
+from coe.splits import Split, make_split
+from coe.types import GenerationParams, ProgressCallback
+
+if TYPE_CHECKING:
+    from coe.embed import Encoder
+    from coe.profile import Profile
+    from coe.skills import SkillAnnotator
+    from coe.store import Store
+
+ProgressFactory = Callable[[str, int], AbstractContextManager[ProgressCallback]]
+"""(description, total) -> a context yielding `on_progress(n)`; the CLI gives a progress bar."""
+
+Bench = Literal["mmlu-pro", "gpqa"]
+
+
+class RouterSpec(Frozen):
+    """A router by name (see `coe.routers.ROUTERS`) with hyperparameters for its constructor."""
+
+    name: str = "all"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _k_and_seed_belong_to_the_composition(self) -> RouterSpec:
+        owned = sorted({"k", "random_state"} & set(self.params))
+        if owned:
+            raise ValueError(f"set {' and '.join(owned)} on the composition (`k:`, `seed:`), not in router params")
+        return self
+
+
+class AggregatorSpec(Frozen):
+    name: Literal["majority", "weighted", "llm"] = "majority"
+    expert: str | None = None
+    """The `llm` aggregator's expert; default: the one `coe aggregators probe` stored for the pool."""
+    pool: str | None = None
+    """Where that expert is registered, when not in the composition's pool."""
+
+
+class SplitProfile(Frozen):
+    """Profile the pool now on a benchmark split's profiling items (a stored equal profile is reused)."""
+
+    bench: Bench
+    split: str = "random:1400:0"
+    gpqa_subset: Literal["diamond", "main", "extended"] = "diamond"
+
+
+class StoredProfile(Frozen):
+    """A profile already stored, by id or by name (`coe profiles list`)."""
+
+    stored: int | str
+
+
+ProfileSource = Literal["priors"] | StoredProfile | SplitProfile
+
+
+class GenerationSpec(Frozen):
+    max_tokens: int = Field(default=384, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    seed: int = 0
+
+    def params(self) -> GenerationParams:
+        return GenerationParams(max_tokens=self.max_tokens, temperature=self.temperature, seed=self.seed)
+
+
+class CompositionSpec(Frozen):
+    """Everything that defines a composition; `compositions/*.yaml` files hold one each."""
+
+    pool: str
+    """A registry file, the name of a pool imported into the database, or a bundled pool's name."""
+    router: RouterSpec = RouterSpec()
+    profile: ProfileSource = "priors"
+    aggregator: AggregatorSpec = AggregatorSpec()
+    k: int = Field(default=3, ge=1)
+    """Experts per query, for the routers that pick k (the router is fitted for this k)."""
+    seed: int = 0
+    """The router's random state (random draws, cross-validation folds)."""
+    generation: GenerationSpec = GenerationSpec()
+    executor: Literal["local"] = "local"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_as_shorthand(cls, data: Any) -> Any:
+        """`router: knn` and `aggregator: weighted` stand for `{name: ...}`."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("router", "aggregator"):
+                if isinstance(data.get(key), str):
+                    data[key] = {"name": data[key]}
+        return data
+
+    @classmethod
+    def load(cls, ref: Path | str) -> CompositionSpec:
+        """A composition file, or a bundled composition's name (`knn`, `embedded`, ...)."""
+        bundled = bundled_compositions()
+        if not Path(ref).is_file() and str(ref) in bundled:
+            return cls.from_file(bundled[str(ref)])
+        if not Path(ref).is_file():
+            raise ConfigError(f"no composition {str(ref)!r}: not a file, not a bundled one ({', '.join(bundled)})")
+        return cls.from_file(ref)
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> CompositionSpec:
+        """A composition file; errors name the file and the field."""
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise ConfigError(f"cannot read composition {path}: {error}") from error
+        try:
+            spec = cls.model_validate(raw)
+        except ValidationError as error:
+            raise ConfigError(describe_validation_error(path, error, raw, cls)) from error
+        return spec.model_copy(
+            update={
+                "pool": _beside(path, spec.pool),
+                "aggregator": spec.aggregator.model_copy(update={"pool": _beside(path, spec.aggregator.pool)}),
+            }
+        )
+
+
+def _beside(spec_file: Path, ref: str | None) -> str | None:
+    """A relative registry path in a composition file is relative to that file (names stay names)."""
+    if ref is None or Path(ref).is_absolute() or not (spec_file.parent / ref).is_file():
+        return ref
+    return str((spec_file.parent / ref).resolve())
+
+
+def parse_profile_source(text: str) -> ProfileSource:
+    """A profile source as typed on a command line: `priors`, a stored profile's id or name, or
+    `BENCH:SPLIT` (e.g. `mmlu-pro:random:1400:0`) to profile now."""
+    bench, _, split = text.partition(":")
+    if text == "priors":
+        return "priors"
+    if bench in BENCHMARKS and split:
+        return SplitProfile(bench=bench, split=split)
+    return StoredProfile(stored=int(text) if text.isdigit() else text)
+
+
+def compose(spec: CompositionSpec | Path | str, *, settings: Settings | None = None, **resources: Any) -> Composer:
+    """A fitted, ready Composer from a spec, a composition file or a bundled composition's name.
+    `settings` default to the environment's (`COE_*`); `resources` (backends, scheduler, store, progress)
+    go to the `CompositionBuilder`."""
+    chosen = spec if isinstance(spec, CompositionSpec) else CompositionSpec.load(spec)
+    return CompositionBuilder(settings or Settings(), **resources).compose(chosen)
+
+
+class CompositionBuilder:
+    """Builds fitted Composers from specs, sharing the database, backends, scheduler, encoder, skill
+    annotators, loaded benchmarks and measured profiles between them. Nothing is built before use."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backends: dict[str, Backend] | None = None,
+        scheduler: Scheduler | None = None,
+        store: Store | None = None,
+        progress: ProgressFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self._backends = backends
+        self._scheduler = scheduler
+        self._store = store
+        self.progress = progress or _no_progress
+        self._benchmarks: dict[tuple[str, str], list[Query]] = {}
+        self._annotators: dict[str, SkillAnnotator] = {}
+
+    # ----------------------------------------------------------------------- shared resources
+
+    @cached_property
+    def store(self) -> Store:
+        if self._store is not None:
+            return self._store
+        from coe.store import Store
+
+        return Store(self.settings.database_url)
+
+    @cached_property
+    def backends(self) -> dict[str, Backend]:
+        if self._scheduler is not None:
+            return dict(self._scheduler.backends)
+        return self._backends or default_backends(cache_dir=self.settings.cache_dir, threads=self.settings.threads)
+
+    @cached_property
+    def scheduler(self) -> Scheduler:
+        return self._scheduler or Scheduler(self.backends)
+
+    @cached_property
+    def encoder(self) -> Encoder:
+        from coe.embed import Encoder
+
+        return Encoder(cache_dir=self.settings.cache_dir)
+
+    def annotator(self, bench: str | None) -> SkillAnnotator:
+        """The embedding skill annotator over the benchmark's taxonomy (every taxonomy for None)."""
+        key = bench or ""
+        if key not in self._annotators:
+            from coe.skills import EmbeddingAnnotator, bundled_taxonomy
+
+            names = {"mmlu-pro": ("mmlu_pro",), "gpqa": ("gpqa",)}.get(key, ())
+            self._annotators[key] = EmbeddingAnnotator(bundled_taxonomy(*names), self.encoder)
+        return self._annotators[key]
+
+    def pool(self, ref: str | Path) -> Registry:
+        return load_pool(ref, store=self.store, data_dir=self.settings.data_dir)
+
+    def benchmark(self, bench: str, gpqa_subset: str = "diamond") -> list[Query]:
+        key = (bench, gpqa_subset if bench == "gpqa" else "")
+        if key not in self._benchmarks:
+            self._benchmarks[key] = load_benchmark(bench, self.settings.data_dir, subset=gpqa_subset)
+        return self._benchmarks[key]
+
+    def split(self, source: SplitProfile) -> Split:
+        return make_split(
+            source.split, self.benchmark(source.bench, source.gpqa_subset), source.bench, self.settings.data_dir
+        )
+
+    # ----------------------------------------------------------------------- the parts of a composition
+
+    def profile(
+        self, source: SplitProfile, registry: Registry, params: GenerationParams, *, annotate: bool = True
+    ) -> Profile:
+        """Measure the pool on the split's profiling items, or reuse the stored profile of equal inputs."""
+        from coe.profile import profile
+
+        by_id = {query.id: query for query in self.benchmark(source.bench, source.gpqa_subset)}
+        split = self.split(source)
+        items = [by_id[i] for i in split.profile_ids]
+        description = f"profiling {len(items)} items × {len(registry)} experts (reused when stored)"
+        with self.progress(description, len(items) * len(registry)) as on_progress:
+            return profile(
+                self.store,
+                registry,
+                bench=source.bench,
+                split=split.spec,
+                items=items,
+                scheduler=self.scheduler,
+                params=params,
+                annotator=self.annotator(source.bench) if annotate else None,
+                keep_text=not is_redacted(source.bench),
+                on_progress=on_progress,
+            )
+
+    def outcomes(
+        self, source: ProfileSource, registry: Registry, params: GenerationParams, *, annotate: bool = True
+    ) -> tuple[Outcomes, str | None]:
+        """The outcomes a router fits on, and the benchmark they were measured on (None for priors)."""
+        if source == "priors":
+            return Outcomes.from_priors(registry.experts), None
+        if isinstance(source, SplitProfile):
+            return self.profile(source, registry, params, annotate=annotate).outcomes, source.bench
+        from coe.profile import check_profile_covers, find_profile, stored_outcomes
+
+        assert isinstance(source, StoredProfile)
+        record = find_profile(self.store, source.stored)
+        check_profile_covers(record, registry)
+        # every GPQA item is in `extended`, with the same option order as in the smaller subsets
+        by_id = {query.id: query for query in self.benchmark(record.bench, "extended")}
+        from coe.store import ProfileStore
+
+        items = [by_id[item.item_id] for item in ProfileStore(self.store).items(record.id)]
+        return stored_outcomes(self.store, record, registry, items), record.bench
+
+    def router(self, spec: RouterSpec, outcomes: Outcomes, *, k: int, seed: int, bench: str | None) -> Router:
+        """The named router with its hyperparameters, fitted on `outcomes` for `k` experts per query."""
+        collaborators: dict[str, Any] = {"random_state": seed, "k": k}
+        if spec.name in ("knn", "classifier", "skill"):
+            collaborators["encoder"] = self.encoder
+        if spec.name == "skill":
+            collaborators["annotator"] = self.annotator(bench)
+        router = make_router(spec.name, **collaborators)
+        try:
+            router.set_params(**spec.params)
+        except ValueError as error:
+            raise ConfigError(f"router {spec.name!r}: {error}") from error
+        return router.fit(outcomes)
+
+    def aggregator(self, spec: AggregatorSpec, registry: Registry, bench: str | None) -> Aggregator:
+        if spec.name != "llm":
+            return make_aggregator(spec.name)
+        expert = spec.expert
+        if expert is None and bench is not None:
+            from coe.store import latest_aggregator_choice
+
+            stored = latest_aggregator_choice(self.store, pool=registry.source, bench=bench)
+            expert = stored.expert_id if stored else None
+        holder = self.pool(spec.pool) if spec.pool else registry
+        return make_aggregator("llm", registry=holder, scheduler=self.scheduler, expert=expert)
+
+    def compose(self, spec: CompositionSpec) -> Composer:
+        """A fitted, ready Composer."""
+        registry = self.pool(spec.pool)
+        params = spec.generation.params()
+        outcomes, bench = self.outcomes(spec.profile, registry, params, annotate=spec.router.name == "skill")
+        return Composer(
+            registry,
+            router=self.router(spec.router, outcomes, k=spec.k, seed=spec.seed, bench=bench),
+            aggregator=self.aggregator(spec.aggregator, registry, bench),
+            backends=self.backends,
+            scheduler=self.scheduler,
+            params=params,
+        )
+
+
+@contextmanager
+def _no_progress(description: str, total: int) -> Iterator[ProgressCallback]:
+    yield lambda n: None
+
+
+__all__ = [
+    "AggregatorSpec",
+    "CompositionBuilder",
+    "CompositionSpec",
+    "GenerationSpec",
+    "ProfileSource",
+    "RouterSpec",
+    "SplitProfile",
+    "StoredProfile",
+    "compose",
+    "parse_profile_source",
+]
