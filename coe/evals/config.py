@@ -27,6 +27,8 @@ class EvalConfig(BaseModel):
     aggregator_pool: str | None = None
     """The pool (file or name) holding the aggregator expert, when it is not in the pool."""
     chunk_size: int = Field(default=2000, ge=1)
+    kshot: int | None = Field(default=None, ge=1)
+    """Fit the `kshot` router on K items per category drawn from the profiling items (default: all of them)."""
 
 
 def seeded_split(spec: str, seed: int) -> str:

@@ -19,6 +19,7 @@ from coe.routers.baselines import AllRouter, BestSingleRouter, OracleRouter, Ran
 from coe.routers.classifier import ClassifierRouter
 from coe.routers.cluster import ClusterRouter
 from coe.routers.knn import KnnRouter
+from coe.routers.kshot import KShotRouter
 from coe.routers.mf import MfRouter
 from coe.routers.skill import SkillRouter
 
@@ -34,6 +35,7 @@ ROUTERS: dict[str, type[Router]] = {
         ClassifierRouter,
         ClusterRouter,
         MfRouter,
+        KShotRouter,
     )
 }
 
@@ -53,6 +55,7 @@ __all__ = [
     "BestSingleRouter",
     "ClassifierRouter",
     "ClusterRouter",
+    "KShotRouter",
     "KnnRouter",
     "MfRouter",
     "OracleRouter",
