@@ -168,16 +168,20 @@ class CompositionSpec(Frozen):
             spec = cls.model_validate(raw)
         except ValidationError as error:
             raise ConfigError(describe_validation_error(path, error, raw, cls)) from error
+        profile = spec.profile
+        if isinstance(profile, KShotProfile):
+            profile = profile.model_copy(update={"examples": _beside(path, profile.examples)})
         return spec.model_copy(
             update={
                 "pool": _beside(path, spec.pool),
                 "aggregator": spec.aggregator.model_copy(update={"pool": _beside(path, spec.aggregator.pool)}),
+                "profile": profile,
             }
         )
 
 
 def _beside(spec_file: Path, ref: str | None) -> str | None:
-    """A relative registry path in a composition file is relative to that file (names stay names)."""
+    """A relative registry or examples path in a composition file is relative to that file (names stay names)."""
     if ref is None or Path(ref).is_absolute() or not (spec_file.parent / ref).is_file():
         return ref
     return str((spec_file.parent / ref).resolve())

@@ -15,6 +15,7 @@ import numpy as np
 
 N_RESAMPLES = 10_000
 LEVEL = 0.95
+DECIMALS = 12
 
 
 def paired_bootstrap_interval(
@@ -35,4 +36,5 @@ def paired_bootstrap_interval(
     means /= len(arrays)
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+    # means are sums of fractions: cancelling ones leave float dust (1e-17) that must not read as a win
+    return round(float(low), DECIMALS) + 0.0, round(float(high), DECIMALS) + 0.0

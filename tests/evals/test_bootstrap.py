@@ -39,6 +39,8 @@ def test_an_interval_straddling_zero_is_no_win_and_degenerate_cases_are_exact() 
     assert paired_bootstrap_interval([np.zeros(500)]) == (0.0, 0.0)
     assert paired_bootstrap_interval([np.ones(20)]) == (1.0, 1.0)
     assert paired_bootstrap_interval([]) == (0.0, 0.0)
+    # seeds that cancel exactly give exactly zero, not float dust that would read as a win
+    assert paired_bootstrap_interval([np.full(10, 0.1), np.full(10, 0.2), np.full(10, -0.3)]) == (0.0, 0.0)
 
 
 def test_the_interval_is_seeded_and_hardly_depends_on_the_seed() -> None:

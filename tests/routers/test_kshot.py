@@ -83,6 +83,11 @@ def test_examples_file_loads_and_bad_lines_are_named(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"bad.jsonl:1: answer 'E' is not an option letter \(AB\)"):
         load_examples(tmp_path / "bad.jsonl")
     assert parse_profile_source("kshot:k.jsonl") == KShotProfile(examples="k.jsonl")
+    (tmp_path / "c.yaml").write_text("pool: embedded\nrouter: kshot\nprofile: {examples: k.jsonl}\n")
+    profile = CompositionSpec.from_file(tmp_path / "c.yaml").profile
+    assert profile == KShotProfile(examples=str((tmp_path / "k.jsonl").resolve()))
+    with pytest.raises(ValueError, match="give either `examples`"):
+        KShotProfile(examples="k.jsonl", kshot=5)
 
 
 class LoadCounting(LlamaCppBackend):
