@@ -24,14 +24,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.routing_quality import POOL, correctness, recorded_letters
+from coe.compose import CompositionBuilder, RouterSpec
 from coe.datasets import load_mmlu_pro
 from coe.embed import Encoder
 from coe.outcomes import Outcomes
 from coe.registry import Registry
-from coe.routers import Router, make_router
+from coe.routers import Router
 from coe.schema import Query
 from coe.settings import Settings, apply_offline_environment
-from coe.skills import EmbeddingAnnotator, bundled_taxonomy
 from coe.splits import make_split
 
 SIZES = (1, 100, 10_000)
@@ -106,13 +106,12 @@ def main() -> None:
     queries = load_mmlu_pro("test", settings.data_dir)
     profiling, tests = profiling_outcomes(settings, registry, queries)
     with tempfile.TemporaryDirectory() as folder:
-        encoder = Encoder(cache_dir=Path(folder))
-        annotator = EmbeddingAnnotator(bundled_taxonomy("mmlu_pro"), encoder)
+        builder = CompositionBuilder(settings.model_copy(update={"cache_dir": Path(folder)}))
         routers = {
-            name: make_router(name, k=3, encoder=encoder, annotator=annotator).fit(profiling)
+            name: builder.router(RouterSpec(name=name), profiling, k=3, seed=0, bench="mmlu-pro")
             for name in (*EMBEDDING_ROUTERS, *OTHER_ROUTERS)
         }
-        rows = measure(encoder, routers, tests)
+        rows = measure(builder.encoder, routers, tests)
         started = time.perf_counter()
         Encoder(cache_dir=Path(folder)).encode([q.text for q in tests[: max(SIZES)]])
         from_disk = time.perf_counter() - started

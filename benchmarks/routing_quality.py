@@ -27,17 +27,17 @@ import numpy as np
 import yaml
 
 from coe.aggregate import MajorityVote, WeightedVote
+from coe.compose import CompositionBuilder, RouterSpec
 from coe.datasets import load_mmlu_pro
-from coe.embed import Encoder
 from coe.outcomes import Outcomes
 from coe.registry import Registry
-from coe.routers import Router, make_router
+from coe.resources import bundled_pools
+from coe.routers import Router
 from coe.schema import ExpertAnswer, Query, Route
-from coe.settings import REPO_ROOT, Settings, apply_offline_environment
-from coe.skills import EmbeddingAnnotator, bundled_taxonomy
+from coe.settings import Settings, apply_offline_environment
 from coe.splits import make_split
 
-POOL = REPO_ROOT / "registry" / "replay-mmlu-pro-ref8.yaml"
+POOL = bundled_pools()["replay-mmlu-pro-ref8"]
 OUTCOMES = "outcomes/mmlu_pro_tiger_outcomes_long.csv.gz"
 
 
@@ -110,18 +110,19 @@ def _rescored(route: Route, scores: Sequence[float]) -> Route:
     return route.model_copy(update={"experts": experts})
 
 
-def router_builder(spec: str, k: int, encoder: Encoder, annotator: EmbeddingAnnotator) -> Callable[[int], Router]:
-    """`name` or `name:key=value,key=value` (values read as YAML scalars) to a factory taking the seed,
-    which becomes the router's `random_state` as in `coe eval`."""
+def router_builder(spec: str, k: int, builder: CompositionBuilder) -> Callable[[int, Outcomes], Router]:
+    """`name` or `name:key=value,key=value` (values read as YAML scalars; `k` among them overrides the
+    run's k) to a factory fitting that router, with the seed as its `random_state` as in `coe eval`."""
     name, _, rest = spec.partition(":")
     params = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in rest.split(",") if item)}
-    shared = {"k": k, "encoder": encoder, "annotator": annotator}
-    return lambda seed: make_router(name, **{**shared, "random_state": seed, **params})
+    chosen_k = int(params.pop("k", k))
+    router = RouterSpec(name=name, params=params)
+    return lambda seed, outcomes: builder.router(router, outcomes, k=chosen_k, seed=seed, bench="mmlu-pro")
 
 
 def evaluate_seed(
     seed: int,
-    builders: dict[str, Callable[[int], Router]],
+    builders: dict[str, Callable[[int, Outcomes], Router]],
     registry: Registry,
     queries: Sequence[Query],
     letters: np.ndarray,
@@ -137,12 +138,11 @@ def evaluate_seed(
     test_rows = [row_of[i] for i in split.test_ids]
     profiling = Outcomes(experts, tuple(queries[i] for i in profile_rows), correct[profile_rows])
     test_queries = [queries[i] for i in test_rows]
-    builders = {**builders, "oracle": lambda seed: make_router("oracle")}
     scored = {}
     for name, build in builders.items():
         started = time.perf_counter()
         fitted = profiling if name != "oracle" else Outcomes(experts, tuple(test_queries), correct[test_rows])
-        routes = build(seed).fit(fitted).route(test_queries)
+        routes = build(seed, fitted).route(test_queries)
         scored[name] = fused_accuracy(routes, test_queries, letters[test_rows], guessed[test_rows], ids)
         scored[name]["seconds"] = time.perf_counter() - started
     return scored
@@ -190,14 +190,9 @@ def main() -> None:
     registry = Registry.from_file(POOL, settings.data_dir)
     queries = load_mmlu_pro("test", settings.data_dir)
     letters, guessed = recorded_letters(settings.data_dir, registry, queries)
-    encoder = Encoder(cache_dir=settings.cache_dir)
-    annotator = EmbeddingAnnotator(bundled_taxonomy("mmlu_pro"), encoder)
-    builders = {spec: router_builder(spec, args.k, encoder, annotator) for spec in args.routers}
-    builders |= {
-        f"random:k={args.k}": lambda seed: make_router("random", k=args.k, random_state=seed),
-        "best-single": lambda seed: make_router("best-single"),
-        "all": lambda seed: make_router("all"),
-    }
+    builder = CompositionBuilder(settings)
+    specs = [*args.routers, f"random:k={args.k}", "best-single", "all", "oracle"]
+    builders = {spec: router_builder(spec, args.k, builder) for spec in specs}
     results: dict[str, list[dict[str, float]]] = {}
     for seed in args.seeds:
         for name, scored in evaluate_seed(seed, builders, registry, queries, letters, guessed).items():

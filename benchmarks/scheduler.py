@@ -37,10 +37,11 @@ from coe.backends.hf_weights import export_hf_folder
 from coe.backends.llamacpp import LlamaCppBackend
 from coe.backends.vllm import VllmBackend
 from coe.backends.weights import locate_weights
+from coe.compose import CompositionBuilder, RouterSpec
 from coe.composer import BatchResult, Composer
 from coe.outcomes import Outcomes
 from coe.registry import Registry
-from coe.routers import RandomRouter
+from coe.routers import Router
 from coe.scheduler import Request, Scheduler
 from coe.schema import ExpertSpec, VllmBackendSpec
 from coe.types import GenerationParams, Prompt
@@ -59,7 +60,10 @@ def main() -> None:
     if args.engine == "vllm":
         pool = _vllm_pool(settings.cache_dir)
     params = GenerationParams(max_tokens=args.max_tokens, seed=args.seed)
-    router = RandomRouter(k=args.k, random_state=args.seed).fit(Outcomes.from_priors(pool.experts))
+    random = RouterSpec(name="random")
+    router = CompositionBuilder(settings).router(
+        random, Outcomes.from_priors(pool.experts), k=args.k, seed=args.seed, bench=None
+    )
     load_average = os.getloadavg()[0]
 
     _warm_up(pool, args.engine, settings.cache_dir)  # weights and libraries in memory before either run
@@ -118,7 +122,7 @@ def main() -> None:
 
 def _run(
     pool: Registry,
-    router: RandomRouter,
+    router: Router,
     params: GenerationParams,
     batch: list,
     mode: str,

@@ -3,6 +3,7 @@ expert-batched (each model loaded once), and fuse their answers."""
 
 from coe.aggregate import LlmSynthesis, MajorityVote, Verdict, WeightedVote, make_aggregator
 from coe.backends import LitellmBackend, LlamaCppBackend
+from coe.compose import CompositionBuilder, CompositionSpec, compose
 from coe.composer import BatchResult, Composer
 from coe.errors import (
     BackendError,
@@ -33,7 +34,7 @@ from coe.routers import (
 from coe.scheduler import Scheduler
 from coe.schema import Answer, ExpertAnswer, ExpertChoice, ExpertSpec, Query, Route
 from coe.settings import Settings
-from coe.types import GenerationParams
+from coe.types import Failure, GenerationParams
 
 __all__ = [
     "ROUTERS",
@@ -46,11 +47,14 @@ __all__ = [
     "ClassifierRouter",
     "CoeError",
     "Composer",
+    "CompositionBuilder",
+    "CompositionSpec",
     "ConfigError",
     "DatasetError",
     "ExpertAnswer",
     "ExpertChoice",
     "ExpertSpec",
+    "Failure",
     "GenerationError",
     "GenerationParams",
     "KnnRouter",
@@ -74,6 +78,7 @@ __all__ = [
     "UnknownExpertError",
     "Verdict",
     "WeightedVote",
+    "compose",
     "make_aggregator",
     "make_router",
 ]

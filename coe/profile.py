@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from coe.answers import question_prompt, read_choice
+from coe.datasets import stored_error
 from coe.errors import ProfileError
 from coe.outcomes import Outcomes
 from coe.registry import Registry
@@ -139,7 +140,7 @@ def _profile_chunk(
             correct=None if np.isnan(correct[i, j]) else bool(correct[i, j]),
             text=g.text if keep_text and not scheduler.backend_for(expert).capabilities.recorded else None,
             n_tokens=g.n_prompt_tokens + g.n_completion_tokens,
-            error=str(g.error) if g.error else None,
+            error=stored_error(g.error, redact=not keep_text),
         )
         for i, item in enumerate(chunk)
         for j, (expert, g) in enumerate(zip(registry.experts, outputs[i], strict=True))

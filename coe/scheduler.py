@@ -125,11 +125,11 @@ class Scheduler:
         for request in requests:
             self.backend_for(request.expert)  # fail fast on an unknown backend kind
             stats.requests_per_expert[request.expert.id] = stats.requests_per_expert.get(request.expert.id, 0) + 1
-        report = on_progress or (lambda n: None)
+        progress = on_progress or (lambda n: None)
         if self.mode == "naive":
-            self._run_naive(requests, params, results, stats, report)
+            self._run_naive(requests, params, results, stats, progress)
         else:
-            self._run_batched(requests, params, results, stats, report)
+            self._run_batched(requests, params, results, stats, progress)
         stats.wall_s = time.perf_counter() - started
         final = [
             _with_expert(result, request.expert.id) if result is not None else _failed("not run", request.expert.id)
@@ -154,7 +154,7 @@ class Scheduler:
         params: GenerationParams,
         results: list[Generation | None],
         stats: BatchStats,
-        report: ProgressCallback,
+        on_progress: ProgressCallback,
     ) -> None:
         groups = self._groups(requests)
         remote = [g for g in groups if not self.backends[g.kind].capabilities.needs_load]
@@ -164,17 +164,17 @@ class Scheduler:
         futures: list[tuple[_Group, Future[tuple[dict[int, Generation], float]]]] = []
         with ThreadPoolExecutor(max_workers=self.max_remote_groups) as pool:
             for group in remote:
-                futures.append((group, pool.submit(self._generate_group, group, requests, params, report)))
+                futures.append((group, pool.submit(self._generate_group, group, requests, params, on_progress)))
             for group in local:
                 load = self._ensure_loaded(group, requests)
                 if isinstance(load, Failure):
-                    self._fail_group(group, load, results, report)
+                    self._fail_group(group, load, results, on_progress)
                     continue
                 stats.loads.append(load)
                 if load.loaded:
                     stats.n_loads += 1
                     stats.load_s += load.seconds
-                outputs, seconds = self._generate_group(group, requests, params, report)
+                outputs, seconds = self._generate_group(group, requests, params, on_progress)
                 stats.generate_s += seconds
                 for index, generation in outputs.items():
                     results[index] = generation
@@ -223,7 +223,7 @@ class Scheduler:
         group: _Group,
         requests: Sequence[Request],
         params: GenerationParams,
-        report: ProgressCallback,
+        on_progress: ProgressCallback,
     ) -> tuple[dict[int, Generation], float]:
         backend = self.backends[group.kind]
         outputs: dict[int, Generation] = {}
@@ -237,24 +237,24 @@ class Scheduler:
             except BackendError as error:
                 generations = [Generation(text="", error=error.failure())] * len(indices)
             outputs = dict(zip(indices, generations, strict=True))
-            report(len(indices))
+            on_progress(len(indices))
             return outputs, time.perf_counter() - started
         for indices in group.by_expert.values():
             expert = requests[indices[0]].expert
             prompts = [requests[i].prompt for i in indices]
             for index, generation in zip(indices, _generate_isolated(backend, expert, prompts, params), strict=True):
                 outputs[index] = generation
-            report(len(indices))
+            on_progress(len(indices))
         return outputs, time.perf_counter() - started
 
     @staticmethod
     def _fail_group(
-        group: _Group, failure: Failure, results: list[Generation | None], report: ProgressCallback
+        group: _Group, failure: Failure, results: list[Generation | None], on_progress: ProgressCallback
     ) -> None:
         for indices in group.by_expert.values():
             for index in indices:
                 results[index] = Generation(text="", error=failure)
-            report(len(indices))
+            on_progress(len(indices))
 
     # ----------------------------------------------------------------------- naive
 
@@ -264,7 +264,7 @@ class Scheduler:
         params: GenerationParams,
         results: list[Generation | None],
         stats: BatchStats,
-        report: ProgressCallback,
+        on_progress: ProgressCallback,
     ) -> None:
         for index, request in enumerate(requests):
             expert = request.expert
@@ -274,7 +274,7 @@ class Scheduler:
                 load = backend.load(expert)
             except BackendError as error:
                 results[index] = Generation(text="", error=error.failure())
-                report(1)
+                on_progress(1)
                 continue
             stats.loads.append(load)
             if load.loaded:
@@ -284,7 +284,7 @@ class Scheduler:
             results[index] = _generate_isolated(backend, expert, [request.prompt], params)[0]
             stats.generate_s += time.perf_counter() - started
             backend.unload(expert)
-            report(1)
+            on_progress(1)
 
     def backend_for(self, expert: ExpertSpec) -> Backend:
         """The backend that runs `expert`; an unknown kind names the configured ones."""

@@ -11,6 +11,7 @@ from coe.store.profiles import (
     save_aggregator_choice,
 )
 from coe.store.runs import ItemTrace, ResultRow, RunRecord, RunStore, trace_item
+from coe.store.traffic import RequestLog, ServedRequest
 
 __all__ = [
     "AggregatorChoice",
@@ -20,9 +21,11 @@ __all__ = [
     "ProfileOutcome",
     "ProfileRecord",
     "ProfileStore",
+    "RequestLog",
     "ResultRow",
     "RunRecord",
     "RunStore",
+    "ServedRequest",
     "Store",
     "StoredExpert",
     "StoredPool",

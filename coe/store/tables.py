@@ -158,3 +158,29 @@ class AggregatorChoiceRow(Base):
     """candidate id -> share of probe items where its synthesis recovered the correct answer."""
     n_items: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ServedRequestRow(Base):
+    """One request the service answered (or refused): for the UI's traffic page and for audits. The
+    prompt is kept only when the service runs with `--log-prompts`; API keys never appear, only their name."""
+
+    __tablename__ = "served_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    key_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    model: Mapped[str] = mapped_column(String(200))
+    router: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    aggregator: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    experts_json: Mapped[str] = mapped_column(Text, default="[]")
+    """The experts that answered, in route order."""
+    fallbacks_json: Mapped[str] = mapped_column(Text, default="[]")
+    """[[failed expert, replacement], ...]"""
+    status: Mapped[int] = mapped_column(Integer)
+    """The HTTP status returned."""
+    error_kind: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    n_prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    n_completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
