@@ -180,6 +180,9 @@ def main() -> None:
             "skill:prune_below=0.05",
             "classifier",
             "classifier:k=1",
+            "cluster",
+            "mf",
+            "kshot",
         ],
         help="router names, each optionally with parameters: name:key=value,key=value",
     )
