@@ -65,14 +65,16 @@ def profile_command(
         f"{record.created_at:%Y-%m-%d %H:%M}; use it with --profile {record.id}"
     )
     categories = outcomes.category_accuracy()
-    table = Table(title="measured accuracy (profiling items)")
+    table = Table(title="measured accuracy on the profiling items (a failed answer counts as wrong)")
     table.add_column("expert")
     table.add_column("overall")
+    table.add_column("failed")
     for category in categories:
         table.add_column(category[:10])
-    overall = outcomes.accuracy()
+    overall, failed = outcomes.accuracy(), outcomes.failure_rate()
     for j, expert in enumerate(outcomes.expert_ids):
-        table.add_row(expert, f"{overall[j]:.3f}", *(f"{values[j]:.2f}" for values in categories.values()))
+        cells = (f"{values[j]:.2f}" for values in categories.values())
+        table.add_row(expert, f"{overall[j]:.3f}", f"{failed[j]:.1%}", *cells)
     out.print(table)
     if any(item.skills for item in outcomes.items):
         print_skill_profiles(outcomes)
@@ -264,17 +266,21 @@ def print_summary(summary: EvalSummary) -> None:
 
 def report_command(
     run_id: Annotated[str, typer.Argument(help="A run id (see the end of `coe eval`).")],
-    output: Annotated[Path, typer.Option(help="Folder for the Markdown and plots.")] = Path("evals/results"),
+    output: Annotated[
+        Path | None, typer.Option(help="Folder for the Markdown and plots (default: `reports/` beside the database).")
+    ] = None,
 ) -> None:
     """Write a run's Markdown report and plots."""
     from coe.evals.report import write_report
 
     current = settings()
-    record = RunStore(Store(current.database_url)).get(run_id)
+    store = Store(current.database_url)
+    record = RunStore(store).get(run_id)
     if record.summary is None:
         raise RunError(f"run {run_id!r} has not finished; finish it with `coe eval --resume {run_id}`")
-    path = write_report(EvalSummary.model_validate(record.summary), output)
-    out.print(f"wrote {path} and its plots")
+    folder = output or (store.folder or current.cache_dir) / "reports"
+    path = write_report(EvalSummary.model_validate(record.summary), folder)
+    out.print(f"wrote {path.resolve()} and its plots beside it")
 
 
 @aggregators_app.command("probe")
