@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 from coe.aggregate import MajorityVote, WeightedVote
+from coe.backends.replay import NO_RECORD
 from coe.compose import CompositionBuilder, RouterSpec
 from coe.datasets import load_mmlu_pro
 from coe.outcomes import Outcomes
@@ -36,6 +37,7 @@ from coe.routers import Router
 from coe.schema import ExpertAnswer, Query, Route
 from coe.settings import Settings, apply_offline_environment
 from coe.splits import make_split
+from coe.types import Failure
 
 POOL = bundled_pools()["replay-mmlu-pro-ref8"]
 OUTCOMES = "outcomes/mmlu_pro_tiger_outcomes_long.csv.gz"
@@ -85,7 +87,7 @@ def fused_accuracy(
         answers = [
             ExpertAnswer(expert=e, text="", choice=row[column[e]] or None)
             if row[column[e]] is not None
-            else ExpertAnswer(expert=e, text="", error="no record")
+            else ExpertAnswer(expert=e, text="", error=Failure(NO_RECORD, kind="no_record", expert=e))
             for e in route.expert_ids
         ]
         calls += len(answers)
