@@ -35,6 +35,8 @@ class EvalConfig(BaseModel):
     fallback: bool = False
     """Replace a picked expert that fails by the router's next-ranked one, as the service does. Off by
     default: a recorded expert missing an item then abstains, and each router is measured on its picks."""
+    kshot: int | None = Field(default=None, ge=1)
+    """Fit the `kshot` router on K items per category drawn from the profiling items (default: all of them)."""
     max_failure_rate: float = Field(default=0.1, ge=0, le=1)
     """A run whose share of failed generations passes this says so loudly and exits non-zero."""
     pool_fingerprint: str = ""
