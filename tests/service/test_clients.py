@@ -10,6 +10,7 @@ from openai import AsyncOpenAI, OpenAI
 
 from coe.compose import CompositionSpec, compose
 from coe.schema import Query
+from coe.service.compositions import SERVED_ROUTERS
 from coe.settings import Settings
 from tests.conftest import DATA_DIR
 from tests.service.conftest import REF8, running, upstream_pool
@@ -166,7 +167,7 @@ def test_models_route_health_and_metrics(replay_url: str, questions: list[Query]
     client = OpenAI(base_url=f"{replay_url}/v1", api_key="unused", max_retries=0)
     names = [model.id for model in client.models.list()]
     assert names[:2] == ["coe", "coe/all"] and "coe/knn" in names and "coe/oracle" not in names
-    assert "gemini-1.5-flash-002" in names and len(names) == 1 + 6 + 8
+    assert "gemini-1.5-flash-002" in names and len(names) == 1 + len(SERVED_ROUTERS) + 8
     assert client.models.retrieve("coe/skill").id == "coe/skill"
     question = questions[0]
     decision = httpx.post(
