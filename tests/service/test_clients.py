@@ -182,6 +182,19 @@ def test_models_route_health_and_metrics(replay_url: str, questions: list[Query]
     assert "coe_request_seconds_bucket" in metrics and "coe_queue_depth" in metrics
 
 
+def test_every_served_router_answers(replay_url: str, questions: list[Query]) -> None:
+    client = OpenAI(base_url=f"{replay_url}/v1", api_key="unused", max_retries=0)
+    question = questions[6]
+    for name in SERVED_ROUTERS:
+        completion = client.chat.completions.create(
+            model=f"coe/{name}", messages=[{"role": "user", "content": question.text}], extra_body=_extra(question)
+        )
+        coe = completion.model_extra["coe"]
+        assert coe["router"] == name and coe["experts"] and completion.choices[0].message.content
+        ranked = coe["route"]["experts"] + coe["route"]["fallbacks"]
+        assert len({e["expert"] for e in ranked}) == len(ranked) == 8  # who would replace a failed pick
+
+
 def test_an_expert_id_is_a_plain_proxy(replay_url: str, questions: list[Query]) -> None:
     client = OpenAI(base_url=f"{replay_url}/v1", api_key="unused", max_retries=0)
     question = questions[3]
