@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from coe.cli import adapters, ask, evals, registry
+from coe.cli import adapters, ask, evals, registry, ui
 from coe.cli.common import console, state
 from coe.errors import (
     BackendError,
@@ -31,6 +31,7 @@ app.add_typer(registry.app, name="registry")
 app.add_typer(adapters.app, name="adapters")
 ask.register(app)
 evals.register(app)
+ui.register(app)
 
 EXIT_CODES: tuple[tuple[type[CoeError], int], ...] = (
     (ConfigError, 2),
