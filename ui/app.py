@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ui` importable 
 
 import streamlit as st
 
-from ui.workbench import pool_picker, workbench
+from ui.workbench import keep_alive, pool_picker, workbench
 
 st.set_page_config(page_title="coe: compare experts", page_icon=":material/hub:", layout="wide")
 page = st.navigation(
@@ -20,5 +20,6 @@ page = st.navigation(
 )
 st.sidebar.title("coe")
 st.sidebar.caption("Composition of Experts: route each question to the right experts, fuse their answers.")
+keep_alive()
 pool_picker(workbench())
 page.run()

@@ -165,7 +165,7 @@ def results_table(database_url: str, run_id: str, updated_at: str) -> pd.DataFra
 
 
 def _disagreements(bench: Workbench, summary: EvalSummary) -> None:
-    st.subheader("Where routers disagree")
+    st.subheader("Items: where routers disagree")
     record = RunStore(bench.store).get(summary.run_id)
     table = results_table(bench.store.url, summary.run_id, str(record.updated_at))
     routers = sorted(table["router"].unique())
@@ -174,20 +174,24 @@ def _disagreements(bench: Workbench, summary: EvalSummary) -> None:
     aggregator = aggregator_col.selectbox("Aggregator", sorted(table["aggregator"].unique()), key="eval_aggregator")
     categories = ["any category", *sorted(c for c in table["category"].dropna().unique())]
     category = category_col.selectbox("Category", categories, key="eval_category")
-    chosen = st.multiselect("Routers", routers, default=[r for r in routers if r != "oracle"], key="eval_routers")
-    if len(chosen) < 2:
-        st.info("Pick at least two routers to see where they disagree.")
+    keep(eval_routers=[r for r in routers if r != "oracle"], eval_disagree=True)
+    chosen = st.multiselect("Routers", routers, key="eval_routers")
+    only = st.checkbox("Only items where these routers disagree", key="eval_disagree")
+    if not chosen:
+        st.info("Pick at least one router.")
         return
     rows = table[(table["seed"] == seed) & (table["aggregator"] == aggregator) & table["router"].isin(chosen)]
     if category != "any category":
         rows = rows[rows["category"] == category]
+    rows = rows.assign(choice=rows["choice"].fillna("–"), category=rows["category"].fillna(""))
     choices = rows.pivot_table(index=["item_id", "category"], columns="router", values="choice", aggfunc="first")
     correct = rows.pivot_table(index=["item_id", "category"], columns="router", values="correct", aggfunc="first")
-    disagree = choices.fillna("–").nunique(axis=1) > 1
+    disagree = choices.nunique(axis=1) > 1
     st.caption(f"{int(disagree.sum())} of {len(choices)} items get different answers from {', '.join(chosen)}.")
-    if not disagree.any():
+    picked = disagree if only else pd.Series(True, index=disagree.index)
+    if not picked.any():
         return
-    shown = choices[disagree].fillna("–") + correct[disagree].map(lambda ok: " ✓" if ok else " ✗")
+    shown = choices[picked].fillna("–") + correct[picked].map(lambda ok: " ✓" if ok else " ✗")
     st.dataframe(shown.reset_index(), hide_index=True, height=260)
     item_ids = [item for item, _ in shown.index]
     item = st.selectbox("Item", item_ids, key="eval_item")

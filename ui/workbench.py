@@ -23,6 +23,9 @@ from coe.store import ProfileRecord, ProfileStore, Store
 from coe.types import GenerationParams
 
 
+KEPT = "kept_keys"
+
+
 @dataclass
 class Workbench:
     """The builder every page composes through; `lock` serialises its use (its scheduler is not
@@ -47,6 +50,13 @@ class Workbench:
     def composer(self, spec: CompositionSpec) -> Composer:
         """The fitted Composer of `spec`, from the resource cache; call it holding `lock`."""
         return _fitted_composer(self.key, spec.model_dump_json())
+
+    def close(self) -> None:
+        """Unload the models the builder's scheduler keeps loaded (a server keeps them for its life)."""
+        with self.lock:
+            self.builder.scheduler.close()
+            for backend in self.builder.backends.values():
+                backend.close()
 
     def stored_outcomes(self, profile_id: int, registry: Registry) -> Outcomes:
         """A stored profile as the correctness matrix of `registry`'s experts (cached: it never changes)."""
@@ -114,11 +124,11 @@ def current_pool(bench: Workbench) -> str:
 
 
 def pool_picker(bench: Workbench) -> None:
-    """The sidebar's pool selector, shared by every page; a page asks for another pool (after an
-    import) by setting `pool_next` and rerunning."""
+    """The sidebar's pool selector, shared by every page (a link's `?pool=` sets its first value); a
+    page asks for another pool (after an import) by setting `pool_next` and rerunning."""
     if "pool_next" in st.session_state:
         st.session_state["pool"] = st.session_state.pop("pool_next")
-    st.session_state.setdefault("pool", bench.settings.pool)
+    st.session_state.setdefault("pool", st.query_params.get("pool") or bench.settings.pool)
     options = pool_options(bench)
     if st.session_state["pool"] not in options:
         options.insert(0, st.session_state["pool"])
@@ -132,7 +142,16 @@ def pool_picker(bench: Workbench) -> None:
 
 
 def keep(**defaults: object) -> None:
-    """Give widget keys their defaults once and keep their values when the user visits another page
-    (Streamlit drops the state of widgets a run does not draw)."""
+    """Give widget keys their first values; `keep_alive` then keeps them while the user is on other pages."""
+    kept = st.session_state.setdefault(KEPT, set())
     for key, value in defaults.items():
-        st.session_state[key] = st.session_state.get(key, value)
+        kept.add(key)
+        st.session_state.setdefault(key, value)
+
+
+def keep_alive() -> None:
+    """Re-assign every kept key on each run: Streamlit drops the state of widgets a run does not draw,
+    so without this a visit to another page would reset the Compare page's choices."""
+    for key in st.session_state.get(KEPT, ()):
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
