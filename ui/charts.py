@@ -33,7 +33,6 @@ def heatmap(
         color=alt.Color(f"{value}:Q", scale=scale, title=value),
         tooltip=[alt.Tooltip(f"{y}:N"), alt.Tooltip(f"{x}:N"), alt.Tooltip(f"{value}:Q", format=value_format)],
     )
-    n_rows = frame[y].nunique()
     chart = cells
     if len(frame) <= MAX_LABELLED_CELLS:
         bright = f"datum['{value}'] > 0.6"  # viridis turns yellow: dark text there
@@ -42,4 +41,9 @@ def heatmap(
             color=alt.value("black") if diverging else alt.condition(bright, alt.value("black"), alt.value("white")),
         )
         chart = cells + labels
-    return chart.properties(height=max(22 * n_rows, 120))
+    return chart
+
+
+def rows_height(n_rows: int, row_px: int = 24, extra_px: int = 90) -> int:
+    """A chart height that gives each row (a heat map's, a bar chart's) room for its label."""
+    return max(n_rows * row_px + extra_px, 160)

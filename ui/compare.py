@@ -235,10 +235,11 @@ def _run_controls(
     if job is None:
         return
     if job.running:
-        st.button("Cancel", on_click=job.cancel)
-        bar = st.progress(0.0)
+        cancel, bar = st.empty(), st.empty()
+        cancel.button("Cancel", on_click=job.cancel)
         while job.running and not job.wait(0.25):
             bar.progress(job.fraction, text=f"{job.description} ({job.done}/{job.total})")
+        cancel.empty()
         bar.empty()
     if job.status == "done":
         st.session_state["comparison"] = job.result
@@ -301,10 +302,11 @@ def _router_column(comparison: Comparison, router: str) -> None:
         if votes:
             st.caption(f"votes: {votes}")
     first = comparison.answer(router, request.aggregators[0])
-    st.caption(
-        f"{first.timings.get('total_s', 0.0):.2f} s · {first.n_prompt_tokens + first.n_completion_tokens} tokens · "
-        f"{usd(first.cost_usd)}"
-    )
+    n_tokens = first.n_prompt_tokens + first.n_completion_tokens
+    if n_tokens:
+        st.caption(f"{first.timings.get('total_s', 0.0):.2f} s · {n_tokens:,} tokens · {usd(first.cost_usd)}")
+    else:
+        st.caption("recorded answers: no time, tokens or cost to count")
     by_expert = {a.expert: a for a in first.expert_answers}
     for choice in route.experts:
         _expert_answer(by_expert[choice.expert], choice.score, gold)
@@ -317,7 +319,8 @@ def _expert_answer(answer: ExpertAnswer, score: float, gold: str | None) -> None
         return
     guessed = " (a stray letter: the answer states none)" if answer.guessed else ""
     st.markdown(f"**{answer.expert}** · score {score:.2f} → {letter_badge(answer.choice, gold)}{guessed}")
-    with st.expander(f"{answer.expert}'s full answer · {answer.n_completion_tokens} tokens · {answer.latency_s:.2f} s"):
+    counts = f" · {answer.n_completion_tokens} tokens · {answer.latency_s:.2f} s" if answer.n_completion_tokens else ""
+    with st.expander(f"{answer.expert}'s full answer{counts}"):
         st.markdown(plain(answer.text) or "(empty)")
 
 

@@ -14,7 +14,7 @@ from coe.datasets import is_redacted
 from coe.errors import CoeError
 from coe.evals.summary import EvalSummary
 from coe.store import RunRecord, RunStore, trace_item
-from ui.charts import heatmap
+from ui.charts import heatmap, rows_height
 from ui.display import letter_badge, plain
 from ui.workbench import Workbench, keep, mmlu_pro, workbench
 
@@ -58,10 +58,12 @@ def render() -> None:
         },
     )
     for summary in summaries:
-        st.altair_chart(accuracy_chart(frame[frame["run"] == summary.run_id], summary), width="stretch")
-    st.altair_chart(efficiency_chart(frame, "calls / query"), width="stretch")
-    if (frame["$ / query"] > 0).any():
-        st.altair_chart(efficiency_chart(frame, "$ / query"), width="stretch")
+        shown = frame[frame["run"] == summary.run_id]
+        height = rows_height(shown["router"].nunique() * shown["aggregator"].nunique(), row_px=16, extra_px=80)
+        st.altair_chart(accuracy_chart(shown, summary), width="stretch", height=height)
+    costs = ["calls / query", *(["$ / query"] if (frame["$ / query"] > 0).any() else [])]
+    for column, x in zip(st.columns(len(costs)), costs, strict=True):
+        column.altair_chart(efficiency_chart(frame, x), width="stretch", height=320)
     st.divider()
     by_id = {summary.run_id: summary for summary in summaries}
     run_id = st.selectbox("Details of run", list(by_id), key="eval_detail")
@@ -121,7 +123,7 @@ def accuracy_chart(frame: pd.DataFrame, summary: EvalSummary) -> alt.LayerChart:
     title = (
         f"{summary.run_id}: {summary.bench}, {summary.n_test} test items, seeds {', '.join(map(str, summary.seeds))}"
     )
-    return (rules + labels + bars + points).properties(title=title, height=max(28 * frame["router"].nunique(), 160))
+    return (rules + labels + bars + points).properties(title=title)
 
 
 def efficiency_chart(frame: pd.DataFrame, x: str) -> alt.Chart:
@@ -136,7 +138,7 @@ def efficiency_chart(frame: pd.DataFrame, x: str) -> alt.Chart:
             shape="aggregator:N",
             tooltip=["run", "router", "aggregator", alt.Tooltip("accuracy:Q", format=".4f"), alt.Tooltip(f"{x}:Q")],
         )
-        .properties(title=f"accuracy against {x}", height=300)
+        .properties(title=f"accuracy against {x}")
     )
 
 

@@ -17,7 +17,7 @@ from coe.profile import profile_name
 from coe.registry import Registry, load_registry_file
 from coe.routers.skill import skill_profile
 from coe.schema import ExpertSpec
-from ui.charts import heatmap
+from ui.charts import heatmap, rows_height
 from ui.workbench import Workbench, current_pool, workbench
 
 POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -160,7 +160,9 @@ def profile_frame(outcomes: Outcomes, *, by: str, value: str) -> pd.DataFrame:
 def _priors(registry: Registry) -> None:
     rows = [{"skill": s, "expert": e.id, "accuracy": v} for e in registry.experts for s, v in e.skills.items()]
     if rows:
-        st.altair_chart(heatmap(pd.DataFrame(rows), x="expert", y="skill", value="accuracy"), width="stretch")
+        frame = pd.DataFrame(rows)
+        chart = heatmap(frame, x="expert", y="skill", value="accuracy")
+        st.altair_chart(chart, width="stretch", height=rows_height(frame["skill"].nunique(), extra_px=130))
     else:
         st.caption("The registry declares no priors either.")
 

@@ -48,9 +48,9 @@ def _report(store: Store, span: timedelta | None) -> None:
     _headline(frame)
     over_time, experts = st.columns(2)
     with over_time:
-        st.altair_chart(requests_chart(frame), width="stretch")
+        st.altair_chart(requests_chart(frame), width="stretch", height=280)
     with experts:
-        st.altair_chart(experts_chart(requests), width="stretch")
+        st.altair_chart(experts_chart(requests), width="stretch", height=280)
     st.subheader("Latency by model")
     st.dataframe(latency_table(frame), hide_index=True)
     fallbacks, errors = st.columns(2)
@@ -101,15 +101,15 @@ def requests_frame(requests: list[ServedRequest]) -> pd.DataFrame:
 def _headline(frame: pd.DataFrame) -> None:
     n = len(frame)
     errors = int((frame["status"] >= 400).sum())
-    p50, p90, p99 = np.percentile(frame["latency_s"], PERCENTILES)
+    p50, _, p99 = np.percentile(frame["latency_s"], PERCENTILES)
     cells = st.columns(6)
     cells[0].metric("Requests", f"{n:,}")
     cells[1].metric("Errors", f"{errors:,}", f"{errors / n:.1%}", delta_color="inverse", delta_arrow="off")
     cells[2].metric("With fallbacks", f"{int((frame['fallbacks'] > 0).sum()):,}")
-    cells[3].metric("Latency p50 / p90", f"{p50:.2f} / {p90:.2f} s")
+    cells[3].metric("Latency p50", f"{p50:.2f} s")
     cells[4].metric("Latency p99", f"{p99:.2f} s")
     cells[5].metric(
-        "Tokens · cost",
+        "Tokens",
         f"{int(frame['tokens'].sum()):,}",
         usd(float(frame["cost_usd"].sum())),
         delta_color="off",
@@ -139,7 +139,7 @@ def requests_chart(frame: pd.DataFrame) -> alt.Chart:
                 "outcome:N",
             ],
         )
-        .properties(title="requests over time", height=260)
+        .properties(title="requests over time")
     )
 
 
@@ -149,8 +149,12 @@ def experts_chart(requests: list[ServedRequest]) -> alt.Chart:
     return (
         alt.Chart(data)
         .mark_bar()
-        .encode(x=alt.X("requests:Q"), y=alt.Y("expert:N", sort="-x", title=None), tooltip=["expert", "requests"])
-        .properties(title="experts used", height=260)
+        .encode(
+            x=alt.X("requests:Q"),
+            y=alt.Y("expert:N", sort="-x", title=None, axis=alt.Axis(labelLimit=220)),
+            tooltip=["expert", "requests"],
+        )
+        .properties(title="experts used")
     )
 
 

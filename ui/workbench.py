@@ -22,14 +22,13 @@ from coe.settings import Settings, apply_offline_environment
 from coe.store import ProfileRecord, ProfileStore, Store
 from coe.types import GenerationParams
 
-
 KEPT = "kept_keys"
 
 
 @dataclass
 class Workbench:
-    """The builder every page composes through; `lock` serialises its use (its scheduler is not
-    thread-safe), so concurrent sessions take turns on the models."""
+    """The builder every page composes through; `lock` serialises fitting and generation (the
+    scheduler is not thread-safe), so concurrent sessions take turns on the models."""
 
     settings: Settings
     builder: CompositionBuilder
@@ -44,8 +43,8 @@ class Workbench:
         return self.builder.store
 
     def pool(self, ref: str) -> Registry:
-        with self.lock:
-            return self.builder.pool(ref)
+        """A pool (reading files and the database only: no lock, so pages render while a comparison runs)."""
+        return self.builder.pool(ref)
 
     def composer(self, spec: CompositionSpec) -> Composer:
         """The fitted Composer of `spec`, from the resource cache; call it holding `lock`."""
@@ -99,10 +98,8 @@ def _fitted_composer(settings_json: str, spec_json: str) -> Composer:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _stored_outcomes(settings_json: str, profile_id: int, pool: str) -> Outcomes:
-    bench = _workbench(settings_json)
-    with bench.lock:
-        registry = bench.builder.pool(pool)
-        outcomes, _ = bench.builder.outcomes(StoredProfile(stored=profile_id), registry, GenerationParams())
+    builder = _workbench(settings_json).builder  # reads the database and the benchmark: no model runs
+    outcomes, _ = builder.outcomes(StoredProfile(stored=profile_id), builder.pool(pool), GenerationParams())
     return outcomes
 
 

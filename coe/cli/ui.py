@@ -60,6 +60,8 @@ def ui(
         "false",
         "--runner.magicEnabled",
         "false",
+        "--client.toolbarMode",
+        "viewer",
     ]
     # the Streamlit process replaces this one, so stopping `coe ui` stops the server
     os.execve(sys.executable, argv, {**os.environ, "COE_POOL": chosen})
