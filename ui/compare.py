@@ -63,18 +63,19 @@ def profile_options(bench: Workbench, registry: Registry) -> dict[str, ProfileSo
 
 
 def _defaults(bench: Workbench, pool: str, registry: Registry, profiles: dict[str, ProfileSource]) -> None:
-    """Sensible first values (a link's query parameters first), reset when the pool changes."""
+    """Sensible first values (a link's query parameters first: `?routers=knn,all&k=2&id=70`), reset
+    when the pool changes."""
     params = st.query_params
     measured = next(iter(profiles.values())) != "priors"
     routers = ["knn", "best-single", "all"] if measured else ["best-single", "all"]
-    recorded = bench.is_recorded(registry)
     if st.session_state.get("compare_pool") != pool:
-        for key in ("routers", "k", "profile", "max_tokens", "source"):
+        for key in ("routers", "k", "profile", "max_tokens"):
             st.session_state.pop(key, None)
         st.session_state["compare_pool"] = pool
+    k = params.get("k", "3")
     keep(
         source="MMLU-Pro",
-        split=params.get("split", "test"),
+        split=params.get("split") if params.get("split") in SPLITS else "test",
         category=ANY_CATEGORY,
         item_id=params.get("id", ""),
         typed_text="",
@@ -82,9 +83,9 @@ def _defaults(bench: Workbench, pool: str, registry: Registry, profiles: dict[st
         typed_gold="(none)",
         routers=[r for r in params.get("routers", ",".join(routers)).split(",") if r in ROUTER_CHOICES],
         aggregators=[a for a in params.get("aggregators", "majority,weighted").split(",") if a in AGGREGATOR_CHOICES],
-        k=min(int(params.get("k", 3)) if str(params.get("k", "3")).isdigit() else 3, len(registry)),
+        k=max(1, min(int(k) if k.isdigit() else 3, len(registry))),
         profile=next(iter(profiles)),
-        max_tokens=512 if recorded else 384,
+        max_tokens=512 if bench.is_recorded(registry) else 384,  # 512: what `coe eval` profiles with
     )
     if not st.session_state["item_id"]:
         draw_question(bench)
@@ -104,7 +105,7 @@ def draw_question(bench: Workbench) -> None:
     try:
         items = _items(bench)
     except CoeError:
-        return  # the page says what is missing
+        return  # the question panel says what is missing
     draws = st.session_state.get("draws", 0)
     st.session_state["draws"] = draws + 1
     if items:
@@ -153,7 +154,10 @@ def _typed_question() -> Query | None:
         placeholder="Venus\nMars\nJupiter",
     )
     choices = [line.strip() for line in st.session_state["typed_choices"].splitlines() if line.strip()]
-    st.selectbox("Correct answer (optional)", ["(none)", *LETTERS[: min(len(choices), 10)]], key="typed_gold")
+    golds = ["(none)", *LETTERS[: min(len(choices), len(LETTERS))]]
+    if st.session_state["typed_gold"] not in golds:  # fewer choices than before
+        st.session_state["typed_gold"] = "(none)"
+    st.selectbox("Correct answer (optional)", golds, key="typed_gold")
     text = st.session_state["typed_text"].strip()
     if not text:
         return None
@@ -185,7 +189,7 @@ def _composition_input(registry: Registry, profiles: dict[str, ProfileSource]) -
 # --------------------------------------------------------------------------- running
 
 
-def _problems(query: Query | None, registry: Registry) -> list[str]:
+def _problems(query: Query | None) -> list[str]:
     """What stops a comparison, in plain words."""
     problems = []
     if query is None:
@@ -212,7 +216,7 @@ def _run_controls(
     job: Job[Comparison] | None = st.session_state.get("job")
     running = job is not None and job.running
     if st.button("Compare", type="primary", disabled=running):
-        problems = _problems(query, registry)
+        problems = _problems(query)
         for problem in problems:
             st.error(problem)
         if not problems and query is not None:

@@ -159,7 +159,9 @@ def click_button(browser: WebDriver, label: str, timeout: float = 60) -> None:
 
 
 def save(browser: WebDriver, folder: Path, name: str) -> Path:
-    """A screenshot of the whole page: the window is made as tall as Streamlit's content first."""
+    """A screenshot of the whole page (the window made as tall as Streamlit's content), in 256 colours."""
+    from PIL import Image
+
     height = browser.execute_script(
         "return Math.max(...Array.from(document.querySelectorAll('*'), element => element.scrollHeight));"
     )
@@ -167,6 +169,7 @@ def save(browser: WebDriver, folder: Path, name: str) -> Path:
     time.sleep(1.0)  # let charts re-lay out at the new size
     path = folder / f"ui-{name}.png"
     assert browser.save_screenshot(str(path)) and path.stat().st_size > 10_000
+    Image.open(path).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     browser.set_window_size(1440, 1000)
     return path
 
