@@ -38,6 +38,20 @@ def letters_for(n_choices: int) -> str:
     return LETTERS[:n_choices]
 
 
+def check_options(choices: Sequence[str]) -> tuple[str, ...]:
+    """Options as a user gives them: a list (not one string), none blank, none twice, at most ten."""
+    if isinstance(choices, str):
+        raise QueryError(f"choices must be a list of options, not one string ({choices!r})")
+    options = tuple(choices)
+    for position, option in enumerate(options, 1):
+        if not str(option).strip():
+            raise QueryError(f"option {position} is blank; give each option some text")
+        if option in options[: position - 1]:
+            raise QueryError(f"option {option!r} appears twice; give each option once")
+    letters_for(len(options))
+    return options
+
+
 def format_options(choices: Sequence[str]) -> str:
     return "\n".join(f"{letter}. {choice}" for letter, choice in zip(letters_for(len(choices)), choices, strict=True))
 

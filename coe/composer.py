@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coe.aggregate import Aggregator, MajorityVote
-from coe.answers import is_correct, question_prompt, read_choice
+from coe.answers import check_options, is_correct, question_prompt, read_choice
 from coe.backends import Backend, default_backends
 from coe.errors import UnknownExpertError
 from coe.outcomes import Outcomes
@@ -60,7 +60,7 @@ class Composer:
     def ask(self, question: QueryLike, choices: Sequence[str] | None = None) -> Answer:
         """Answer one question (with `choices`, as multiple choice)."""
         if isinstance(question, str):
-            question = Query(id="q0", text=question, choices=tuple(choices) if choices else None)
+            question = Query(id="q0", text=question, choices=check_options(choices) if choices is not None else None)
         return self.ask_batch([question])[0]
 
     def ask_batch(self, queries: Sequence[QueryLike]) -> list[Answer]:

@@ -22,6 +22,7 @@ import numpy as np
 from coe.answers import LETTERS
 from coe.errors import DatasetError, UnknownNameError
 from coe.schema import Query
+from coe.types import Failure
 
 MMLU_PRO_HUB = "TIGER-Lab/MMLU-Pro"
 GPQA_HUB = "Idavidrein/gpqa"
@@ -36,6 +37,14 @@ REDACTED_BENCHMARKS = frozenset({"gpqa"})
 
 def is_redacted(bench: str) -> bool:
     return bench in REDACTED_BENCHMARKS
+
+
+def stored_error(error: Failure | None, redact: bool) -> str | None:
+    """A failure as it may be stored; for a redacted benchmark without the provider's own message,
+    which may quote the prompt (a 400 that echoes the question)."""
+    if error is None:
+        return None
+    return f"{error.kind} error (message withheld: it may quote protected benchmark text)" if redact else str(error)
 
 
 def mmlu_pro_query(row: dict[str, Any]) -> Query:

@@ -1,8 +1,10 @@
 """Who got what right: the correctness matrix every router fits on.
 
-Rows are profiling items, columns experts; 1 correct, 0 wrong, NaN not run. Profiles (per-skill,
-per-category, overall accuracy) are views of it, so they are measured, never declared; an empty
-matrix falls back on the registry's declared priors.
+Rows are profiling items, columns experts; 1 correct, 0 wrong, NaN not run. A failed generation (no
+answer) counts as wrong, so an expert that often fails is not mistaken for a strong one; `failed`
+keeps which they were, so its availability can be modelled apart from its accuracy. Profiles
+(per-skill, per-category, overall accuracy) are views of it, so they are measured, never declared; an
+empty matrix falls back on the registry's declared priors.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ class Outcomes:
     experts: tuple[ExpertSpec, ...]
     items: tuple[Query, ...]
     correct: np.ndarray
-    """float array (n_items, n_experts): 1 correct, 0 wrong, NaN not run."""
+    """float array (n_items, n_experts): 1 correct, 0 wrong (or failed), NaN not run."""
+    failed: np.ndarray | None = None
+    """bool array like `correct`: the expert failed to answer (counted as wrong in `correct`)."""
 
     def __post_init__(self) -> None:
         expected = (len(self.items), len(self.experts))
         if self.correct.shape != expected:
             raise ValueError(f"correct has shape {self.correct.shape}, expected {expected}")
+        if self.failed is not None and self.failed.shape != expected:
+            raise ValueError(f"failed has shape {self.failed.shape}, expected {expected}")
 
     @classmethod
     def from_priors(cls, experts: Sequence[ExpertSpec]) -> Outcomes:
@@ -57,13 +63,20 @@ class Outcomes:
         categories = np.array([item.category or "" for item in self.items])
         return {category: _nanmean(self.correct[categories == category]) for category in sorted(set(categories))}
 
+    def failure_rate(self) -> np.ndarray:
+        """Per expert: the share of its profiled items it failed to answer."""
+        if self.failed is None or self.is_empty:
+            return np.zeros(len(self.experts))
+        return self.failed.mean(axis=0)
+
     def costs(self) -> np.ndarray:
         """USD per million tokens per expert: what `cost_weight` trades against score."""
         return np.array([expert.cost_per_mtok for expert in self.experts], dtype=float)
 
     def subset(self, item_indices: Sequence[int] | np.ndarray) -> Outcomes:
         index = np.asarray(item_indices, dtype=int)
-        return Outcomes(self.experts, tuple(self.items[i] for i in index), self.correct[index])
+        failed = None if self.failed is None else self.failed[index]
+        return Outcomes(self.experts, tuple(self.items[i] for i in index), self.correct[index], failed)
 
 
 def _nanmean(values: np.ndarray) -> np.ndarray:

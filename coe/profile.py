@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from coe.answers import question_prompt, read_choice
+from coe.datasets import stored_error
 from coe.errors import ProfileError
 from coe.outcomes import Outcomes
 from coe.registry import Registry
@@ -59,7 +60,7 @@ def measure(
     params: GenerationParams,
     on_progress: ProgressCallback | None = None,
 ) -> tuple[np.ndarray, list[list[Generation]]]:
-    """Every expert on every item: the correctness matrix (NaN where an expert failed) and outputs."""
+    """Every expert on every item: the correctness matrix (a failed generation counts as wrong) and outputs."""
     experts = registry.experts
     requests = [Request(expert, question_prompt(item)) for item in items for expert in experts]
     outputs, _ = scheduler.run(requests, params, on_progress)
@@ -68,10 +69,10 @@ def measure(
     for i, (item, generations) in enumerate(zip(items, rows, strict=True)):
         n_choices = len(item.choices or ())
         for j, generation in enumerate(generations):
-            if generation.ok and item.gold is not None:
-                correct[i, j] = (
-                    float(read_choice(generation.text, n_choices).letter == item.gold) if n_choices else np.nan
-                )
+            if not generation.ok:
+                correct[i, j] = 0.0
+            elif item.gold is not None and n_choices:
+                correct[i, j] = float(read_choice(generation.text, n_choices).letter == item.gold)
     return correct, rows
 
 
@@ -136,10 +137,10 @@ def _profile_chunk(
             item_id=item.id,
             expert_id=expert.id,
             choice=read_choice(g.text, len(item.choices or ())).letter if g.ok and item.choices else None,
-            correct=None if np.isnan(correct[i, j]) else bool(correct[i, j]),
+            correct=None if np.isnan(correct[i, j]) or not g.ok else bool(correct[i, j]),
             text=g.text if keep_text and not scheduler.backend_for(expert).capabilities.recorded else None,
             n_tokens=g.n_prompt_tokens + g.n_completion_tokens,
-            error=str(g.error) if g.error else None,
+            error=stored_error(g.error, redact=not keep_text),
         )
         for i, item in enumerate(chunk)
         for j, (expert, g) in enumerate(zip(registry.experts, outputs[i], strict=True))
@@ -191,8 +192,14 @@ def stored_outcomes(store: Store, record: ProfileRecord, registry: Registry, ite
     column = {expert.id: j for j, expert in enumerate(registry.experts)}
     row = {item.id: i for i, item in enumerate(items)}
     correct = np.full((len(items), len(column)), np.nan)
+    failed = np.zeros(correct.shape, dtype=bool)
     for outcome in profiles.outcomes(record.id):
-        if outcome.correct is not None and outcome.item_id in row and outcome.expert_id in column:
-            correct[row[outcome.item_id], column[outcome.expert_id]] = float(outcome.correct)
+        if outcome.item_id not in row or outcome.expert_id not in column:
+            continue
+        cell = row[outcome.item_id], column[outcome.expert_id]
+        if outcome.error is not None:
+            correct[cell], failed[cell] = 0.0, True
+        elif outcome.correct is not None:
+            correct[cell] = float(outcome.correct)
     annotated = tuple(item.model_copy(update={"skills": skills.get(item.id, item.skills)}) for item in items)
-    return Outcomes(tuple(registry.experts), annotated, correct)
+    return Outcomes(tuple(registry.experts), annotated, correct, failed)

@@ -28,9 +28,15 @@ def load_registry_file(path: Path, data_dir: Path | None = None) -> list[ExpertS
     """Validate a registry file; relative paths resolve against the file's folder, then `data_dir`."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
-        raise RegistryError(f"{path}: no such registry file; see `ls registry/`") from error
+        raise RegistryError(f"{path}: no such registry file; see `coe registry pools`") from error
+    except IsADirectoryError as error:
+        raise RegistryError(f"{path}: a folder, not a registry file (YAML with an `experts:` list)") from error
+    except UnicodeDecodeError as error:
+        raise RegistryError(f"{path}: not a text file; a registry file is YAML with an `experts:` list") from error
+    except OSError as error:
+        raise RegistryError(f"{path}: cannot read it: {error}") from error
     except yaml.YAMLError as error:
         raise RegistryError(f"{path}: not valid YAML: {error}") from error
     try:

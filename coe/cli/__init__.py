@@ -7,14 +7,17 @@ import sys
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from coe.cli import adapters, ask, evals, registry, ui
-from coe.cli.common import console, state
+from coe.cli.common import print_error, state
 from coe.errors import (
     BackendError,
     CoeError,
     ConfigError,
     DatasetError,
+    ProfileError,
+    QueryError,
     RunError,
     UnknownExpertError,
     UnknownNameError,
@@ -35,11 +38,13 @@ ui.register(app)
 
 EXIT_CODES: tuple[tuple[type[CoeError], int], ...] = (
     (ConfigError, 2),
+    (QueryError, 2),
     (UnknownExpertError, 3),
     (UnknownNameError, 3),
     (DatasetError, 4),
     (BackendError, 5),
     (RunError, 6),
+    (ProfileError, 6),
 )
 
 
@@ -52,6 +57,7 @@ def _configure(debug: Annotated[bool, typer.Option("--debug", help="Show traceba
         level=logging.DEBUG if debug else settings.log_level, format="%(levelname)s %(name)s: %(message)s"
     )
     state.settings = settings
+    state.builder = None
     state.debug = debug
 
 
@@ -62,5 +68,14 @@ def main() -> None:
     except CoeError as error:
         if state.debug:
             raise
-        console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+        print_error(error)
         sys.exit(next((code for cls, code in EXIT_CODES if isinstance(error, cls)), 1))
+    except ValidationError as error:  # a value given on the command line that a coe type refuses
+        if state.debug:
+            raise
+        problems = "; ".join(
+            f"{'.'.join(map(str, p['loc'])) or 'input'}: {p['msg'].removeprefix('Value error, ')}"
+            for p in error.errors()
+        )
+        print_error(ConfigError(f"invalid input: {problems}"))
+        sys.exit(2)

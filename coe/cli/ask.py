@@ -7,10 +7,13 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
+from coe.answers import check_options
 from coe.cli.common import builder, out, progress, settings
 from coe.compose import CompositionSpec, GenerationSpec, parse_profile_source
 from coe.datasets import load_mmlu_pro
+from coe.errors import GenerationError, QueryError
 from coe.schema import Answer, Query
 
 PoolOption = Annotated[
@@ -28,7 +31,11 @@ def register(app: typer.Typer) -> None:
 def ask(
     question: Annotated[str, typer.Argument(help="The question.")],
     choices: Annotated[
-        str | None, typer.Option("--choices", help="Comma-separated options: multiple choice A, B, ...")
+        str | None,
+        typer.Option("--choices", help='Options, comma-separated ("Venus,Mars") or a JSON list (\'["a, b", "c"]\').'),
+    ] = None,
+    choice: Annotated[
+        list[str] | None, typer.Option("--choice", help="One option (repeat it; commas allowed).")
     ] = None,
     composition: Annotated[
         str | None,
@@ -46,18 +53,50 @@ def ask(
     as_json: JsonOption = False,
 ) -> None:
     """Answer one question with a composition (default: every expert of the pool, majority vote)."""
-    options = [c.strip() for c in choices.split(",")] if choices else None
-    query = Query(id="q0", text=question, choices=tuple(options) if options else None)
+    query = Query(id="q0", text=question, choices=parse_options(choices, choice))
     spec = composition_spec(composition, pool, router, k, aggregator, profile, max_tokens)
     with builder().compose(spec) as composer, progress("asking experts", total=len(composer.registry)) as advance:
         result = composer.run([query], advance)
     answer = result.answers[0]
     if as_json:
         out.print_json(answer.model_dump_json())
-        return
+    else:
+        print_answer(answer)
+    failed = [a for a in answer.expert_answers if a.error is not None]
+    if failed and len(failed) == len(answer.expert_answers):
+        reasons = "; ".join(f"{a.expert}: {a.error}" for a in failed)
+        raise GenerationError(f"no expert answered ({reasons})")
+
+
+def print_answer(answer: Answer) -> None:
+    """Each expert's answer (or its error) on a line, then the fused answer and why these experts."""
     for expert_answer in answer.expert_answers:
-        out.print(f"[bold]{expert_answer.expert}[/] → {expert_answer.choice or '-'}: {_one_line(expert_answer.text)}")
-    out.print(f"[bold green]answer:[/] {answer.choice or _one_line(answer.answer)}   ({answer.route.reason})")
+        said = (
+            f"error ({expert_answer.error.kind}): {expert_answer.error}" if expert_answer.error else expert_answer.text
+        )
+        out.print(Text.assemble((expert_answer.expert, "bold"), f" → {expert_answer.choice or '-'}: {_one_line(said)}"))
+    out.print(
+        Text.assemble(
+            ("answer: ", "bold green"), f"{answer.choice or _one_line(answer.answer)}   ({answer.route.reason})"
+        )
+    )
+
+
+def parse_options(choices: str | None, repeated: list[str] | None) -> tuple[str, ...] | None:
+    """`--choices` (comma-separated, or a JSON list for options holding commas) and any `--choice`."""
+    options: list[str] = []
+    if choices and choices.lstrip().startswith("["):
+        try:
+            parsed = json.loads(choices)
+        except json.JSONDecodeError as error:
+            raise QueryError(f"--choices: not a JSON list of strings ({error})") from error
+        if not isinstance(parsed, list) or not all(isinstance(option, str) for option in parsed):
+            raise QueryError('--choices: a JSON list must hold strings, e.g. ["a, b", "c"]')
+        options.extend(option.strip() for option in parsed)
+    elif choices:
+        options.extend(option.strip() for option in choices.split(","))
+    options.extend(option.strip() for option in repeated or ())
+    return check_options(options) if options else None
 
 
 def composition_spec(
@@ -134,7 +173,7 @@ def demo_table(queries: list[Query], answers: list[Answer], expert_ids: list[str
             *(letters.get(e, "") for e in expert_ids),
             answer.choice or "-",
             query.gold or "",
-            "[green]yes[/]" if answer.correct else "[red]no[/]",
+            Text("yes", style="green") if answer.correct else Text("no", style="red"),
         )
     return table
 

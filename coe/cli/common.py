@@ -18,15 +18,24 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from coe.compose import CompositionBuilder
 from coe.registry import Registry
 from coe.settings import Settings
 from coe.types import ProgressCallback
 
-console = Console(stderr=True)
+# Text from models, files, users and errors is data, never markup: both consoles print strings as they
+# are (no Rich markup, no emoji codes, no highlighting); styles come only from explicit `Text` objects.
+console = Console(stderr=True, markup=False, emoji=False, highlight=False)
 # Wide enough for result tables when stdout is a file or a CI log (rich assumes 80 there).
-out = Console(highlight=False, soft_wrap=True, width=max(shutil.get_terminal_size((160, 24)).columns, 120))
+out = Console(
+    markup=False,
+    emoji=False,
+    highlight=False,
+    soft_wrap=True,
+    width=max(shutil.get_terminal_size((160, 24)).columns, 120),
+)
 
 
 @dataclass
@@ -37,6 +46,11 @@ class _State:
 
 
 state = _State()
+
+
+def print_error(error: BaseException) -> None:
+    """One line on stderr; the message is printed as it is (file names and model text are not markup)."""
+    console.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
 
 
 def settings() -> Settings:
@@ -64,7 +78,7 @@ def progress(description: str, total: int) -> Iterator[ProgressCallback]:
         yield _progress_lines(description, total)
         return
     bar = Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

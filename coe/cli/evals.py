@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -10,15 +11,17 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from coe.aggregate import AGGREGATORS
 from coe.cli.common import builder, load_pool, out, progress, settings
 from coe.compose import SplitProfile
-from coe.errors import RunError
+from coe.errors import ConfigError, RunError
 from coe.evals.config import EvalConfig
 from coe.evals.run import run_eval
 from coe.evals.summary import EvalSummary
 from coe.outcomes import Outcomes
+from coe.routers import ROUTERS
 from coe.routers.skill import skill_profile
-from coe.store import RunStore, Store
+from coe.store import ItemTrace, RunStore, Store
 from coe.types import GenerationParams
 
 BenchOption = Annotated[str, typer.Option("--bench", help="mmlu-pro or gpqa.")]
@@ -62,14 +65,16 @@ def profile_command(
         f"{record.created_at:%Y-%m-%d %H:%M}; use it with --profile {record.id}"
     )
     categories = outcomes.category_accuracy()
-    table = Table(title="measured accuracy (profiling items)")
+    table = Table(title="measured accuracy on the profiling items (a failed answer counts as wrong)")
     table.add_column("expert")
     table.add_column("overall")
+    table.add_column("failed")
     for category in categories:
         table.add_column(category[:10])
-    overall = outcomes.accuracy()
+    overall, failed = outcomes.accuracy(), outcomes.failure_rate()
     for j, expert in enumerate(outcomes.expert_ids):
-        table.add_row(expert, f"{overall[j]:.3f}", *(f"{values[j]:.2f}" for values in categories.values()))
+        cells = (f"{values[j]:.2f}" for values in categories.values())
+        table.add_row(expert, f"{overall[j]:.3f}", f"{failed[j]:.1%}", *cells)
     out.print(table)
     if any(item.skills for item in outcomes.items):
         print_skill_profiles(outcomes)
@@ -125,25 +130,31 @@ def eval_command(
     aggregator_expert: Annotated[str | None, typer.Option(help="Expert of the llm aggregator.")] = None,
     aggregator_pool: Annotated[str | None, typer.Option(help="Pool holding the llm aggregator expert.")] = None,
     chunk_size: Annotated[int | None, typer.Option(help="Test items stored per transaction (resume unit).")] = None,
+    max_failure_rate: Annotated[
+        float | None, typer.Option(help="Share of failed generations above which the run fails (default 0.1).")
+    ] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the JSON summary here.")] = None,
-    resume: Annotated[str | None, typer.Option("--resume", help="Continue this run where it stopped.")] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Continue this run where it stopped; failed generations are retried.")
+    ] = None,
 ) -> None:
     """Evaluate routers × aggregators against baselines over seeds; resumable."""
     current = settings()
     store = Store(current.database_url)
     given = {
-        "pool": pool,
+        "pool": str(Path(pool).resolve()) if pool and Path(pool).is_file() else pool,
         "bench": bench,
         "split": split,
-        "routers": tuple(routers.split(",")) if routers else None,
-        "aggregators": tuple(aggregators.split(",")) if aggregators else None,
+        "routers": _names("--routers", routers, ROUTERS),
+        "aggregators": _names("--aggregators", aggregators, AGGREGATORS),
         "k": k,
-        "seeds": tuple(int(s) for s in seeds.split(",")) if seeds else None,
+        "seeds": _integers("--seeds", seeds) if seeds else None,
         "limit": limit,
         "max_tokens": max_tokens,
         "aggregator_expert": aggregator_expert,
         "aggregator_pool": aggregator_pool,
         "chunk_size": chunk_size,
+        "max_failure_rate": max_failure_rate,
     }
     given = {key: value for key, value in given.items() if value is not None}
     if resume:
@@ -154,11 +165,36 @@ def eval_command(
         if missing:
             raise RunError(f"coe eval needs --{', --'.join(missing)} (or --resume RUN_ID)")
         config = EvalConfig.model_validate(given)
+    if resume and (failed := len(RunStore(store).failed_items(resume))):
+        out.print(f"asking again the {failed} item(s) whose generations failed")
     summary = run_eval(config, settings=current, store=store, run_id=resume, progress=progress)
     print_summary(summary)
     if json_file:
         json_file.write_text(json.dumps(json_summary(summary), indent=2))
         out.print(f"wrote {json_file}")
+    if summary.failure_rate > config.max_failure_rate:
+        raise RunError(
+            f"{summary.failure_rate:.0%} of the run's generations failed (more than --max-failure-rate "
+            f"{config.max_failure_rate:g}): its accuracies count those as wrong; fix the experts above and "
+            f"`coe eval --resume {summary.run_id}` asks them again"
+        )
+
+
+def _names(option: str, text: str | None, known: Iterable[str]) -> tuple[str, ...] | None:
+    """Comma-separated names as given; an empty list is refused rather than read as the default."""
+    if text is None:
+        return None
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise ConfigError(f"{option}: name at least one; known: {', '.join(sorted(known))}")
+    return names
+
+
+def _integers(option: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option}: expected comma-separated integers, e.g. 0,1,2; got {text!r}") from None
 
 
 def json_summary(summary: EvalSummary) -> dict:
@@ -175,6 +211,8 @@ def json_summary(summary: EvalSummary) -> dict:
         "best_single": data["best_single"],
         "oracle": data["oracle"],
         "per_category": data["per_category"],
+        "failures": data["failures"],
+        "failure_rate": data["failure_rate"],
     }
 
 
@@ -207,6 +245,14 @@ def print_summary(summary: EvalSummary) -> None:
     for row in rows:
         per_category.add_row(row, *(f"{summary.per_category[row].get(c, float('nan')):.2f}" for c in categories))
     out.print(per_category)
+    if summary.failures:
+        failures = Table(title=f"failed generations ({summary.failure_rate:.2%} of the run's; counted as wrong)")
+        for column in ("expert", "failed", "of", "share"):
+            failures.add_column(column, justify="left" if column == "expert" else "right")
+        for failing in summary.failures:
+            share = failing.n_failed / max(failing.n_generations, 1)
+            failures.add_row(failing.expert, str(failing.n_failed), str(failing.n_generations), f"{share:.1%}")
+        out.print(failures)
     out.print(f"run id: {summary.run_id}  (coe report {summary.run_id})")
 
 
@@ -313,6 +359,11 @@ def runs_trace(
     trace = trace_item(store, run_id, item_id)
     if not trace.results:
         raise RunError(f"run {run_id!r} has no results for item {item_id!r} (not a test item, or not reached yet)")
+    print_trace(item_id, trace)
+
+
+def print_trace(item_id: str, trace: ItemTrace) -> None:
+    """An item's routes, expert answers (or errors) and fused results, as three tables."""
     routes = Table(title=f"routes of item {item_id}")
     for column in ("seed", "router", "experts (score)", "reason"):
         routes.add_column(column)
@@ -323,7 +374,11 @@ def runs_trace(
     for column in ("expert", "letter", "answer (start)"):
         answers.add_column(column)
     for expert, choice, text, error in trace.generations:
-        shown = error or (" ".join((text or "(text not kept: recorded or protected benchmark)").split())[:100])
+        shown = (
+            f"error: {error}"
+            if error
+            else " ".join((text or "(text not kept: recorded or protected benchmark)").split())[:100]
+        )
         answers.add_row(expert, choice or "-", shown)
     out.print(answers)
     results = Table(title="fused results")

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from coe.backends.references import missing_references
 from coe.cli.common import out, settings
+from coe.errors import RegistryError
 from coe.registry import dump_registry, load_registry_file
 from coe.resources import bundled_pools
 from coe.store import Store
@@ -24,10 +26,18 @@ def _store() -> Store:
 def import_file(
     path: Annotated[Path, typer.Argument(help="A registry YAML file.")],
     name: Annotated[str | None, typer.Option(help="The pool's name (default: the file's stem).")] = None,
+    check: Annotated[
+        bool, typer.Option(help="Check that weights, GGUF files, adapters and recorded responses exist.")
+    ] = True,
 ) -> None:
     """Validate a registry file and store its experts as a named pool (one transaction; idempotent):
     afterwards `--pool NAME` serves it anywhere a pool is asked for."""
     experts = load_registry_file(path, settings().data_dir)
+    missing = [problem for expert in experts for problem in missing_references(expert)] if check else []
+    if missing:
+        raise RegistryError(
+            f"{path}: " + "; ".join(missing) + "; nothing was written (--no-check imports files that appear later)"
+        )
     pool = name or path.stem
     summary = _store().import_pool(pool, experts, source=str(path.resolve()))
     out.print(
@@ -78,7 +88,7 @@ def show(expert_id: Annotated[str, typer.Argument(help="An expert id.")]) -> Non
     """One expert, as registry YAML."""
     stored = _store().get_expert(expert_id)
     out.print(f"# from {stored.source}, imported {stored.imported_at:%Y-%m-%d %H:%M}")
-    out.print(dump_registry([stored.spec]).rstrip(), markup=False)
+    out.print(dump_registry([stored.spec]).rstrip())
 
 
 @app.command("remove")
@@ -95,7 +105,7 @@ def export(
     """All stored experts as one registry file (importing it gives them back)."""
     text = dump_registry(stored.spec for stored in _store().list_experts())
     if output is None:
-        out.print(text.rstrip(), markup=False)
+        out.print(text.rstrip())
     else:
         output.write_text(text)
         out.print(f"wrote {output}")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from coe.aggregate import AGGREGATORS
+from coe.routers import ROUTERS
+from coe.splits import check_split_spec
 
 
 class EvalConfig(BaseModel):
@@ -27,11 +31,40 @@ class EvalConfig(BaseModel):
     aggregator_pool: str | None = None
     """The pool (file or name) holding the aggregator expert, when it is not in the pool."""
     chunk_size: int = Field(default=2000, ge=1)
+    max_failure_rate: float = Field(default=0.1, ge=0, le=1)
+    """A run whose share of failed generations passes this says so loudly and exits non-zero."""
+    pool_fingerprint: str = ""
+    """The hash of the pool's expert specs when the run started: a resumed run must use the same experts."""
+
+    @field_validator("split")
+    @classmethod
+    def _split_form(cls, value: str) -> str:
+        return check_split_spec(value)
+
+    @field_validator("routers", "aggregators")
+    @classmethod
+    def _known_names(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        known = ROUTERS if info.field_name == "routers" else AGGREGATORS
+        if not value or not all(value):
+            raise ValueError(f"name at least one; known: {', '.join(sorted(known))}")
+        unknown = [name for name in value if name not in known]
+        if unknown:
+            raise ValueError(f"unknown {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        if len(set(value)) != len(value):
+            raise ValueError("a name appears twice")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("give one or more distinct seeds, e.g. 0,1,2")
+        return value
 
 
 def seeded_split(spec: str, seed: int) -> str:
     """`random:N:S` moves with the run's seed (S + seed); other specs are fixed."""
-    kind, _, rest = spec.partition(":")
+    kind, _, rest = check_split_spec(spec).partition(":")
     if kind != "random":
         return spec
     n, _, base = rest.partition(":")

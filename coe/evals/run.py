@@ -9,6 +9,7 @@ finished item.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,18 +19,19 @@ from typing import Any
 from coe.backends import Backend
 from coe.compose import AggregatorSpec, CompositionBuilder, GenerationSpec, ProgressFactory, RouterSpec, SplitProfile
 from coe.composer import BatchResult, Composer
-from coe.datasets import is_redacted
+from coe.datasets import is_redacted, stored_error
 from coe.errors import RunError
 from coe.evals.config import EvalConfig, seeded_split
 from coe.evals.summary import EvalSummary, summarize
 from coe.outcomes import Outcomes
-from coe.profile import measure
+from coe.profile import expert_fingerprint, measure
 from coe.registry import Registry
+from coe.routers import ROUTERS
 from coe.routers.base import Router
 from coe.scheduler import MemoryCache, Scheduler
 from coe.schema import Query
 from coe.settings import Settings
-from coe.splits import stratified_sample
+from coe.splits import Split, stratified_sample
 from coe.store import RunStore, Store
 from coe.types import Generation
 
@@ -47,36 +49,46 @@ def run_eval(
     run_id: str | None = None,
     progress: ProgressFactory | None = None,
 ) -> EvalSummary:
-    """Run (or resume, with `run_id`) an evaluation and return its summary."""
+    """Run (or resume, with `run_id`) an evaluation and return its summary. Everything that can be
+    checked (pool, benchmark, splits, k, aggregators) is checked before a new run is stored; a resumed
+    run must have the same settings and experts, and asks again the items whose generations failed."""
     store = store or Store(settings.database_url)
     runs = RunStore(store)
+    cache = MemoryCache()
+    backends = CompositionBuilder(settings).backends if backends is None else backends
+    builder = CompositionBuilder(settings, scheduler=Scheduler(backends, cache=cache), store=store, progress=progress)
+    registry = builder.pool(config.pool)
+    fingerprint = pool_fingerprint(registry)
+    picking = [name for name in config.routers if ROUTERS[name].picks_k]
+    if picking and config.k > len(registry):
+        raise RunError(
+            f"--k {config.k} is more than the pool's {len(registry)} experts ({registry.source}), "
+            f"for the routers that pick k: {', '.join(picking)}"
+        )
+    splits = {seed: _seed_split(builder, config, seed) for seed in config.seeds}
     if run_id is None:
         run_id = new_run_id(config.bench)
-        runs.create(run_id, config.model_dump(mode="json"))
+        runs.create(run_id, config.model_copy(update={"pool_fingerprint": fingerprint}).model_dump(mode="json"))
     else:
-        _check_resumable(runs.get(run_id).config, config, run_id)
-    cache = MemoryCache()
+        stored = runs.get(run_id).config
+        _check_resumable(stored, config.model_copy(update={"pool_fingerprint": stored.get("pool_fingerprint")}), run_id)
+        if stored.get("pool_fingerprint") != fingerprint:
+            raise RunError(
+                f"run {run_id!r} was started on other experts than {registry.source} holds now; resume it unchanged"
+            )
+        runs.reopen_failed(run_id)
     cache.put_many(
         {
             (expert, item): Generation(text, n_prompt, n_completion, latency)
             for expert, item, text, n_prompt, n_completion, latency in runs.stored_texts(run_id)
         }
     )
-    backends = CompositionBuilder(settings).backends if backends is None else backends
-    builder = CompositionBuilder(settings, scheduler=Scheduler(backends, cache=cache), store=store, progress=progress)
-    registry = builder.pool(config.pool)
     scheduler = builder.scheduler
-    generation = GenerationSpec(max_tokens=config.max_tokens)
-    params = generation.params()
-    queries = builder.benchmark(config.bench, config.gpqa_subset)
-    by_id = {query.id: query for query in queries}
+    params = GenerationSpec(max_tokens=config.max_tokens).params()
+    by_id = {query.id: query for query in builder.benchmark(config.bench, config.gpqa_subset)}
     composer = Composer(registry, backends=builder.backends, scheduler=scheduler, params=params)
     bar = builder.progress
-    for seed in config.seeds:
-        source = SplitProfile(
-            bench=config.bench, split=seeded_split(config.split, seed), gpqa_subset=config.gpqa_subset
-        )
-        split = builder.split(source)
+    for seed, (source, split) in splits.items():
         test = [by_id[i] for i in split.test_ids]
         if config.limit and config.limit < len(test):
             test = [by_id[i] for i in stratified_sample(test, config.limit, seed)]
@@ -108,6 +120,17 @@ def run_eval(
     summary = summarize(run_id, config, runs, load_keys)
     runs.finish(run_id, summary.model_dump(mode="json"))
     return summary
+
+
+def pool_fingerprint(registry: Registry) -> str:
+    """The identity of a pool's experts (their full specs, in order): a resumed run must use the same."""
+    specs = "\n".join(expert_fingerprint(expert) for expert in registry.experts)
+    return hashlib.sha256(specs.encode()).hexdigest()[:16]
+
+
+def _seed_split(builder: CompositionBuilder, config: EvalConfig, seed: int) -> tuple[SplitProfile, Split]:
+    source = SplitProfile(bench=config.bench, split=seeded_split(config.split, seed), gpqa_subset=config.gpqa_subset)
+    return source, builder.split(source)
 
 
 def _rows(
@@ -163,7 +186,7 @@ def _rows(
                         "n_prompt_tokens": expert_answer.n_prompt_tokens,
                         "n_completion_tokens": expert_answer.n_completion_tokens,
                         "latency_s": expert_answer.latency_s,
-                        "error": str(expert_answer.error) if expert_answer.error else None,
+                        "error": stored_error(expert_answer.error, redact),
                     }
     return {"generations": list(generations.values()), "routes": routes, "results": rows}
 

@@ -45,6 +45,12 @@ class Oracle(_Model):
     accuracy_std: float
 
 
+class ExpertFailures(_Model):
+    expert: str
+    n_generations: int
+    n_failed: int
+
+
 class EvalSummary(_Model):
     run_id: str
     bench: str
@@ -57,6 +63,10 @@ class EvalSummary(_Model):
     oracle: Oracle | None
     per_category: dict[str, dict[str, float]]
     """"router/aggregator" -> category -> accuracy (mean over seeds)."""
+    failures: list[ExpertFailures] = []
+    """Per expert that failed at least once: its stored generations and how many failed (no answer)."""
+    failure_rate: float = 0.0
+    """Failed generations / all generations of the run."""
 
 
 def summarize(run_id: str, config: EvalConfig, runs: RunStore, load_keys: Mapping[str, str]) -> EvalSummary:
@@ -105,6 +115,8 @@ def summarize(run_id: str, config: EvalConfig, runs: RunStore, load_keys: Mappin
         if (scores := seed_means((router, aggregator)))
     ]
     oracle_scores = seed_means(("oracle", config.aggregators[0]))
+    failures = runs.failures(run_id)
+    n_generations = sum(total for total, _ in failures.values())
     return EvalSummary(
         run_id=run_id,
         bench=config.bench,
@@ -126,6 +138,12 @@ def summarize(run_id: str, config: EvalConfig, runs: RunStore, load_keys: Mappin
             f"{router}/{aggregator}": {category: float(np.mean(values)) for category, values in sorted(cats.items())}
             for (router, aggregator), cats in by_category.items()
         },
+        failures=[
+            ExpertFailures(expert=expert, n_generations=total, n_failed=failed)
+            for expert, (total, failed) in sorted(failures.items())
+            if failed
+        ],
+        failure_rate=sum(failed for _, failed in failures.values()) / max(n_generations, 1),
     )
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 
 from coe.errors import RunError
 from coe.store.database import Store, now
@@ -89,6 +89,36 @@ class RunStore:
         with self.store.session() as session:
             query = select(RunResultRow.item_id).where(RunResultRow.run_id == run_id, RunResultRow.seed == seed)
             return set(session.scalars(query.distinct()))
+
+    def failures(self, run_id: str) -> dict[str, tuple[int, int]]:
+        """Per expert: how many generations the run stored, and how many of them failed."""
+        failed = func.sum(case((RunGenerationRow.error.is_not(None), 1), else_=0))
+        query = (
+            select(RunGenerationRow.expert_id, func.count(), failed)
+            .where(RunGenerationRow.run_id == run_id)
+            .group_by(RunGenerationRow.expert_id)
+        )
+        with self.store.session() as session:
+            return {expert: (int(total), int(bad or 0)) for expert, total, bad in session.execute(query)}
+
+    def failed_items(self, run_id: str) -> set[str]:
+        """Items with at least one failed generation."""
+        query = select(RunGenerationRow.item_id).where(
+            RunGenerationRow.run_id == run_id, RunGenerationRow.error.is_not(None)
+        )
+        with self.store.session() as session:
+            return set(session.scalars(query))
+
+    def reopen_failed(self, run_id: str) -> int:
+        """Forget every item with a failed generation (its generations, routes and results, in every seed),
+        so resuming the run asks its experts again; how many items were reopened."""
+        items = self.failed_items(run_id)
+        with self.store.session() as session:
+            for table in (RunGenerationRow, RunRouteRow, RunResultRow):
+                for start in range(0, len(items), 500):
+                    chunk = sorted(items)[start : start + 500]
+                    session.execute(delete(table).where(table.run_id == run_id, table.item_id.in_(chunk)))
+            return len(items)
 
     def save_chunk(
         self,
