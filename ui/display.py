@@ -12,6 +12,11 @@ def plain(text: str) -> str:
     return _MARKDOWN_SPECIALS.sub(r"\\\1", text)
 
 
+def message(text: str) -> str:
+    """A multi-line message (one problem a line) for `st.error`: its lines kept, no stray math."""
+    return "  \n".join(line.replace("$", "\\$") for line in text.splitlines())
+
+
 def letter_badge(letter: str | None, gold: str | None) -> str:
     """An extracted letter, highlighted: green when it is the gold answer, red when not, blue without gold."""
     if letter is None:

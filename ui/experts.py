@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
+from coe.backends.references import missing_references
 from coe.errors import CoeError
 from coe.outcomes import Outcomes
 from coe.profile import profile_name
@@ -18,6 +19,7 @@ from coe.registry import Registry, load_registry_file
 from coe.routers.skill import skill_profile
 from coe.schema import ExpertSpec
 from ui.charts import heatmap, rows_height
+from ui.display import message
 from ui.workbench import Workbench, current_pool, workbench
 
 POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -183,7 +185,7 @@ def _import(bench: Workbench) -> None:
         return
     experts, problem = validate_upload(upload, bench.settings.data_dir)
     if problem:
-        st.error(f"{upload.name} is not a valid registry file, so nothing was imported:\n\n{problem}")
+        st.error(f"{upload.name} is not a valid registry file, so nothing was imported:\n\n{message(problem)}")
         return
     st.success(f"{upload.name}: {len(experts)} valid experts.")
     st.dataframe(expert_table(Registry(experts, source=upload.name)), hide_index=True)
@@ -202,14 +204,17 @@ def _import(bench: Workbench) -> None:
 
 
 def validate_upload(upload: UploadedFile, data_dir: Path | None) -> tuple[list[ExpertSpec], str]:
-    """The uploaded file's experts, or what is wrong with it in plain words (file and field named)."""
+    """The uploaded file's experts, or what is wrong with it in plain words (file and field named), checked
+    as `coe registry import` checks: the schema, then that weights, adapters and recordings exist."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / Path(upload.name).name
         path.write_bytes(upload.getvalue())
         try:
-            return load_registry_file(path, data_dir), ""
+            experts = load_registry_file(path, data_dir)
         except CoeError as error:
             return [], str(error).replace(str(path), upload.name)
+    missing = [problem for expert in experts for problem in missing_references(expert)]
+    return (experts, "") if not missing else ([], "\n".join(missing))
 
 
 if __name__ == "__main__":

@@ -203,6 +203,9 @@ def test_experts_page_names_what_is_wrong_with_an_uploaded_registry(
     assert not at.exception and "Import as a pool" not in [b.label for b in at.button]
     at.file_uploader(key="registry_upload").set_value(("notes.yaml", b"experts: [unclosed", "text/yaml")).run()
     assert "not valid YAML" in at.error[0].value and not at.exception
+    missing = b"experts:\n  - {id: old, base: m, backend: {kind: replay, responses: outcomes/gone.jsonl.gz}}\n"
+    at.file_uploader(key="registry_upload").set_value(("old.yaml", missing, "text/yaml")).run()
+    assert "expert 'old': recorded responses" in at.error[0].value and "do not exist" in at.error[0].value
 
 
 def test_experts_page_imports_a_registry_file_as_a_pool(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
