@@ -87,6 +87,8 @@ def _defaults(bench: Workbench, pool: str, registry: Registry, profiles: dict[st
         profile=next(iter(profiles)),
         max_tokens=512 if bench.is_recorded(registry) else 384,  # 512: what `coe eval` profiles with
     )
+    if st.session_state["profile"] not in profiles:  # a profile stored since, or removed
+        st.session_state["profile"] = next(iter(profiles))
     if not st.session_state["item_id"]:
         draw_question(bench)
 
@@ -242,7 +244,8 @@ def _run_controls(
         cancel, bar = st.empty(), st.empty()
         cancel.button("Cancel", on_click=job.cancel)
         while job.running and not job.wait(0.25):
-            bar.progress(job.fraction, text=f"{job.description} ({job.done}/{job.total})")
+            counted = f" ({job.done}/{job.total})" if job.total > 1 else ""
+            bar.progress(job.fraction, text=job.description + counted)
         cancel.empty()
         bar.empty()
     if job.status == "done":

@@ -108,7 +108,7 @@ def _profiles(bench: Workbench, registry: Registry) -> None:
     by = rows.radio("Rows", list(ROWS), format_func=ROWS.get, key="experts_rows", horizontal=True)
     value = values.radio("Values", list(VALUES), format_func=VALUES.get, key="experts_values", horizontal=True)
     try:
-        outcomes = bench.stored_outcomes(labels[label], registry)
+        outcomes = bench.stored_outcomes(labels[label], current_pool(bench))
     except CoeError as error:
         st.error(f"This profile cannot be read: {error}")
         return
@@ -195,6 +195,7 @@ def _import(bench: Workbench) -> None:
             st.error(f"{name!r} cannot name a pool: use letters, digits, '-' and '_' (e.g. {Path(upload.name).stem}).")
             return
         summary = bench.store.import_pool(name, experts, source=f"uploaded {upload.name}")
+        bench.forget_fits()
         st.session_state["imported"] = (
             f"Imported {upload.name} as pool {name!r} ({len(summary.added)} added, {len(summary.updated)} updated, "
             f"{len(summary.unchanged)} unchanged); it is now the selected pool."

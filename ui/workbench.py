@@ -57,9 +57,14 @@ class Workbench:
             for backend in self.builder.backends.values():
                 backend.close()
 
-    def stored_outcomes(self, profile_id: int, registry: Registry) -> Outcomes:
-        """A stored profile as the correctness matrix of `registry`'s experts (cached: it never changes)."""
-        return _stored_outcomes(self.key, profile_id, registry.source)
+    def stored_outcomes(self, profile_id: int, pool: str) -> Outcomes:
+        """A stored profile as the correctness matrix of the pool's experts (cached: it never changes)."""
+        return _stored_outcomes(self.key, profile_id, pool)
+
+    def forget_fits(self) -> None:
+        """Drop every fitted Composer and read profile (a pool was imported again under its name)."""
+        _fitted_composer.clear()
+        _stored_outcomes.clear()
 
     def is_recorded(self, registry: Registry) -> bool:
         """Every expert answers from recorded responses (free and instant, but only for recorded items)."""
