@@ -19,11 +19,13 @@ FailureKind = Literal[
     "auth",
     "too_long",
     "no_record",
+    "bad_output",
     "error",
 ]
 """Why a generation failed: `unavailable` a missing package, weights file or recorded file; `no_record`
 a recorded expert without this item; `too_long` the prompt exceeds the context; the others name the
-transport or provider failure; `error` anything else."""
+transport or provider failure; `bad_output` a reply without an answer (no content); `error` anything
+else."""
 
 
 @dataclass(frozen=True, slots=True)

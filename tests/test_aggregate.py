@@ -15,7 +15,7 @@ from coe.registry import Registry
 from coe.scheduler import Scheduler
 from coe.schema import ExpertAnswer, ExpertChoice, Query, Route
 from coe.store import Store, latest_aggregator_choice
-from coe.types import GenerationParams
+from coe.types import Failure, GenerationParams
 from tests.conftest import DATA_DIR, REPO
 
 QUERY = Query(id="q", text="2 + 2 = ?", choices=("3", "4", "5", "22"), gold="B")
@@ -27,14 +27,22 @@ def route(*scores: tuple[str, float]) -> Route:
     )
 
 
-def answer(expert: str, choice: str | None, error: str | None = None) -> ExpertAnswer:
+TIMEOUT = Failure("timed out", kind="timeout", retryable=True)
+
+
+def answer(expert: str, choice: str | None, error: Failure | None = None) -> ExpertAnswer:
     return ExpertAnswer(
         expert=expert, text=f"the answer is ({choice})" if choice else "no idea", choice=choice, error=error
     )
 
 
 def test_majority_counts_votes_and_ignores_failed_experts() -> None:
-    answers = [answer("a", "B"), answer("b", "C"), answer("c", "B"), answer("d", "C", error="timeout")]
+    answers = [
+        answer("a", "B"),
+        answer("b", "C"),
+        answer("c", "B"),
+        answer("d", "C", error=TIMEOUT),
+    ]
     verdict = MajorityVote().fuse(QUERY, route(("a", 0.1), ("b", 0.9), ("c", 0.1), ("d", 0.9)), answers)
     assert verdict.choice == "B" and verdict.votes == {"B": 2.0, "C": 1.0}
     assert verdict.text == "the answer is (B)"

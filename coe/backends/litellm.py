@@ -1,8 +1,10 @@
 """Any API model or OpenAI-compatible server (vLLM's included), through litellm.
 
 Batch-first: `generate` fans the prompts out concurrently, at most `max_concurrency` at a time,
-and returns results in input order. Each failed call becomes that prompt's `Generation.error`,
-mapped to a coe error message that says whether retrying may help.
+and returns results in input order. Each failed call becomes that prompt's `Generation.error`, a
+typed failure that says whether retrying may help. Retries happen here only, in one layer: a
+retryable failure is tried again up to `num_retries` times with exponential backoff (capped); the
+litellm and OpenAI client retries underneath are turned off, so retries never multiply.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from coe.backends.base import NoLoadMixin
 from coe.errors import BackendError, BackendUnavailableError, GenerationError
 from coe.schema import ExpertSpec, LitellmBackendSpec
-from coe.types import FailureKind, Generation, GenerationParams, Prompt
+from coe.types import Failure, FailureKind, Generation, GenerationParams, Prompt
 
 _TRANSPORT: dict[str, FailureKind] = {
     "APIConnectionError": "connection",
@@ -44,6 +46,8 @@ _PROVIDER: dict[str, FailureKind] = {
     "UnprocessableEntityError": "bad_request",
 }
 _RETRYABLE_KINDS = frozenset({"rate_limit", "timeout", "connection", "server"})
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 8.0
 
 
 class LitellmBackend(NoLoadMixin):
@@ -66,28 +70,38 @@ class LitellmBackend(NoLoadMixin):
         messages = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
         messages.append({"role": "user", "content": prompt.text})
         started = time.perf_counter()
-        try:
-            response = litellm.completion(
-                model=spec.model,
-                messages=messages,
-                api_base=spec.api_base,
-                api_key=spec.api_key,
-                max_tokens=params.max_tokens,
-                temperature=params.temperature,
-                seed=params.seed,
-                stop=list(params.stop) or None,
-                timeout=spec.timeout_s,
-                num_retries=spec.num_retries,
-            )
-        except Exception as error:  # every provider error becomes this prompt's error, not the batch's
-            mapped = map_litellm_error(error, expert.id)
-            return Generation(text="", latency_s=time.perf_counter() - started, error=mapped.failure())
+        for attempt in range(spec.num_retries + 1):
+            try:
+                response = litellm.completion(
+                    model=spec.model,
+                    messages=messages,
+                    api_base=spec.api_base,
+                    api_key=spec.api_key,
+                    max_tokens=params.max_tokens,
+                    temperature=params.temperature,
+                    seed=params.seed,
+                    stop=list(params.stop) or None,
+                    timeout=spec.timeout_s,
+                    num_retries=0,
+                    max_retries=0,
+                )
+                break
+            except Exception as error:  # every provider error becomes this prompt's error, not the batch's
+                mapped = map_litellm_error(error, expert.id)
+                if not mapped.retryable or attempt == spec.num_retries:
+                    return Generation(text="", latency_s=time.perf_counter() - started, error=mapped.failure())
+                time.sleep(min(RETRY_CAP_S, RETRY_BASE_S * 2**attempt))
+        latency_s = time.perf_counter() - started
         usage = getattr(response, "usage", None)
+        content = response.choices[0].message.content
+        if content is None:
+            missing = Failure("the reply has no content (content: null)", kind="bad_output", expert=expert.id)
+            return Generation(text="", latency_s=latency_s, error=missing)
         return Generation(
-            text=response.choices[0].message.content or "",
+            text=content,
             n_prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             n_completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            latency_s=time.perf_counter() - started,
+            latency_s=latency_s,
         )
 
 

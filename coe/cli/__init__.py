@@ -73,9 +73,15 @@ def main() -> None:
     except ValidationError as error:  # a value given on the command line that a coe type refuses
         if state.debug:
             raise
+        from_environment = error.title == Settings.__name__  # settings come from COE_* variables
         problems = "; ".join(
-            f"{'.'.join(map(str, p['loc'])) or 'input'}: {p['msg'].removeprefix('Value error, ')}"
+            f"{_field_name(p['loc'], from_environment)}: {p['msg'].removeprefix('Value error, ')} (got {p['input']!r})"
             for p in error.errors()
         )
-        print_error(ConfigError(f"invalid input: {problems}"))
+        print_error(ConfigError(f"invalid {'environment' if from_environment else 'input'}: {problems}"))
         sys.exit(2)
+
+
+def _field_name(loc: tuple[int | str, ...], from_environment: bool) -> str:
+    name = ".".join(map(str, loc)) or "input"
+    return f"COE_{name.upper()}" if from_environment else name

@@ -258,17 +258,21 @@ def print_summary(summary: EvalSummary) -> None:
 
 def report_command(
     run_id: Annotated[str, typer.Argument(help="A run id (see the end of `coe eval`).")],
-    output: Annotated[Path, typer.Option(help="Folder for the Markdown and plots.")] = Path("evals/results"),
+    output: Annotated[
+        Path | None, typer.Option(help="Folder for the Markdown and plots (default: `reports/` beside the database).")
+    ] = None,
 ) -> None:
     """Write a run's Markdown report and plots."""
     from coe.evals.report import write_report
 
     current = settings()
-    record = RunStore(Store(current.database_url)).get(run_id)
+    store = Store(current.database_url)
+    record = RunStore(store).get(run_id)
     if record.summary is None:
         raise RunError(f"run {run_id!r} has not finished; finish it with `coe eval --resume {run_id}`")
-    path = write_report(EvalSummary.model_validate(record.summary), output)
-    out.print(f"wrote {path} and its plots")
+    folder = output or (store.folder or current.cache_dir) / "reports"
+    path = write_report(EvalSummary.model_validate(record.summary), folder)
+    out.print(f"wrote {path.resolve()} and its plots beside it")
 
 
 @aggregators_app.command("probe")

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, delete, event, select
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from coe.errors import ConfigError, RegistryError, UnknownExpertError
@@ -58,6 +59,14 @@ class Store:
         self._engine: Engine | None = None
 
     @property
+    def folder(self) -> Path | None:
+        """The folder of a SQLite database file (None for a server or an in-memory database)."""
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+            return None
+        return Path(parsed.database).resolve().parent
+
+    @property
     def engine(self) -> Engine:
         if self._engine is None:
             try:
@@ -68,11 +77,20 @@ class Store:
                 ) from error
             if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self._engine = create_engine(parsed)
-            if parsed.get_backend_name() == "sqlite":
-                event.listen(self._engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(self._engine)
-            self._check_schema(self._engine)
+            try:
+                engine = create_engine(parsed)
+                if parsed.get_backend_name() == "sqlite":
+                    event.listen(engine, "connect", _sqlite_pragmas)
+                Base.metadata.create_all(engine)
+                self._check_schema(engine)
+            except (SQLAlchemyError, ImportError) as error:
+                cause = getattr(error, "orig", None) or error
+                raise ConfigError(
+                    f"cannot use the database {parsed.render_as_string(hide_password=True)}: {cause}; set "
+                    "COE_DATABASE_URL to a SQLite file (sqlite:///path/coe.db) or a server "
+                    "(postgresql+psycopg://user@host/db)"
+                ) from error
+            self._engine = engine
         return self._engine
 
     def _check_schema(self, engine: Engine) -> None:

@@ -1,5 +1,11 @@
 """The litellm backend over real loopback HTTP: the embedded engine's own OpenAI-compatible server."""
 
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
 import pytest
 
 from coe.backends.litellm import LitellmBackend
@@ -73,3 +79,64 @@ def test_a_bad_request_fails_alone_and_is_not_retryable(served: ExpertSpec) -> N
     assert "retrying may help" not in outputs[0].error.message
     assert outputs[0].error.kind in ("bad_request", "too_long") and not outputs[0].error.retryable
     assert outputs[1].ok and outputs[1].text
+
+
+class Misbehaving(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that misbehaves as its path says: `/fail500/v1` answers HTTP 500,
+    `/null/v1` a reply whose content is null; it counts the requests it gets."""
+
+    calls: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        mode = self.path.split("/")[1]
+        self.calls.append(mode)
+        if mode == "fail500":
+            self._reply(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
+            return
+        message = {"role": "assistant", "content": None}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        usage = {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3}
+        self._reply(
+            200,
+            {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice], "usage": usage},
+        )
+
+    def _reply(self, status: int, body: dict) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def misbehaving() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Misbehaving)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def api_expert(api_base: str, num_retries: int) -> ExpertSpec:
+    spec = LitellmBackendSpec(model="openai/m", api_base=api_base, api_key="sk-x", num_retries=num_retries)
+    return ExpertSpec(id="flaky-api", base="m", backend=spec)
+
+
+def test_retries_happen_in_one_layer_with_backoff(misbehaving: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("coe.backends.litellm.RETRY_BASE_S", 0.01)
+    Misbehaving.calls.clear()
+    (output,) = LitellmBackend().generate(api_expert(f"{misbehaving}/fail500/v1", 2), [Prompt("hi")], PARAMS)
+    assert Misbehaving.calls == ["fail500"] * 3  # the first call and num_retries=2 more: no hidden layers
+    assert output.error is not None and (output.error.kind, output.error.retryable) == ("server", True)
+
+
+def test_a_reply_without_content_is_a_failure_not_an_empty_answer(misbehaving: str) -> None:
+    (output,) = LitellmBackend().generate(api_expert(f"{misbehaving}/null/v1", 2), [Prompt("hi")], PARAMS)
+    assert output.error is not None and output.error.kind == "bad_output" and not output.ok
+    assert "content: null" in output.error.message

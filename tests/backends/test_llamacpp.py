@@ -81,7 +81,8 @@ def test_prompt_longer_than_context_fails_alone(embedded_backend: LlamaCppBacken
         backend=EmbeddedBackendSpec(weights="smollm2-135m-instruct-q4_1", n_ctx=128),
     )
     outputs = embedded_backend.generate(expert, [Prompt("word " * 400), Prompt("Hi")], PARAMS)
-    assert outputs[0].error is not None and "context" in outputs[0].error
+    assert outputs[0].error is not None and "context" in outputs[0].error.message
+    assert outputs[0].error.kind == "too_long"
     assert outputs[1].ok
     embedded_backend.unload(expert)
 

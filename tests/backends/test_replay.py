@@ -39,7 +39,12 @@ def test_recorded_responses_by_query_id_and_explicit_no_answer(tmp_path: Path) -
         replay_expert(path), [Prompt("?", "2"), Prompt("?", "99"), Prompt("?", "1")], PARAMS
     )
     assert [o.text for o in outputs] == ["Answer: C", "", "the answer is (B)"]
-    assert outputs[1].error == NO_RECORD
+    assert outputs[1].error is not None and outputs[1].error.message == NO_RECORD
+    assert (outputs[1].error.kind, outputs[1].error.expert, outputs[1].error.retryable) == (
+        "no_record",
+        "recorded",
+        False,
+    )
     assert outputs[0].ok and outputs[2].ok
 
 

@@ -220,7 +220,8 @@ def test_a_prompt_longer_than_max_model_len_fails_alone(
     backend: VllmBackend, experts: tuple[ExpertSpec, ExpertSpec]
 ) -> None:
     outputs = backend.generate(experts[0], [Prompt("word " * 600), PROMPTS[0]], PARAMS)
-    assert outputs[0].error is not None and "max_model_len` 512" in outputs[0].error
+    assert outputs[0].error is not None and "max_model_len` 512" in outputs[0].error.message
+    assert outputs[0].error.kind == "too_long"
     assert outputs[0].n_prompt_tokens > 512
     assert outputs[1].ok and "Paris" in outputs[1].text
 

@@ -132,3 +132,37 @@ def test_a_file_named_like_markup_is_reported_verbatim(
 ) -> None:
     result = coe_here("registry", "import", str(tmp_path / "[/x].yaml"), env=env)
     assert result.returncode == 2 and "[/x].yaml: no such registry file" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("COE_THREADS", "abc", "invalid environment: COE_THREADS: Input should be a valid integer"),
+        ("COE_DATABASE_URL", "mongodb://host/db", "cannot use the database mongodb://host/db: Can't load plugin"),
+        ("COE_DATABASE_URL", "not a url", "is not a SQLAlchemy URL"),
+    ],
+)
+def test_a_bad_environment_is_named_in_one_line(
+    env: dict[str, str], variable: str, value: str, message: str, coe_here: CoeRunner
+) -> None:
+    result = coe_here("registry", "list", env={**env, variable: value})
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_file_that_is_not_a_database_is_named(env: dict[str, str], tmp_path: Path, coe_here: CoeRunner) -> None:
+    (tmp_path / "junk.db").write_bytes(bytes(range(256)) * 16)
+    result = coe_here("registry", "list", env={**env, "COE_DATABASE_URL": f"sqlite:///{tmp_path / 'junk.db'}"})
+    assert result.returncode == 2 and "file is not a database" in result.stderr
+
+
+def test_a_report_is_written_beside_the_database_and_says_where(
+    env: dict[str, str], tmp_path: Path, coe_here: CoeRunner
+) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(str(i) for i in range(70, 90)))
+    pool = Path(__file__).parents[2] / "registry" / "replay-mmlu-pro-ref8.yaml"
+    args = ["--bench", "mmlu-pro", "--pool", str(pool), "--split", f"ids:{ids}", "--routers", "best-single"]
+    evaluated = coe_here("eval", *args, "--aggregators", "majority", "--limit", "10", env=env)
+    run_id = evaluated.stdout.split("run id: ")[1].split()[0]
+    result = coe_here("report", run_id, env=env)
+    assert result.returncode == 0 and f"wrote {tmp_path / 'reports' / run_id}.md" in result.stdout
