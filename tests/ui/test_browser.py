@@ -180,7 +180,7 @@ def test_coe_ui_rejects_a_missing_pool_in_one_line(server_env: dict[str, str]) -
     assert process.returncode == 2 and "no pool 'no-such-pool'" in output and "Traceback" not in output
 
 
-def test_a_browser_compares_routers_and_opens_every_page(server: str, browser: WebDriver, screenshots: Path) -> None:
+def test_a_browser_compares_routers_and_opens_every_page(browser: WebDriver, server: str, screenshots: Path) -> None:
     browser.get(f"{server}/?routers=best-single,all,random&id={QUESTION}")
     wait_for_text(browser, "Find the median in the set of data 23, 13, 18, 29, 32, 25.")
     click_button(browser, "Compare")
@@ -202,7 +202,7 @@ def test_a_browser_compares_routers_and_opens_every_page(server: str, browser: W
         save(browser, screenshots, path)
 
 
-def test_a_browser_cancels_a_live_comparison(server: str, browser: WebDriver) -> None:
+def test_a_browser_cancels_a_live_comparison(browser: WebDriver, server: str) -> None:
     browser.get(f"{server}/?pool=embedded&routers=all&id={QUESTION}")
     wait_for_text(browser, "Find the median")
     click_button(browser, "Compare")
