@@ -162,11 +162,15 @@ def save(browser: WebDriver, folder: Path, name: str) -> Path:
     """A screenshot of the whole page (the window made as tall as Streamlit's content), in 256 colours."""
     from PIL import Image
 
-    height = browser.execute_script(
-        "return Math.max(...Array.from(document.querySelectorAll('*'), element => element.scrollHeight));"
-    )
-    browser.set_window_size(1440, min(int(height) + 40, 4000))
-    time.sleep(1.0)  # let charts re-lay out at the new size
+    measure = "return Math.max(...Array.from(document.querySelectorAll('*'), element => element.scrollHeight));"
+    height = 0
+    for _ in range(3):  # the layout settles at the new size: grow until the content fits
+        wanted = min(int(browser.execute_script(measure)) + 40, 4000)
+        if wanted <= height:
+            break
+        height = wanted
+        browser.set_window_size(1440, height)
+        time.sleep(1.0)  # charts lay out again
     path = folder / f"ui-{name}.png"
     assert browser.save_screenshot(str(path)) and path.stat().st_size > 10_000
     Image.open(path).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
