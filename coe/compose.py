@@ -27,6 +27,7 @@ from coe.datasets import BENCHMARKS, is_redacted, load_benchmark, load_examples
 from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError
 from coe.outcomes import Outcomes
+from coe.recovery import Recovery
 from coe.registry import Registry, describe_validation_error, load_pool
 from coe.resources import bundled_compositions
 from coe.routers import make_router
@@ -134,6 +135,8 @@ class CompositionSpec(Frozen):
     seed: int = 0
     """The router's random state (random draws, cross-validation folds)."""
     generation: GenerationSpec = GenerationSpec()
+    recovery: Recovery = Recovery()
+    """Failed generations: the route's next-ranked expert replaces them (backends retry, the Composer does not)."""
     executor: Literal["local"] = "local"
     encoder: EncoderName = DEFAULT_ENCODER
     """The query encoder of the knn, skill and classifier routers and of skill annotation."""
@@ -421,6 +424,7 @@ class CompositionBuilder:
             backends=self.backends,
             scheduler=self.scheduler,
             params=params,
+            recovery=spec.recovery,
         )
 
 

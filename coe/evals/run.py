@@ -34,6 +34,7 @@ from coe.evals.config import ADDED_FIELDS, EvalConfig, seeded_split
 from coe.evals.summary import EvalSummary, summarize
 from coe.outcomes import Outcomes
 from coe.profile import expert_fingerprint, measure
+from coe.recovery import Recovery
 from coe.registry import Registry
 from coe.routers import ROUTERS
 from coe.routers.base import Router
@@ -95,7 +96,8 @@ def run_eval(
     scheduler = builder.scheduler
     params = GenerationSpec(max_tokens=config.max_tokens).params()
     by_id = {query.id: query for query in builder.benchmark(config.bench, config.gpqa_subset)}
-    composer = Composer(registry, backends=builder.backends, scheduler=scheduler, params=params)
+    recovery = Recovery(replace=config.fallback)
+    composer = Composer(registry, backends=builder.backends, scheduler=scheduler, params=params, recovery=recovery)
     bar = builder.progress
     for seed, (source, split) in splits.items():
         test = [by_id[i] for i in split.test_ids]
