@@ -35,6 +35,18 @@ class Job(Generic[T]):
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 
+def emit_all(events: list[tuple[Job[Any], Any]]) -> None:
+    """Hand each job its event, from any thread: one wake-up of the event loop for them all (a batch's
+    outcomes), not one per request."""
+    if events:
+        events[0][0].loop.call_soon_threadsafe(_put_all, events)
+
+
+def _put_all(events: list[tuple[Job[Any], Any]]) -> None:
+    for job, event in events:
+        job.events.put_nowait(event)
+
+
 class Batcher(Generic[T]):
     def __init__(
         self,
