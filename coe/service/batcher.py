@@ -57,6 +57,7 @@ class Batcher(Generic[T]):
         window_s: float = 0.0,
         on_depth: Callable[[int], None] = lambda depth: None,
         on_batch: Callable[[int], None] = lambda size: None,
+        on_worker_start: Callable[[], None] | None = None,
     ) -> None:
         self._run = run
         self.max_queue = max_queue
@@ -66,7 +67,7 @@ class Batcher(Generic[T]):
         self._on_batch = on_batch
         self._queue: asyncio.Queue[Job[T] | None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coe-batch")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coe-batch", initializer=on_worker_start)
         self._closed = False
         self._running = 0
         self._batch_s = 0.05

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coe.compose import CompositionSpec
+from coe.embed import single_threaded_search
 from coe.errors import CoeError
 from coe.schema import Answer, Query
 from coe.service.batcher import Batcher, Job, emit_all
@@ -78,6 +79,7 @@ class Gateway:
             window_s=config.batch_window_s,
             on_depth=self.metrics.queue_depth.set,
             on_batch=self.metrics.batch_size.observe,
+            on_worker_start=single_threaded_search,
         )
         self.ready = False
 
