@@ -162,14 +162,19 @@ class Scheduler:
         on_progress: ProgressCallback,
     ) -> None:
         groups = self._groups(requests)
-        remote = [g for g in groups if not self.backends[g.kind].capabilities.needs_load]
-        local = [g for g in groups if self.backends[g.kind].capabilities.needs_load]
+        capabilities = {group.kind: self.backends[group.kind].capabilities for group in groups}
+        # Recorded answers are look-ups: they run on this thread, since a thread each costs more than they do.
+        recorded = [g for g in groups if capabilities[g.kind].recorded]
+        remote = [g for g in groups if not capabilities[g.kind].needs_load and not capabilities[g.kind].recorded]
+        local = [g for g in groups if capabilities[g.kind].needs_load]
         # Resident models first: they cost no load.
         local.sort(key=lambda g: g.key not in self._resident)
-        futures: list[tuple[_Group, Future[tuple[dict[int, Generation], float]]]] = []
+        futures: list[Future[tuple[dict[int, Generation], float]]] = []
         with ThreadPoolExecutor(max_workers=self.max_remote_groups) as pool:
             for group in remote:
-                futures.append((group, pool.submit(self._generate_group, group, requests, params, on_progress)))
+                futures.append(pool.submit(self._generate_group, group, requests, params, on_progress))
+            for group in recorded:
+                _collect(self._generate_group(group, requests, params, on_progress), results, stats)
             for group in local:
                 load = self._ensure_loaded(group, requests)
                 if isinstance(load, Failure):
@@ -179,15 +184,9 @@ class Scheduler:
                 if load.loaded:
                     stats.n_loads += 1
                     stats.load_s += load.seconds
-                outputs, seconds = self._generate_group(group, requests, params, on_progress)
-                stats.generate_s += seconds
-                for index, generation in outputs.items():
-                    results[index] = generation
-            for _, future in futures:
-                outputs, seconds = future.result()
-                stats.generate_s += seconds
-                for index, generation in outputs.items():
-                    results[index] = generation
+                _collect(self._generate_group(group, requests, params, on_progress), results, stats)
+            for future in futures:
+                _collect(future.result(), results, stats)
 
     def _groups(self, requests: Sequence[Request]) -> list[_Group]:
         """One group per model to load, in order of first request; its base is a non-adapter
@@ -336,6 +335,14 @@ def _stream(backend: StreamingBackend, request: Request, params: GenerationParam
         return backend.stream(request.expert, request.prompt, params, request.on_text)
     except BackendError as error:
         return Generation(text="", error=error.failure())
+
+
+def _collect(done: tuple[dict[int, Generation], float], results: list[Generation | None], stats: BatchStats) -> None:
+    """A group's generations into the batch's results, its time into the batch's stats."""
+    outputs, seconds = done
+    stats.generate_s += seconds
+    for index, generation in outputs.items():
+        results[index] = generation
 
 
 def _deliver(request: Request, generation: Generation) -> None:
