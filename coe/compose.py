@@ -25,6 +25,7 @@ from coe.backends import Backend, default_backends
 from coe.composer import Composer
 from coe.datasets import BENCHMARKS, is_redacted, load_benchmark
 from coe.errors import ConfigError
+from coe.executors.base import ExecutorKind
 from coe.outcomes import Outcomes
 from coe.registry import Registry, describe_validation_error, load_pool
 from coe.resources import bundled_compositions
@@ -109,7 +110,9 @@ class CompositionSpec(Frozen):
     seed: int = 0
     """The router's random state (random draws, cross-validation folds)."""
     generation: GenerationSpec = GenerationSpec()
-    executor: Literal["local"] = "local"
+    executor: ExecutorKind = "local"
+    """Where the scheduler runs the experts: `local` (this process) or `ray` (one Ray actor per model;
+    the cluster is `Settings.ray_address`, COE_RAY_ADDRESS, or a private local one)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -196,6 +199,7 @@ class CompositionBuilder:
         self._scheduler = scheduler
         self._store = store
         self.progress = progress or _no_progress
+        self._schedulers: dict[str, Scheduler] = {}
         self._benchmarks: dict[tuple[str, str], list[Query]] = {}
         self._annotators: dict[str, SkillAnnotator] = {}
 
@@ -217,7 +221,18 @@ class CompositionBuilder:
 
     @cached_property
     def scheduler(self) -> Scheduler:
+        """The given scheduler, or a local one."""
         return self._scheduler or Scheduler(self.backends)
+
+    def scheduler_for(self, executor: ExecutorKind) -> Scheduler:
+        """The shared scheduler whose groups run on `executor` (a Ray one joins `settings.ray_address`)."""
+        if executor == self.scheduler.executor.kind:
+            return self.scheduler
+        if executor not in self._schedulers:
+            self._schedulers[executor] = Scheduler(
+                self.backends, executor=executor, ray_address=self.settings.ray_address
+            )
+        return self._schedulers[executor]
 
     @cached_property
     def encoder(self) -> Encoder:
@@ -252,7 +267,13 @@ class CompositionBuilder:
     # ----------------------------------------------------------------------- the parts of a composition
 
     def profile(
-        self, source: SplitProfile, registry: Registry, params: GenerationParams, *, annotate: bool = True
+        self,
+        source: SplitProfile,
+        registry: Registry,
+        params: GenerationParams,
+        *,
+        annotate: bool = True,
+        scheduler: Scheduler | None = None,
     ) -> Profile:
         """Measure the pool on the split's profiling items, or reuse the stored profile of equal inputs."""
         from coe.profile import profile
@@ -268,7 +289,7 @@ class CompositionBuilder:
                 bench=source.bench,
                 split=split.spec,
                 items=items,
-                scheduler=self.scheduler,
+                scheduler=scheduler or self.scheduler,
                 params=params,
                 annotator=self.annotator(source.bench) if annotate else None,
                 keep_text=not is_redacted(source.bench),
@@ -276,13 +297,20 @@ class CompositionBuilder:
             )
 
     def outcomes(
-        self, source: ProfileSource, registry: Registry, params: GenerationParams, *, annotate: bool = True
+        self,
+        source: ProfileSource,
+        registry: Registry,
+        params: GenerationParams,
+        *,
+        annotate: bool = True,
+        scheduler: Scheduler | None = None,
     ) -> tuple[Outcomes, str | None]:
         """The outcomes a router fits on, and the benchmark they were measured on (None for priors)."""
         if source == "priors":
             return Outcomes.from_priors(registry.experts), None
         if isinstance(source, SplitProfile):
-            return self.profile(source, registry, params, annotate=annotate).outcomes, source.bench
+            measured = self.profile(source, registry, params, annotate=annotate, scheduler=scheduler)
+            return measured.outcomes, source.bench
         from coe.profile import check_profile_covers, find_profile, stored_outcomes
 
         assert isinstance(source, StoredProfile)
@@ -309,7 +337,9 @@ class CompositionBuilder:
             raise ConfigError(f"router {spec.name!r}: {error}") from error
         return router.fit(outcomes)
 
-    def aggregator(self, spec: AggregatorSpec, registry: Registry, bench: str | None) -> Aggregator:
+    def aggregator(
+        self, spec: AggregatorSpec, registry: Registry, bench: str | None, *, scheduler: Scheduler | None = None
+    ) -> Aggregator:
         if spec.name != "llm":
             return make_aggregator(spec.name)
         expert = spec.expert
@@ -319,19 +349,21 @@ class CompositionBuilder:
             stored = latest_aggregator_choice(self.store, pool=registry.source, bench=bench)
             expert = stored.expert_id if stored else None
         holder = self.pool(spec.pool) if spec.pool else registry
-        return make_aggregator("llm", registry=holder, scheduler=self.scheduler, expert=expert)
+        return make_aggregator("llm", registry=holder, scheduler=scheduler or self.scheduler, expert=expert)
 
     def compose(self, spec: CompositionSpec) -> Composer:
         """A fitted, ready Composer."""
         registry = self.pool(spec.pool)
         params = spec.generation.params()
-        outcomes, bench = self.outcomes(spec.profile, registry, params, annotate=spec.router.name == "skill")
+        scheduler = self.scheduler_for(spec.executor)
+        annotate = spec.router.name == "skill"
+        outcomes, bench = self.outcomes(spec.profile, registry, params, annotate=annotate, scheduler=scheduler)
         return Composer(
             registry,
             router=self.router(spec.router, outcomes, k=spec.k, seed=spec.seed, bench=bench),
-            aggregator=self.aggregator(spec.aggregator, registry, bench),
+            aggregator=self.aggregator(spec.aggregator, registry, bench, scheduler=scheduler),
             backends=self.backends,
-            scheduler=self.scheduler,
+            scheduler=scheduler,
             params=params,
         )
 

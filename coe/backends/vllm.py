@@ -54,6 +54,10 @@ class VllmBackend:
     def __init__(self) -> None:
         self._engine: _Engine | None = None
 
+    def __reduce__(self) -> tuple[type[VllmBackend], tuple[()]]:
+        """A pickled copy (what a Ray actor receives) starts with no engine."""
+        return type(self), ()
+
     # ----------------------------------------------------------------------- loading
 
     def is_loaded(self, expert: ExpertSpec) -> bool:
@@ -201,6 +205,11 @@ def engine_arguments(spec: VllmBackendSpec, *, enable_lora: bool) -> dict[str, A
     }
     if spec.kv_cache_gib is not None:
         arguments["kv_cache_memory_bytes"] = int(spec.kv_cache_gib * 2**30)
+    if spec.n_shards > 1:
+        arguments["tensor_parallel_size"] = spec.tensor_parallel_size
+        arguments["pipeline_parallel_size"] = spec.pipeline_parallel_size
+    if spec.distributed_executor_backend is not None:
+        arguments["distributed_executor_backend"] = spec.distributed_executor_backend
     if enable_lora:
         arguments |= {"enable_lora": True, "max_loras": spec.max_loras, "max_lora_rank": spec.max_lora_rank}
         if spec.max_cpu_loras is not None:

@@ -18,9 +18,11 @@ from coe.errors import ConfigError, RunError
 from coe.evals.config import EvalConfig
 from coe.evals.run import run_eval
 from coe.evals.summary import EvalSummary
+from coe.executors.base import ExecutorKind
 from coe.outcomes import Outcomes
 from coe.routers import ROUTERS
 from coe.routers.skill import skill_profile
+from coe.settings import Settings
 from coe.store import ItemTrace, RunStore, Store
 from coe.types import GenerationParams
 
@@ -137,9 +139,18 @@ def eval_command(
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue this run where it stopped; failed generations are retried.")
     ] = None,
+    executor: Annotated[
+        ExecutorKind, typer.Option(help="Where experts run: local (this process) or ray (one Ray actor per model).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to join with --executor ray: auto, HOST:PORT or ray://HOST:PORT (default: a local one)."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate routers × aggregators against baselines over seeds; resumable."""
-    current = settings()
+    current = executor_settings(executor, ray_address)
     store = Store(current.database_url)
     given = {
         "pool": str(Path(pool).resolve()) if pool and Path(pool).is_file() else pool,
@@ -167,7 +178,7 @@ def eval_command(
         config = EvalConfig.model_validate(given)
     if resume and (failed := len(RunStore(store).failed_items(resume))):
         out.print(f"asking again the {failed} item(s) whose generations failed")
-    summary = run_eval(config, settings=current, store=store, run_id=resume, progress=progress)
+    summary = run_eval(config, settings=current, store=store, run_id=resume, progress=progress, executor=executor)
     print_summary(summary)
     if json_file:
         json_file.write_text(json.dumps(json_summary(summary), indent=2))
@@ -178,6 +189,16 @@ def eval_command(
             f"{config.max_failure_rate:g}): its accuracies count those as wrong; fix the experts above and "
             f"`coe eval --resume {summary.run_id}` asks them again"
         )
+
+
+def executor_settings(executor: ExecutorKind, ray_address: str | None) -> Settings:
+    """The settings with `--ray-address` (or COE_RAY_ADDRESS), which only the ray executor uses."""
+    current = settings()
+    if ray_address is None:
+        return current
+    if executor != "ray":
+        raise ConfigError(f"--ray-address {ray_address} joins a Ray cluster: add --executor ray")
+    return current.model_copy(update={"ray_address": ray_address})
 
 
 def _names(option: str, text: str | None, known: Iterable[str]) -> tuple[str, ...] | None:
