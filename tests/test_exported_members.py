@@ -11,7 +11,17 @@ def test_all_is_exactly_the_public_api() -> None:
 
 
 def test_import_coe_leaves_heavy_packages_out() -> None:
-    heavy = ["torch", "sentence_transformers", "faiss", "xllamacpp", "litellm", "sqlalchemy", "vllm", "streamlit", "ray"]
+    heavy = [
+        "torch",
+        "sentence_transformers",
+        "faiss",
+        "xllamacpp",
+        "litellm",
+        "sqlalchemy",
+        "vllm",
+        "streamlit",
+        "ray",
+    ]
     code = f"import sys, coe; print([m for m in {heavy!r} if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -177,7 +177,8 @@ def generate_isolated(
 
 
 def failed_group(job: GroupJob, failure: Failure) -> GroupResult:
-    """Every request of the group failing with one failure (a model that could not be served)."""
+    """Every request of the group failing with one failure (a model that could not be served); the
+    scheduler names each request's own expert on a failure that names none."""
     return GroupResult(job, [Generation(text="", error=failure)] * len(job.requests), loaded=False)
 
 

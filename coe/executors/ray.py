@@ -9,8 +9,8 @@ group of one GPU bundle per shard, which vLLM's own Ray executor fills.
 
 Residency: at most `max_resident` model actors live at once (None: as many as the cluster holds); to
 make room, or when an actor cannot be placed while others sit idle, the least recently used idle
-actor is ended. Failures: an actor that dies under its group is restarted by Ray (a fresh one if Ray
-cannot) and the group is run once more; if that fails too, every request of the group comes back as
+actor is ended. Failures: an actor that dies under its group is replaced by a fresh one (on any node
+that can take it) and the group is run once more; if that fails too, every request of the group comes back as
 a typed `Failure`, and so does a group whose actor no node can start within `start_timeout_s`. No
 request is lost and no batch waits forever.
 
@@ -108,8 +108,7 @@ def actor_plan(job: GroupJob) -> ActorPlan:
     options: dict[str, Any] = {
         "num_cpus": resources.num_cpus or 0,
         "num_gpus": resources.num_gpus or 0,
-        "max_restarts": -1,  # Ray restarts a dead actor; the executor runs its group once more
-        "max_task_retries": 0,
+        "max_restarts": 0,  # a dead actor is replaced by a fresh one, which runs its group once more
         "max_concurrency": 2,  # `status` is answered while a group runs; groups still run one at a time
     }
     if resources.memory_gib:
@@ -341,14 +340,12 @@ class RayExecutor:
             result, busy_s = ray.get(ref)
         except ray.exceptions.RayActorError as error:
             if not attempt.retry:
-                self._retry(ray, batch, attempt, error)
+                self._retry(ray, batch, attempt)
                 return
             result = failed_group(job, _actor_died(job, error))
             busy_s = 0.0
         except ray.exceptions.RayError as error:
-            result = failed_group(
-                job, Failure(f"Ray could not run model {job.base.load_key}: {error}", expert=job.base.id)
-            )
+            result = failed_group(job, Failure(f"Ray could not run model {job.base.load_key}: {error}"))
             busy_s = 0.0
         done_at = time.perf_counter()
         began = max(attempt.submitted_at, actor.started_at or attempt.submitted_at)
@@ -361,16 +358,12 @@ class RayExecutor:
         batch.results.append(result)
         on_progress(len(job.requests))
 
-    def _retry(self, ray: Any, batch: _Batch, attempt: _Attempt, error: Exception) -> None:
-        """Run a group again once after its actor died: on the actor Ray restarted, or on a fresh one."""
-        job, actor = attempt.job, attempt.actor
-        if isinstance(error, ray.exceptions.ActorDiedError) or self._actors.get(job.key) is not actor:
-            if self._actors.get(job.key) is actor:
-                self._end(ray, job.key)
-            actor = self._start(ray, job)
-        else:
-            actor.started_at = None
-            actor.ready = actor.handle.status.remote()
+    def _retry(self, ray: Any, batch: _Batch, attempt: _Attempt) -> None:
+        """Run a group once more after its actor died, on a fresh actor (placed wherever Ray can)."""
+        job = attempt.job
+        if self._actors.get(job.key) is attempt.actor:
+            self._end(ray, job.key)
+        actor = self._start(ray, job)
         ref = actor.handle.run.remote(job, batch.params, batch.naive)
         batch.running[ref] = _Attempt(job, actor, time.perf_counter(), retry=True)
 
@@ -413,7 +406,6 @@ def _actor_died(job: GroupJob, error: Exception) -> Failure:
         f"{type(error).__name__}",
         kind="server",
         retryable=True,
-        expert=job.base.id,
     )
 
 
@@ -423,5 +415,4 @@ def _unplaceable(attempt: _Attempt, timeout_s: float) -> Failure:
         f"no node of the Ray cluster started the actor for model {attempt.job.base.load_key} (it needs "
         f"{demand}) within {timeout_s:g} s; lower the expert's `resources` or add nodes",
         kind="unavailable",
-        expert=attempt.job.base.id,
     )
