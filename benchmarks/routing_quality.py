@@ -8,7 +8,7 @@ picks are fused by coe's own majority and weighted votes over the recorded lette
 of the outcomes table, equal to `read_choice` on the raw responses), scored against the current gold.
 Prints accuracy gain over the best single expert (chosen on the profiling split), mean ± std over seeds,
 and experts called per query. Embeddings come from the cache under COE_CACHE_DIR (about 4 minutes on
-2 cores the first time).
+2 cores the first time with MiniLM, seconds with `--encoder static` once it is distilled).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import yaml
 from coe.aggregate import MajorityVote, WeightedVote
 from coe.compose import CompositionBuilder, RouterSpec
 from coe.datasets import load_mmlu_pro
+from coe.embed import DEFAULT_ENCODER, ENCODERS
 from coe.outcomes import Outcomes
 from coe.registry import Registry
 from coe.resources import bundled_pools
@@ -110,14 +111,16 @@ def _rescored(route: Route, scores: Sequence[float]) -> Route:
     return route.model_copy(update={"experts": experts})
 
 
-def router_builder(spec: str, k: int, builder: CompositionBuilder) -> Callable[[int, Outcomes], Router]:
+def router_builder(spec: str, k: int, builder: CompositionBuilder, encoder: str) -> Callable[[int, Outcomes], Router]:
     """`name` or `name:key=value,key=value` (values read as YAML scalars; `k` among them overrides the
     run's k) to a factory fitting that router, with the seed as its `random_state` as in `coe eval`."""
     name, _, rest = spec.partition(":")
     params = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in rest.split(",") if item)}
     chosen_k = int(params.pop("k", k))
     router = RouterSpec(name=name, params=params)
-    return lambda seed, outcomes: builder.router(router, outcomes, k=chosen_k, seed=seed, bench="mmlu-pro")
+    return lambda seed, outcomes: builder.router(
+        router, outcomes, k=chosen_k, seed=seed, bench="mmlu-pro", encoder=encoder
+    )
 
 
 def evaluate_seed(
@@ -169,6 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--encoder", choices=list(ENCODERS), default=DEFAULT_ENCODER, help="query encoder")
     parser.add_argument(
         "--routers",
         nargs="+",
@@ -192,7 +196,7 @@ def main() -> None:
     letters, guessed = recorded_letters(settings.data_dir, registry, queries)
     builder = CompositionBuilder(settings)
     specs = [*args.routers, f"random:k={args.k}", "best-single", "all", "oracle"]
-    builders = {spec: router_builder(spec, args.k, builder) for spec in specs}
+    builders = {spec: router_builder(spec, args.k, builder, args.encoder) for spec in specs}
     results: dict[str, list[dict[str, float]]] = {}
     for seed in args.seeds:
         for name, scored in evaluate_seed(seed, builders, registry, queries, letters, guessed).items():

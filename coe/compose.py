@@ -24,6 +24,7 @@ from coe.aggregate import Aggregator, make_aggregator
 from coe.backends import Backend, default_backends
 from coe.composer import Composer
 from coe.datasets import BENCHMARKS, is_redacted, load_benchmark
+from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError
 from coe.executors.base import ExecutorKind
 from coe.outcomes import Outcomes
@@ -113,6 +114,8 @@ class CompositionSpec(Frozen):
     executor: ExecutorKind = "local"
     """Where the scheduler runs the experts: `local` (this process) or `ray` (one Ray actor per model;
     the cluster is `Settings.ray_address`, COE_RAY_ADDRESS, or a private local one)."""
+    encoder: EncoderName = DEFAULT_ENCODER
+    """The query encoder of the knn, skill and classifier routers and of skill annotation."""
 
     @model_validator(mode="before")
     @classmethod
@@ -201,7 +204,8 @@ class CompositionBuilder:
         self.progress = progress or _no_progress
         self._schedulers: dict[str, Scheduler] = {}
         self._benchmarks: dict[tuple[str, str], list[Query]] = {}
-        self._annotators: dict[str, SkillAnnotator] = {}
+        self._encoders: dict[str, Encoder] = {}
+        self._annotators: dict[tuple[str, str], SkillAnnotator] = {}
 
     # ----------------------------------------------------------------------- shared resources
 
@@ -234,20 +238,22 @@ class CompositionBuilder:
             )
         return self._schedulers[executor]
 
-    @cached_property
-    def encoder(self) -> Encoder:
-        from coe.embed import Encoder
+    def encoder(self, name: str = DEFAULT_ENCODER) -> Encoder:
+        """The named encoder (one per name), caching its embeddings under the settings' cache dir."""
+        if name not in self._encoders:
+            from coe.embed import make_encoder
 
-        return Encoder(cache_dir=self.settings.cache_dir)
+            self._encoders[name] = make_encoder(name, cache_dir=self.settings.cache_dir)
+        return self._encoders[name]
 
-    def annotator(self, bench: str | None) -> SkillAnnotator:
+    def annotator(self, bench: str | None, encoder: str = DEFAULT_ENCODER) -> SkillAnnotator:
         """The embedding skill annotator over the benchmark's taxonomy (every taxonomy for None)."""
-        key = bench or ""
+        key = (bench or "", encoder)
         if key not in self._annotators:
             from coe.skills import EmbeddingAnnotator, bundled_taxonomy
 
-            names = {"mmlu-pro": ("mmlu_pro",), "gpqa": ("gpqa",)}.get(key, ())
-            self._annotators[key] = EmbeddingAnnotator(bundled_taxonomy(*names), self.encoder)
+            names = {"mmlu-pro": ("mmlu_pro",), "gpqa": ("gpqa",)}.get(key[0], ())
+            self._annotators[key] = EmbeddingAnnotator(bundled_taxonomy(*names), self.encoder(encoder))
         return self._annotators[key]
 
     def pool(self, ref: str | Path) -> Registry:
@@ -273,6 +279,7 @@ class CompositionBuilder:
         params: GenerationParams,
         *,
         annotate: bool = True,
+        encoder: str = DEFAULT_ENCODER,
         scheduler: Scheduler | None = None,
     ) -> Profile:
         """Measure the pool on the split's profiling items, or reuse the stored profile of equal inputs."""
@@ -291,7 +298,7 @@ class CompositionBuilder:
                 items=items,
                 scheduler=scheduler or self.scheduler,
                 params=params,
-                annotator=self.annotator(source.bench) if annotate else None,
+                annotator=self.annotator(source.bench, encoder) if annotate else None,
                 keep_text=not is_redacted(source.bench),
                 on_progress=on_progress,
             )
@@ -303,13 +310,14 @@ class CompositionBuilder:
         params: GenerationParams,
         *,
         annotate: bool = True,
+        encoder: str = DEFAULT_ENCODER,
         scheduler: Scheduler | None = None,
     ) -> tuple[Outcomes, str | None]:
         """The outcomes a router fits on, and the benchmark they were measured on (None for priors)."""
         if source == "priors":
             return Outcomes.from_priors(registry.experts), None
         if isinstance(source, SplitProfile):
-            measured = self.profile(source, registry, params, annotate=annotate, scheduler=scheduler)
+            measured = self.profile(source, registry, params, annotate=annotate, encoder=encoder, scheduler=scheduler)
             return measured.outcomes, source.bench
         from coe.profile import check_profile_covers, find_profile, stored_outcomes
 
@@ -323,13 +331,23 @@ class CompositionBuilder:
         items = [by_id[item.item_id] for item in ProfileStore(self.store).items(record.id)]
         return stored_outcomes(self.store, record, registry, items), record.bench
 
-    def router(self, spec: RouterSpec, outcomes: Outcomes, *, k: int, seed: int, bench: str | None) -> Router:
-        """The named router with its hyperparameters, fitted on `outcomes` for `k` experts per query."""
+    def router(
+        self,
+        spec: RouterSpec,
+        outcomes: Outcomes,
+        *,
+        k: int,
+        seed: int,
+        bench: str | None,
+        encoder: str = DEFAULT_ENCODER,
+    ) -> Router:
+        """The named router with its hyperparameters, fitted on `outcomes` for `k` experts per query;
+        the embedding routers (and skill's annotator) use the named encoder."""
         collaborators: dict[str, Any] = {"random_state": seed, "k": k}
         if spec.name in ("knn", "classifier", "skill"):
-            collaborators["encoder"] = self.encoder
+            collaborators["encoder"] = self.encoder(encoder)
         if spec.name == "skill":
-            collaborators["annotator"] = self.annotator(bench)
+            collaborators["annotator"] = self.annotator(bench, encoder)
         router = make_router(spec.name, **collaborators)
         try:
             router.set_params(**spec.params)
@@ -356,11 +374,17 @@ class CompositionBuilder:
         registry = self.pool(spec.pool)
         params = spec.generation.params()
         scheduler = self.scheduler_for(spec.executor)
-        annotate = spec.router.name == "skill"
-        outcomes, bench = self.outcomes(spec.profile, registry, params, annotate=annotate, scheduler=scheduler)
+        outcomes, bench = self.outcomes(
+            spec.profile,
+            registry,
+            params,
+            annotate=spec.router.name == "skill",
+            encoder=spec.encoder,
+            scheduler=scheduler,
+        )
         return Composer(
             registry,
-            router=self.router(spec.router, outcomes, k=spec.k, seed=spec.seed, bench=bench),
+            router=self.router(spec.router, outcomes, k=spec.k, seed=spec.seed, bench=bench, encoder=spec.encoder),
             aggregator=self.aggregator(spec.aggregator, registry, bench, scheduler=scheduler),
             backends=self.backends,
             scheduler=scheduler,

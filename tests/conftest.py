@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ import pytest
 
 from coe.backends.llamacpp import LlamaCppBackend
 from coe.cli import main
-from coe.embed import Encoder
+from coe.embed import STATIC, Encoder, StaticEncoder
 from coe.registry import Registry
 from coe.settings import Settings, apply_offline_environment
 
@@ -33,7 +34,13 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("coe-cache")
+    """A fresh cache for the session, seeded with the static encoder's table when `make setup` distilled
+    it into the user's cache (a deterministic table: copying it only saves distilling it again)."""
+    cache = tmp_path_factory.mktemp("coe-cache")
+    distilled = Path.home() / ".cache" / "coe" / "encoders" / STATIC
+    if distilled.is_dir():
+        shutil.copytree(distilled, cache / "encoders" / STATIC)
+    return cache
 
 
 @pytest.fixture
@@ -84,3 +91,9 @@ def coe_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
         return subprocess.CompletedProcess(["coe", *args], code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def static_encoder(weights_cache: Path) -> StaticEncoder:
+    """The static encoder, distilled once per session from the local MiniLM package into the cache."""
+    return StaticEncoder(cache_dir=weights_cache).load()

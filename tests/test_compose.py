@@ -1,6 +1,7 @@
 """The one public way to build a composition: specs from files, pools by file or name, profiles measured,
 stored and found again, every face's Composer from the same builder."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from coe.compose import (
     parse_profile_source,
 )
 from coe.datasets import load_mmlu_pro
+from coe.embed import STATIC, StaticEncoder
 from coe.errors import ConfigError, ProfileError, RegistryError
 from coe.registry import load_registry_file
 from coe.resources import bundled_compositions, bundled_pools
@@ -124,7 +126,20 @@ def test_router_parameters_reach_the_router_and_unknown_ones_are_named(builder: 
 
 def test_routers_of_one_builder_share_one_encoder(builder: CompositionBuilder) -> None:
     knn, classifier = builder.compose(ref8_spec("knn")), builder.compose(ref8_spec("classifier"))
-    assert knn.router.get_params()["encoder"] is classifier.router.get_params()["encoder"] is builder.encoder
+    assert knn.router.get_params()["encoder"] is classifier.router.get_params()["encoder"] is builder.encoder()
+
+
+def test_a_composition_routes_with_the_encoder_it_names(static_encoder: StaticEncoder, tmp_path: Path) -> None:
+    assert static_encoder.cache_dir is not None
+    shutil.copytree(static_encoder.cache_dir / "encoders", tmp_path / "encoders")
+    settings = Settings(cache_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'coe.db'}", data_dir=DATA_DIR)
+    builder = CompositionBuilder(settings)
+    for router in ("knn", "classifier", "skill"):
+        spec = ref8_spec(router, encoder="static")
+        with builder.compose(spec) as composer:
+            answer = composer.ask("Which organelle makes ATP?", choices=["Ribosome", "Mitochondrion", "Nucleus"])
+            assert type(composer.router.encoder) is StaticEncoder and len(answer.route.experts) == 3
+    assert [p.name for p in (tmp_path / "embeddings").iterdir()] == [STATIC]  # MiniLM never ran
 
 
 def test_profile_sources_parse_from_the_command_line() -> None:

@@ -1,11 +1,27 @@
-"""The encoder's disk cache and the vector index, with the real MiniLM model."""
+"""The encoders' disk cache and the vector index, with the real MiniLM model and the static encoder
+distilled from it."""
 
+import shutil
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 
-from coe.embed import MAX_SHARDS, EmbeddingCache, Encoder, VectorIndex
+from coe.embed import (
+    ENCODERS,
+    MAX_SHARDS,
+    MINILM,
+    STATIC,
+    EmbeddingCache,
+    Encoder,
+    EncoderName,
+    StaticEncoder,
+    VectorIndex,
+    make_encoder,
+    minilm_source,
+)
+from coe.errors import UnknownNameError
 
 TEXTS = [
     "What is the derivative of x squared?",
@@ -14,13 +30,56 @@ TEXTS = [
 ]
 
 
-def test_vectors_are_normalised_and_similar_texts_are_near(minilm: Encoder) -> None:
-    vectors = minilm.encode([*TEXTS, "How do you differentiate x to the power two?"])
-    assert vectors.shape == (4, 384)
+@pytest.mark.parametrize(("fixture", "dim"), [("minilm", 384), ("static_encoder", 256)])
+def test_vectors_are_normalised_and_similar_texts_are_near(
+    fixture: str, dim: int, request: pytest.FixtureRequest
+) -> None:
+    encoder: Encoder = request.getfixturevalue(fixture)
+    vectors = encoder.with_cache(None).encode([*TEXTS, "How do you differentiate x to the power two?"])
+    assert vectors.shape == (4, dim)
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     similarities = vectors[3] @ vectors[:3].T
     assert int(np.argmax(similarities)) == 0
+
+
+def test_the_static_encoder_is_distilled_from_the_local_minilm_package(static_encoder: StaticEncoder) -> None:
+    assert Path(minilm_source()).is_dir()  # the weights package, not a hub name: the session is offline
+    assert static_encoder.cache_dir is not None
+    table = static_encoder.cache_dir / "encoders" / STATIC
+    assert (table / "model.safetensors").stat().st_size > 10_000_000  # ~30k tokens × 256 float32
+    assert not list(table.parent.glob(".*.partial"))
+
+
+def test_a_stored_distillation_is_loaded_not_redone(static_encoder: StaticEncoder, tmp_path: Path) -> None:
+    assert static_encoder.cache_dir is not None
+    shutil.copytree(static_encoder.cache_dir / "encoders", tmp_path / "encoders")
+    # Nothing to distil from: the encoder can only work by loading the stored table.
+    loaded = StaticEncoder(source=str(tmp_path / "no-model-here"), cache_dir=tmp_path)
+    np.testing.assert_array_equal(loaded.encode(TEXTS), static_encoder.with_cache(None).encode(TEXTS))
+    assert loaded.n_encoded == 3
+
+
+def test_static_vectors_do_not_depend_on_the_batch(static_encoder: StaticEncoder) -> None:
+    texts = [*TEXTS, "A much longer question about contracts, offers, acceptance and consideration in law?"]
+    together = static_encoder.with_cache(None).encode(texts)
+    one_by_one = np.concatenate([static_encoder.with_cache(None).encode([text]) for text in texts])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-6)
+
+
+def test_each_encoder_keeps_its_own_cache(minilm: Encoder, static_encoder: StaticEncoder, tmp_path: Path) -> None:
+    minilm.with_cache(tmp_path).encode(TEXTS)
+    static_encoder.with_cache(tmp_path).encode(TEXTS)
+    assert sorted(p.name for p in (tmp_path / "embeddings").iterdir()) == sorted([MINILM, STATIC])
+    again = make_encoder("static", cache_dir=tmp_path)
+    assert again.encode(TEXTS).shape == (3, 256) and again.n_encoded == 0
+
+
+def test_encoders_are_chosen_by_name() -> None:
+    assert set(ENCODERS) == set(get_args(EncoderName)) == {"minilm", "static"}
+    assert type(make_encoder("static")) is StaticEncoder and type(make_encoder("minilm")) is Encoder
+    with pytest.raises(UnknownNameError, match="unknown encoder 'bert'; known: minilm, static"):
+        make_encoder("bert")
 
 
 def test_a_second_run_over_the_same_texts_computes_nothing(minilm: Encoder, tmp_path: Path) -> None:

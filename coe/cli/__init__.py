@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from coe.cli import adapters, ask, evals, registry
+from coe.cli import adapters, ask, demo, evals, registry
 from coe.cli.common import print_error, state
 from coe.errors import (
     BackendError,
@@ -33,6 +33,7 @@ app = typer.Typer(
 app.add_typer(registry.app, name="registry")
 app.add_typer(adapters.app, name="adapters")
 ask.register(app)
+demo.register(app)
 evals.register(app)
 
 EXIT_CODES: tuple[tuple[type[CoeError], int], ...] = (

@@ -1,4 +1,4 @@
-"""`coe ask` (one question) and `coe demo` (14 MMLU-Pro questions through the embedded pool)."""
+"""`coe ask`: one question through a composition."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from coe.answers import check_options
 from coe.cli.common import builder, out, progress, settings
 from coe.compose import CompositionSpec, GenerationSpec, parse_profile_source
-from coe.datasets import load_mmlu_pro
+from coe.embed import EncoderName
 from coe.errors import GenerationError, QueryError
 from coe.schema import Answer, Query
 
@@ -25,7 +24,6 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the answer(s) as
 
 def register(app: typer.Typer) -> None:
     app.command("ask")(ask)
-    app.command("demo")(demo)
 
 
 def ask(
@@ -50,11 +48,12 @@ def ask(
         typer.Option(help="What the router fits on: priors, a stored profile (id or name) or BENCH:SPLIT."),
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Generation budget per expert (default 384).")] = None,
+    encoder: Annotated[EncoderName | None, typer.Option(help="Query encoder of the embedding routers.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Answer one question with a composition (default: every expert of the pool, majority vote)."""
     query = Query(id="q0", text=question, choices=parse_options(choices, choice))
-    spec = composition_spec(composition, pool, router, k, aggregator, profile, max_tokens)
+    spec = composition_spec(composition, pool, router, k, aggregator, profile, max_tokens, encoder)
     with builder().compose(spec) as composer, progress("asking experts", total=len(composer.registry)) as advance:
         result = composer.run([query], advance)
     answer = result.answers[0]
@@ -107,6 +106,7 @@ def composition_spec(
     aggregator: str | None,
     profile: str | None,
     max_tokens: int | None,
+    encoder: str | None = None,
 ) -> CompositionSpec:
     """A composition file (or the defaults) with the command line's options laid over it."""
     current = settings()
@@ -123,59 +123,9 @@ def composition_spec(
         "aggregator": {"name": aggregator} if aggregator else None,
         "profile": parse_profile_source(profile) if profile else None,
         "generation": {**data["generation"], "max_tokens": max_tokens} if max_tokens else None,
+        "encoder": encoder,
     }
     return CompositionSpec.model_validate({**data, **{key: value for key, value in given.items() if value is not None}})
-
-
-def demo(
-    pool: PoolOption = None,
-    max_tokens: Annotated[int, typer.Option(help="Generation budget per expert.")] = 256,
-    as_json: JsonOption = False,
-) -> None:
-    """14 MMLU-Pro validation questions (one per category) through the pool, with a table."""
-    queries = one_per_category(load_mmlu_pro("validation", settings().data_dir))
-    spec = composition_spec(None, pool, None, None, None, None, max_tokens)
-    with builder().compose(spec) as composer:
-        expert_ids = list(composer.registry)
-        with progress("demo: expert answers", total=len(queries) * len(expert_ids)) as advance:
-            result = composer.run(queries, advance)
-    if as_json:
-        out.print_json(json.dumps([answer.model_dump(mode="json") for answer in result.answers]))
-        return
-    out.print(demo_table(queries, result.answers, expert_ids))
-    n_correct = sum(bool(a.correct) for a in result.answers)
-    out.print(
-        f"accuracy {n_correct}/{len(queries)} = {n_correct / len(queries):.3f}   "
-        f"model loads {result.stats.n_loads} ({result.stats.load_s:.1f} s)   "
-        f"wall time {result.stats.wall_s:.1f} s   "
-        f"tokens {result.stats.n_prompt_tokens} in / {result.stats.n_completion_tokens} out"
-    )
-
-
-def one_per_category(queries: list[Query]) -> list[Query]:
-    """The first query of each category, in order of first appearance."""
-    seen: dict[str, Query] = {}
-    for query in queries:
-        seen.setdefault(query.category or "", query)
-    return list(seen.values())
-
-
-def demo_table(queries: list[Query], answers: list[Answer], expert_ids: list[str]) -> Table:
-    table = Table(title="coe demo: MMLU-Pro validation, one question per category")
-    for column in ("id", "category", "experts chosen", *expert_ids, "final", "gold", "correct"):
-        table.add_column(column)
-    for query, answer in zip(queries, answers, strict=True):
-        letters = {a.expert: (a.choice or ("error" if a.error else "-")) for a in answer.expert_answers}
-        table.add_row(
-            query.id,
-            query.category or "",
-            ", ".join(answer.experts),
-            *(letters.get(e, "") for e in expert_ids),
-            answer.choice or "-",
-            query.gold or "",
-            Text("yes", style="green") if answer.correct else Text("no", style="red"),
-        )
-    return table
 
 
 def _one_line(text: str, width: int = 160) -> str:

@@ -14,8 +14,9 @@ from rich.table import Table
 from coe.aggregate import AGGREGATORS
 from coe.cli.common import builder, load_pool, out, progress, settings
 from coe.compose import SplitProfile
+from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError, RunError
-from coe.evals.config import EvalConfig
+from coe.evals.config import ADDED_FIELDS, EvalConfig
 from coe.evals.run import run_eval
 from coe.evals.summary import EvalSummary
 from coe.executors.base import ExecutorKind
@@ -29,6 +30,7 @@ from coe.types import GenerationParams
 BenchOption = Annotated[str, typer.Option("--bench", help="mmlu-pro or gpqa.")]
 PoolOption = Annotated[str, typer.Option("--pool", help="Registry file, imported pool name or bundled pool name.")]
 SplitOption = Annotated[str, typer.Option("--split", help="random:N:SEED, ids:FILE or symbolic-moe.")]
+ENCODER_HELP = "Query encoder of knn, skill, classifier and skill annotation."
 
 
 aggregators_app = typer.Typer(help="Aggregators: choose the LLM aggregator expert.")
@@ -50,7 +52,8 @@ def profile_command(
     bench: BenchOption = "mmlu-pro",
     split: SplitOption = "random:1400:0",
     max_tokens: Annotated[int, typer.Option(help="Generation budget per expert.")] = 512,
-    annotate: Annotated[bool, typer.Option(help="Tag profiling items with taxonomy skills (MiniLM).")] = True,
+    annotate: Annotated[bool, typer.Option(help="Tag profiling items with taxonomy skills (embeddings).")] = True,
+    encoder: Annotated[EncoderName, typer.Option(help=ENCODER_HELP)] = DEFAULT_ENCODER,
 ) -> None:
     """Run every expert of a pool over the profiling items and store the measured profile."""
     from coe.profile import profile_name
@@ -58,7 +61,7 @@ def profile_command(
     registry = load_pool(pool)
     source = SplitProfile.model_validate({"bench": bench, "split": split})
     params = GenerationParams(max_tokens=max_tokens, seed=settings().seed)
-    measured = builder().profile(source, registry, params, annotate=annotate)
+    measured = builder().profile(source, registry, params, annotate=annotate, encoder=encoder)
     outcomes = measured.outcomes
     state = "reused the stored profile" if measured.reused else "stored"
     record = measured.record
@@ -135,6 +138,7 @@ def eval_command(
     max_failure_rate: Annotated[
         float | None, typer.Option(help="Share of failed generations above which the run fails (default 0.1).")
     ] = None,
+    encoder: Annotated[EncoderName | None, typer.Option(help=f"{ENCODER_HELP} (default {DEFAULT_ENCODER})")] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the JSON summary here.")] = None,
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue this run where it stopped; failed generations are retried.")
@@ -166,11 +170,12 @@ def eval_command(
         "aggregator_pool": aggregator_pool,
         "chunk_size": chunk_size,
         "max_failure_rate": max_failure_rate,
+        "encoder": encoder,
     }
     given = {key: value for key, value in given.items() if value is not None}
     if resume:
         stored = RunStore(store).get(resume).config
-        config = EvalConfig.model_validate({**stored, **given})
+        config = EvalConfig.model_validate({**ADDED_FIELDS, **stored, **given})
     else:
         missing = [name for name in ("pool", "bench", "split") if name not in given]
         if missing:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from coe.aggregate import AGGREGATORS
+from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.routers import ROUTERS
 from coe.splits import check_split_spec
 
@@ -35,6 +36,8 @@ class EvalConfig(BaseModel):
     """A run whose share of failed generations passes this says so loudly and exits non-zero."""
     pool_fingerprint: str = ""
     """The hash of the pool's expert specs when the run started: a resumed run must use the same experts."""
+    encoder: EncoderName = DEFAULT_ENCODER
+    """The query encoder of knn, skill and classifier and of the skill annotation."""
 
     @field_validator("split")
     @classmethod
@@ -60,6 +63,10 @@ class EvalConfig(BaseModel):
         if not value or len(set(value)) != len(value):
             raise ValueError("give one or more distinct seeds, e.g. 0,1,2")
         return value
+
+
+ADDED_FIELDS = {"encoder": "minilm"}
+"""Settings added after runs were stored, with the value those runs used, so they still resume."""
 
 
 def seeded_split(spec: str, seed: int) -> str:

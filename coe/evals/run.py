@@ -21,7 +21,7 @@ from coe.compose import AggregatorSpec, CompositionBuilder, GenerationSpec, Prog
 from coe.composer import BatchResult, Composer
 from coe.datasets import is_redacted, stored_error
 from coe.errors import RunError
-from coe.evals.config import EvalConfig, seeded_split
+from coe.evals.config import ADDED_FIELDS, EvalConfig, seeded_split
 from coe.evals.summary import EvalSummary, summarize
 from coe.executors.base import ExecutorKind
 from coe.outcomes import Outcomes
@@ -110,9 +110,13 @@ def _run_eval(
         test = [by_id[i] for i in split.test_ids]
         if config.limit and config.limit < len(test):
             test = [by_id[i] for i in stratified_sample(test, config.limit, seed)]
-        outcomes, bench = builder.outcomes(source, registry, params, annotate="skill" in config.routers)
+        outcomes, bench = builder.outcomes(
+            source, registry, params, annotate="skill" in config.routers, encoder=config.encoder
+        )
         routers: dict[str, Router] = {
-            name: builder.router(RouterSpec(name=name), outcomes, k=config.k, seed=seed, bench=bench)
+            name: builder.router(
+                RouterSpec(name=name), outcomes, k=config.k, seed=seed, bench=bench, encoder=config.encoder
+            )
             for name in dict.fromkeys(("best-single", *config.routers))
         }
         if "oracle" in routers:
@@ -215,6 +219,7 @@ def _chunks(items: Sequence[Query], size: int) -> Iterator[Sequence[Query]]:
 
 
 def _check_resumable(stored: dict[str, Any], config: EvalConfig, run_id: str) -> None:
+    stored = {**ADDED_FIELDS, **stored}
     wanted = config.model_dump(mode="json")
     differing = sorted(key for key in wanted.keys() | stored.keys() if stored.get(key) != wanted.get(key))
     if differing:

@@ -1,9 +1,10 @@
 """Routers pick experts per query; every one follows the contract in `coe.routers.base`.
 
 Collaborators are objects given to the constructor, never built from settings inside a router:
-`encoder` (one `coe.embed.Encoder`, whose `cache_dir` keeps query embeddings on disk) for knn,
+`encoder` (a `coe.embed` encoder, whose `cache_dir` keeps query embeddings on disk) for knn,
 skill and classifier, and `annotator` (a `coe.skills` annotator) for skill. Left as None, a router
-builds the default MiniLM encoder in `fit`, caching in memory only. An evaluation builds one encoder
+builds a MiniLM encoder in `fit`, caching in memory only (the static encoder, the default of
+compositions, would have to be distilled again without a cache dir). An evaluation builds one encoder
 and one annotator and passes the same ones to every router, e.g.
 `make_router(name, k=3, random_state=seed, encoder=encoder, annotator=annotator)`:
 `make_router` keeps only the parameters each router takes.

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from coe.embed import StaticEncoder
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -84,7 +86,10 @@ def test_unknown_expert_exits_3(env: dict[str, str]) -> None:
     assert "unknown expert 'gpt-9'" in result.stderr and "coe registry list" in result.stderr
 
 
-def test_profile_stores_and_then_reuses_a_profile(env: dict[str, str], tmp_path: Path) -> None:
+def test_profile_stores_and_then_reuses_a_profile(
+    env: dict[str, str], tmp_path: Path, static_encoder: StaticEncoder
+) -> None:
+    # skill annotation uses the default (static) encoder: the fixture has distilled it into the cache
     ids = tmp_path / "ids.txt"
     ids.write_text("\n".join(str(qid) for qid in range(70, 110)))
     args = ("profile", "--pool", str(REPO / "registry" / "replay-mmlu-pro-ref8.yaml"), "--split", f"ids:{ids}")
@@ -175,3 +180,10 @@ def test_eval_json_summary_then_trace_an_item(env: dict[str, str], tmp_path: Pat
     assert left == [0, 0, 0, 0] and profiles == 1  # the run is gone; its profile (one ids: split) stays
     again = coe("runs", "delete", run_id, env=env, check=False)
     assert again.returncode == 6 and f"no run {run_id!r}" in again.stderr
+
+
+def test_an_unknown_encoder_is_refused_before_anything_runs(env: dict[str, str]) -> None:
+    pool = str(REPO / "registry" / "replay-mmlu-pro-ref8.yaml")
+    args = ("eval", "--bench", "mmlu-pro", "--pool", pool, "--split", "random:140:0", "--encoder", "bert")
+    result = coe(*args, env=env, check=False)
+    assert result.returncode == 2 and "'bert' is not one of 'minilm'" in result.stderr

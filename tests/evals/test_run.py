@@ -5,6 +5,7 @@ import csv
 import gzip
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -16,19 +17,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from coe.backends.llamacpp import LlamaCppBackend
 from coe.backends.replay import ReplayBackend
 from coe.datasets import load_mmlu_pro
+from coe.embed import STATIC, EmbeddingCache, StaticEncoder
 from coe.errors import RunError
-from coe.evals.config import EvalConfig, seeded_split
+from coe.evals.config import ADDED_FIELDS, EvalConfig, seeded_split
 from coe.evals.report import write_report
-from coe.evals.run import run_eval
+from coe.evals.run import pool_fingerprint, run_eval
 from coe.registry import Registry
 from coe.schema import ExpertSpec
 from coe.settings import Settings
+from coe.skills import bundled_taxonomy
 from coe.splits import make_split
-from coe.store import Store
+from coe.store import RunStore, Store
 from coe.types import Generation, GenerationParams, LoadReport, Prompt
 from tests.conftest import DATA_DIR, EMBEDDED_POOL, REPO
 
@@ -140,6 +144,51 @@ def test_json_summary_shape_and_report(tmp_path: Path) -> None:
     )
 
 
+def test_the_chosen_encoder_embeds_for_every_embedding_router(tmp_path: Path, static_encoder: StaticEncoder) -> None:
+    assert static_encoder.cache_dir is not None
+    shutil.copytree(static_encoder.cache_dir / "encoders", tmp_path / "encoders")
+    config = EvalConfig(
+        bench="mmlu-pro",
+        pool=str(REF8),
+        split="random:140:0",
+        routers=("knn", "skill", "classifier"),
+        aggregators=("majority",),
+        limit=40,
+        encoder="static",
+    )
+    store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
+    summary = run_eval(config, store=store, backends={"replay": ReplayBackend()}, settings=eval_settings(tmp_path))
+    assert {r.router for r in summary.results} >= {"knn", "skill", "classifier"}
+    assert [p.name for p in (tmp_path / "embeddings").iterdir()] == [STATIC]  # MiniLM never ran
+    # the 140 profiling items, the 40 test items and the taxonomy's skill descriptions, nothing else
+    cached = EmbeddingCache(tmp_path / "embeddings" / STATIC)
+    n_skills = len(bundled_taxonomy("mmlu_pro").skills)
+    assert len(cached) == 140 + 40 + n_skills
+    with pytest.raises(ValidationError, match="encoder"):
+        EvalConfig.model_validate({**config.model_dump(), "encoder": "bert"})
+
+
+def test_runs_stored_before_the_encoder_setting_resume_as_minilm_runs(tmp_path: Path) -> None:
+    config = EvalConfig(bench="mmlu-pro", pool=str(REF8), split="random:140:0", routers=("best-single",), limit=20)
+    store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
+    fingerprint = pool_fingerprint(Registry.from_file(REF8, DATA_DIR))
+    stored = config.model_copy(update={"pool_fingerprint": fingerprint}).model_dump(mode="json")
+    del stored["encoder"]
+    RunStore(store).create("old-run", stored)
+    replay = {"replay": ReplayBackend()}
+    with pytest.raises(RunError, match="encoder: stored 'minilm', given 'static'"):
+        run_eval(
+            config.model_copy(update={"encoder": "static"}),
+            store=store,
+            backends=replay,
+            settings=eval_settings(tmp_path),
+            run_id="old-run",
+        )
+    resumed = EvalConfig.model_validate({**ADDED_FIELDS, **stored})
+    summary = run_eval(resumed, store=store, backends=replay, settings=eval_settings(tmp_path), run_id="old-run")
+    assert summary.n_test == 20
+
+
 def live_config(ids_file: Path, **overrides: object) -> EvalConfig:
     settings = {
         "bench": "mmlu-pro",
@@ -211,8 +260,6 @@ def test_resume_refuses_other_settings_and_unknown_runs(tmp_path: Path, ids_file
     store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
     with pytest.raises(RunError, match="no run 'nope'"):
         run_eval(live_config(ids_file), store=store, backends={}, settings=eval_settings(tmp_path), run_id="nope")
-    from coe.store import RunStore
-
     RunStore(store).create("r1", live_config(ids_file).model_dump(mode="json"))
     with pytest.raises(RunError, match="k: stored 3, given 2"):
         run_eval(live_config(ids_file, k=2), store=store, backends={}, settings=eval_settings(tmp_path), run_id="r1")
