@@ -218,12 +218,12 @@ class RayExecutor:
             return batch.results
 
     def actors(self) -> dict[GroupKey, Any]:
-        """The live actors' handles by model (backend kind, load key)."""
-        return {key: actor.handle for key, actor in self._actors.items()}
+        """The live actors' handles by model (backend kind, load key); safe to call while a batch runs."""
+        return {key: actor.handle for key, actor in dict(self._actors).items()}
 
     def placement(self) -> dict[GroupKey, str]:
         """The Ray node id each live actor runs on (empty until it started)."""
-        return {key: actor.node for key, actor in self._actors.items()}
+        return {key: actor.node for key, actor in dict(self._actors).items()}
 
     def close(self) -> None:
         """End every actor; end the Ray instance this executor started, or leave the cluster it joined."""
@@ -244,17 +244,24 @@ class RayExecutor:
         if ray.is_initialized():
             return ray
         common = {"namespace": NAMESPACE, "log_to_driver": False, "logging_level": logging.WARNING}
-        if self.address is None:
-            ray.init(
-                address="local",
-                num_cpus=os.cpu_count() or 1,
-                include_dashboard=False,
-                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                _node_ip_address="127.0.0.1",
-                **common,
-            )
-        else:
-            ray.init(address=self.address, **common)
+        try:
+            if self.address is None:
+                ray.init(
+                    address="local",
+                    num_cpus=os.cpu_count() or 1,
+                    include_dashboard=False,
+                    object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                    _node_ip_address="127.0.0.1",
+                    **common,
+                )
+            else:
+                ray.init(address=self.address, **common)
+        except (ConnectionError, ValueError, RuntimeError) as error:
+            where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray instance"
+            raise ConfigError(
+                f"cannot connect to {where}: {error}; start a cluster with `ray start --head`, or leave the "
+                "address unset to start a local one"
+            ) from error
         self._owns_connection = True
         return ray
 

@@ -16,10 +16,11 @@ import pytest
 
 from coe.backends.llamacpp import LlamaCppBackend
 from coe.backends.replay import ReplayBackend
+from coe.compose import CompositionBuilder, CompositionSpec
 from coe.executors.ray import RayExecutor
-from coe.registry import Registry
+from coe.registry import Registry, dump_registry
 from coe.scheduler import Request, Scheduler
-from coe.schema import ResourceSpec
+from coe.schema import Query, ResourceSpec
 from coe.types import GenerationParams, Prompt
 from tests.conftest import DATA_DIR, REPO
 
@@ -270,3 +271,17 @@ def session_processes(session: int) -> list[str]:
     listing = subprocess.run(["ps", "-eo", "sid=,args="], capture_output=True, text=True, check=True).stdout
     rows = [line.split(None, 1) for line in listing.splitlines() if line.strip()]
     return [row[1] for row in rows if len(row) == 2 and int(row[0]) == session]
+
+
+def test_a_composition_with_executor_ray_runs_its_experts_on_the_cluster(
+    ray_cluster: Any, tmp_path: Path, settings: Any
+) -> None:
+    pool_file = tmp_path / "two.yaml"
+    pool_file.write_text(dump_registry(Registry.from_file(REF8, DATA_DIR).experts[:2]))
+    spec = CompositionSpec(pool=str(pool_file), router="all", executor="ray")
+    with CompositionBuilder(settings).compose(spec) as composer:
+        assert ray_executor(composer.scheduler).kind == "ray"
+        (answer,) = composer.ask_batch([Query(id="70", text="(recorded)", choices=tuple("ABCDEFGHIJ"))])
+        assert len(answer.expert_answers) == 2 and all(a.error is None and a.text for a in answer.expert_answers)
+        assert len(ray_executor(composer.scheduler).actors()) == 2
+    assert ray_executor(composer.scheduler).actors() == {}

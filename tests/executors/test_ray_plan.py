@@ -3,6 +3,7 @@ and pipeline parallel experts on a placement group) is tested here as spec parsi
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,20 @@ def test_a_backend_shipped_to_an_actor_carries_its_settings_not_its_models(
     copy = pickle.loads(pickle.dumps(embedded_backend))
     assert embedded_backend.is_loaded(smollm) and not copy.is_loaded(smollm)
     assert (copy.cache_dir, copy.threads) == (embedded_backend.cache_dir, embedded_backend.threads)
+
+
+def test_a_ray_address_without_the_ray_executor_is_refused(coe_here: Any, tmp_path: Path) -> None:
+    env = {"COE_DATABASE_URL": f"sqlite:///{tmp_path / 'coe.db'}", "COE_CACHE_DIR": str(tmp_path)}
+    run = coe_here(
+        "eval",
+        "--pool",
+        "replay-mmlu-pro-ref8",
+        "--bench",
+        "mmlu-pro",
+        "--split",
+        "random:10:0",
+        "--ray-address",
+        "auto",
+        env=env,
+    )
+    assert run.returncode == 2 and "--ray-address auto joins a Ray cluster: add --executor ray" in run.stderr
