@@ -12,18 +12,16 @@ import typer
 from rich.table import Table
 
 from coe.aggregate import AGGREGATORS
-from coe.cli.common import builder, load_pool, out, progress, settings
+from coe.cli.common import ExecutorOption, RayAddressOption, builder, join_ray, load_pool, out, progress, settings
 from coe.compose import SplitProfile
 from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError, RunError
 from coe.evals.config import ADDED_FIELDS, EvalConfig
 from coe.evals.run import run_eval
 from coe.evals.summary import EvalSummary
-from coe.executors.base import ExecutorKind
 from coe.outcomes import Outcomes
 from coe.routers import ROUTERS
 from coe.routers.skill import skill_profile
-from coe.settings import Settings
 from coe.store import ItemTrace, RunStore, Store
 from coe.types import GenerationParams
 
@@ -54,14 +52,21 @@ def profile_command(
     max_tokens: Annotated[int, typer.Option(help="Generation budget per expert.")] = 512,
     annotate: Annotated[bool, typer.Option(help="Tag profiling items with taxonomy skills (embeddings).")] = True,
     encoder: Annotated[EncoderName, typer.Option(help=ENCODER_HELP)] = DEFAULT_ENCODER,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Run every expert of a pool over the profiling items and store the measured profile."""
     from coe.profile import profile_name
 
+    join_ray(executor, ray_address)
     registry = load_pool(pool)
     source = SplitProfile.model_validate({"bench": bench, "split": split})
     params = GenerationParams(max_tokens=max_tokens, seed=settings().seed)
-    measured = builder().profile(source, registry, params, annotate=annotate, encoder=encoder)
+    scheduler = builder().scheduler_for(executor or "local")
+    try:
+        measured = builder().profile(source, registry, params, annotate=annotate, encoder=encoder, scheduler=scheduler)
+    finally:
+        scheduler.close()
     outcomes = measured.outcomes
     state = "reused the stored profile" if measured.reused else "stored"
     record = measured.record
@@ -143,18 +148,11 @@ def eval_command(
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue this run where it stopped; failed generations are retried.")
     ] = None,
-    executor: Annotated[
-        ExecutorKind, typer.Option(help="Where experts run: local (this process) or ray (one Ray actor per model).")
-    ] = "local",
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            help="Ray cluster to join with --executor ray: auto, HOST:PORT or ray://HOST:PORT (default: a local one)."
-        ),
-    ] = None,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Evaluate routers × aggregators against baselines over seeds; resumable."""
-    current = executor_settings(executor, ray_address)
+    current = join_ray(executor, ray_address)
     store = Store(current.database_url)
     given = {
         "pool": str(Path(pool).resolve()) if pool and Path(pool).is_file() else pool,
@@ -183,7 +181,9 @@ def eval_command(
         config = EvalConfig.model_validate(given)
     if resume and (failed := len(RunStore(store).failed_items(resume))):
         out.print(f"asking again the {failed} item(s) whose generations failed")
-    summary = run_eval(config, settings=current, store=store, run_id=resume, progress=progress, executor=executor)
+    summary = run_eval(
+        config, settings=current, store=store, run_id=resume, progress=progress, executor=executor or "local"
+    )
     print_summary(summary)
     if json_file:
         json_file.write_text(json.dumps(json_summary(summary), indent=2))
@@ -194,16 +194,6 @@ def eval_command(
             f"{config.max_failure_rate:g}): its accuracies count those as wrong; fix the experts above and "
             f"`coe eval --resume {summary.run_id}` asks them again"
         )
-
-
-def executor_settings(executor: ExecutorKind, ray_address: str | None) -> Settings:
-    """The settings with `--ray-address` (or COE_RAY_ADDRESS), which only the ray executor uses."""
-    current = settings()
-    if ray_address is None:
-        return current
-    if executor != "ray":
-        raise ConfigError(f"--ray-address {ray_address} joins a Ray cluster: add --executor ray")
-    return current.model_copy(update={"ray_address": ray_address})
 
 
 def _names(option: str, text: str | None, known: Iterable[str]) -> tuple[str, ...] | None:

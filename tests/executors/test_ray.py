@@ -285,3 +285,31 @@ def test_a_composition_with_executor_ray_runs_its_experts_on_the_cluster(
         assert len(answer.expert_answers) == 2 and all(a.error is None and a.text for a in answer.expert_answers)
         assert len(ray_executor(composer.scheduler).actors()) == 2
     assert ray_executor(composer.scheduler).actors() == {}
+
+
+def test_ask_and_profile_take_the_executor_from_the_command_line(
+    ray_cluster: Any, tmp_path: Path, coe_here: Any, weights_cache: Path
+) -> None:
+    """`coe ask` and `coe profile` with `--executor ray` (this process is joined to the session's
+    cluster, which they use as it is) answer what they answer in-process."""
+    (tmp_path / "one.yaml").write_text(dump_registry(Registry.from_file(LORA_POOL, DATA_DIR).experts[:1]))
+    (tmp_path / "two.yaml").write_text(dump_registry(Registry.from_file(REF8, DATA_DIR).experts[:2]))
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(str(qid) for qid in range(70, 90)))
+    outputs: dict[str, list[str]] = {}
+    for executor in ("local", "ray"):
+        env = {"COE_DATABASE_URL": f"sqlite:///{tmp_path / executor}.db", "COE_CACHE_DIR": str(weights_cache)}
+        ask = ("ask", QUESTIONS[0], "--pool", str(tmp_path / "one.yaml"), "--max-tokens", "6", "--json")
+        profile = ("profile", "--pool", str(tmp_path / "two.yaml"), "--split", f"ids:{ids}", "--no-annotate")
+        runs = [coe_here(*command, "--executor", executor, env=env) for command in (ask, profile)]
+        assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+        answer = json.loads(runs[0].stdout)
+        outputs[executor] = [answer["expert_answers"][0]["text"], runs[1].stdout.split("\n", 1)[1]]
+        assert answer["expert_answers"][0]["error"] is None
+    assert outputs["ray"] == outputs["local"]
+    import ray
+
+    deadline = time.monotonic() + 30  # the commands ended their actors: the model actor's CPU is free again
+    while ray.available_resources().get("CPU") != ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"]
