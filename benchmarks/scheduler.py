@@ -270,12 +270,12 @@ def _vllm_pool(cache_dir: Path) -> Registry:
     folder = export_hf_folder(
         locate_weights("smollm2-135m-instruct-q4_1", cache_dir), cache_dir / "hf" / "smollm2-135m-instruct"
     )
-    spec = VllmBackendSpec(model=str(folder), max_model_len=2048, kv_cache_gib=1, enforce_eager=True)
-    base = ExpertSpec(id="smollm2-vllm", base="HuggingFaceTB/SmolLM2-135M-Instruct", backend=spec)
+    spec = VllmBackendSpec(model=str(folder), kv_cache_gib=1, enforce_eager=True)
+    base = ExpertSpec(id="smollm2-vllm", base="HuggingFaceTB/SmolLM2-135M-Instruct", backend=spec, context=2048)
     terse = spec.model_copy(
         update={"system_prompt": "Answer in one short sentence. For a multiple choice question, give only the letter."}
     )
-    experts = [base, ExpertSpec(id="smollm2-vllm-terse", base=base.base, backend=terse)]
+    experts = [base, ExpertSpec(id="smollm2-vllm-terse", base=base.base, backend=terse, context=2048)]
     for name in ("arithmetic", "mmlu-letter"):
         adapter = POOL.parent.parent / "adapters" / f"smollm2-{name}"
         experts.append(ExpertSpec(id=f"smollm2-vllm-{name}", base=base.id, adapter=adapter, backend=spec))

@@ -70,6 +70,13 @@ def resolve_adapters(experts: Sequence[ExpertSpec], where: str = "the registry")
                 )
             if expert.resources is None:
                 expert = expert.model_copy(update={"resources": base.resources})
+            if "context" not in expert.model_fields_set:
+                expert = expert.model_copy(update={"context": base.context})
+            elif expert.context != base.context:
+                raise RegistryError(
+                    f"{where}: expert {expert.id!r}: an adapter runs on its base's model, so with its context: "
+                    f"context {expert.context} here, but base {base.id!r} runs with {base.context}; drop `context`"
+                )
         resolved.append(expert)
     _check_shared_resources(resolved, where)
     return resolved

