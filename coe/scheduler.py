@@ -91,6 +91,17 @@ class Scheduler:
         else:
             self.executor = LocalExecutor(backends, max_resident=max_resident or 1, max_remote_groups=max_remote_groups)
 
+    @property
+    def max_resident(self) -> int | None:
+        """Models kept loaded at once (ray: model actors alive at once; None there: as many as fit)."""
+        return self.executor.max_resident
+
+    @max_resident.setter
+    def max_resident(self, value: int | None) -> None:
+        if value is not None and value < 1:
+            raise SchedulerError(f"max_resident must be at least 1, got {value}")
+        self.executor.max_resident = value
+
     def run(
         self,
         requests: Sequence[Request],

@@ -84,6 +84,9 @@ class Executor(Protocol):
     """Runs groups: in this process (`local`) or on Ray actors, one per model (`ray`)."""
 
     kind: ExecutorKind
+    max_resident: int | None
+    """Models kept loaded at once, least recently used evicted first (local: None means 1; ray: model
+    actors alive at once, None for as many as the cluster holds)."""
 
     def run(
         self, jobs: Sequence[GroupJob], params: GenerationParams, *, naive: bool, on_progress: ProgressCallback

@@ -24,7 +24,7 @@ class LocalExecutor:
 
     def __init__(self, backends: Mapping[str, Backend], *, max_resident: int = 1, max_remote_groups: int = 4) -> None:
         self.backends = backends
-        self.max_resident = max_resident
+        self.max_resident: int | None = max_resident
         self.max_remote_groups = max_remote_groups
         self._resident: OrderedDict[GroupKey, ExpertSpec] = OrderedDict()
 
@@ -51,7 +51,7 @@ class LocalExecutor:
         if naive:  # loads and unloads per request: nothing stays resident
             return run_group(self.backends[job.kind], job, params, naive=True, on_progress=on_progress)
         if job.key not in self._resident:
-            while len(self._resident) >= self.max_resident:
+            while len(self._resident) >= (self.max_resident or 1):
                 (kind, _), expert = self._resident.popitem(last=False)
                 self.backends[kind].unload(expert)
         result = run_group(self.backends[job.kind], job, params, on_progress=on_progress)
