@@ -14,7 +14,8 @@
     ├── SchedulerError
     ├── DatasetError                 a benchmark file is missing, unreadable or locked
     ├── ProfileError                 a stored profile is unknown or does not fit the pool
-    └── RunError                     an evaluation run cannot start or resume
+    ├── RunError                     an evaluation run cannot start or resume
+    └── StoreError                   the database stayed locked by another writer
 
 Messages name the thing, the bad value, the allowed values and the next step.
 """
@@ -123,3 +124,11 @@ class ProfileError(CoeError):
 
 class RunError(CoeError):
     """An evaluation run cannot start or resume as asked."""
+
+
+class StoreError(CoeError):
+    """The database could not take a write: another writer held its lock past the timeout, twice."""
+
+
+class LiteralSecretWarning(UserWarning):
+    """A registry file holds a literal API key (stored masked; give `api_key_env` instead)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import types
 import typing
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from coe.errors import RegistryError, UnknownExpertError
+from coe.errors import LiteralSecretWarning, RegistryError, UnknownExpertError
 from coe.resources import bundled_pools
-from coe.schema import ExpertSpec, RegistryFile
+from coe.schema import ExpertSpec, LitellmBackendSpec, RegistryFile, mask_secret
 
 if TYPE_CHECKING:
     from coe.store import Store
@@ -44,7 +45,21 @@ def load_registry_file(path: Path, data_dir: Path | None = None) -> list[ExpertS
     except ValidationError as error:
         raise RegistryError(describe_validation_error(path, error, raw)) from error
     experts = [_resolve_paths(expert, path.parent, data_dir) for expert in parsed.experts]
+    _warn_of_literal_keys(experts, path)
     return resolve_adapters(experts, where=str(path))
+
+
+def _warn_of_literal_keys(experts: Sequence[ExpertSpec], path: Path) -> None:
+    for expert in experts:
+        if isinstance(expert.backend, LitellmBackendSpec) and expert.backend.api_key is not None:
+            masked = mask_secret(expert.backend.api_key.get_secret_value())
+            warnings.warn(
+                f"{path}: expert {expert.id!r} has a literal api_key: coe stores and prints it only masked "
+                f"({masked}), so the copy imported into the database cannot call the model; "
+                "write `api_key_env: NAME` instead and export the key as NAME",
+                LiteralSecretWarning,
+                stacklevel=3,
+            )
 
 
 def resolve_adapters(experts: Sequence[ExpertSpec], where: str = "the registry") -> list[ExpertSpec]:

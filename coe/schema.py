@@ -8,11 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator, model_validator
 
 from coe.types import Failure
 
 EXPERT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+MASK = "…"
 
 
 class Frozen(BaseModel):
@@ -99,8 +101,11 @@ class LitellmBackendSpec(Frozen):
     model: str
     """litellm model name, e.g. `openai/gpt-4o-mini` or `openai/<served name>` with `api_base`."""
     api_base: str | None = None
-    api_key: str | None = None
-    """Literal key for local servers; API keys for hosted models come from the provider's env vars."""
+    api_key_env: Annotated[str, Field(pattern=ENV_NAME_PATTERN)] | None = None
+    """The environment variable holding the API key, read by the backend at call time (never stored).
+    Without it (and without `api_key`), hosted models read their provider's usual variable."""
+    api_key: SecretStr | None = None
+    """A literal key: accepted with a warning, and stored and shown masked (`sk-…123`), never in clear."""
     system_prompt: str | None = None
     max_concurrency: int = Field(default=8, ge=1, strict=True)
     timeout_s: float = Field(default=120.0, gt=0, strict=True)
@@ -113,6 +118,31 @@ class LitellmBackendSpec(Frozen):
     @property
     def default_resources(self) -> ResourceSpec:
         return ResourceSpec(num_cpus=0)
+
+    @field_serializer("api_key", when_used="json")
+    def _masked(self, key: SecretStr | None) -> str | None:
+        """JSON (the database, exports, hashes) only ever holds the masked key."""
+        return mask_secret(key.get_secret_value()) if key is not None else None
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> LitellmBackendSpec:
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("give `api_key_env` (the variable holding the key) or `api_key`, not both")
+        return self
+
+
+def mask_secret(secret: str) -> str:
+    """`sk-…123`: enough to tell keys apart, never enough to use one (short keys show no tail)."""
+    if is_masked(secret):
+        return secret
+    head = secret[: secret.index("-") + 1] if "-" in secret[:4] else ""
+    tail = secret[-3:] if len(secret) >= 12 else ""
+    return f"{head}{MASK}{tail}"
+
+
+def is_masked(secret: str) -> bool:
+    """A key read back from the database or an export: its middle is gone."""
+    return MASK in secret
 
 
 class VllmBackendSpec(Frozen):

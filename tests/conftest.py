@@ -16,6 +16,7 @@ from coe.cli import main
 from coe.embed import STATIC, Encoder, StaticEncoder
 from coe.registry import Registry
 from coe.settings import Settings, apply_offline_environment
+from tests import postgres
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = (REPO / ".." / "shared" / "data").resolve()
@@ -41,6 +42,35 @@ def weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if distilled.is_dir():
         shutil.copytree(distilled, cache / "encoders" / STATIC)
     return cache
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[postgres.Cluster]:
+    """A throwaway PostgreSQL server for the session, started the first time a test asks for it."""
+    reason = postgres.unavailable()
+    if reason:
+        pytest.skip(f"PostgreSQL tests skipped: {reason}")
+    with postgres.throwaway_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new empty database: a SQLite file, or a database of its own on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'coe.db'}"
+    cluster: postgres.Cluster = request.getfixturevalue("postgres_cluster")
+    return cluster.new_database()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a `coe` command run by a test: its own database and cache."""
+    return {
+        "COE_DATABASE_URL": f"sqlite:///{tmp_path / 'coe.db'}",
+        "COE_CACHE_DIR": str(tmp_path / "cache"),
+        "LOCAL_KEY": "none",  # the key of the tests' loopback servers (any value: they check none)
+    }
 
 
 @pytest.fixture

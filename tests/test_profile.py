@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import create_engine, text
 
 from coe.backends.replay import ReplayBackend
 from coe.compose import CompositionBuilder, RouterSpec, SplitProfile
@@ -30,8 +31,10 @@ def pool() -> Registry:
     return Registry.from_file(REPO / "registry" / "replay-mmlu-pro-ref8.yaml", DATA_DIR)
 
 
-def test_an_interrupted_profiling_continues_and_a_complete_one_is_reused(tmp_path: Path, pool: Registry) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
+def test_an_interrupted_profiling_continues_and_a_complete_one_is_reused(
+    database_url: str, tmp_path: Path, pool: Registry
+) -> None:
+    store = Store(database_url)
     items = load_mmlu_pro("test", DATA_DIR)[:45]
     scheduler = Scheduler({"replay": ReplayBackend()})
     seen: list[int] = []
@@ -64,15 +67,14 @@ def test_an_interrupted_profiling_continues_and_a_complete_one_is_reused(tmp_pat
     assert set(np.unique(continued.outcomes.correct)) == {0.0, 1.0}
 
 
-def test_a_database_of_another_schema_version_is_refused(tmp_path: Path) -> None:
-    import sqlite3
-
-    url = f"sqlite:///{tmp_path / 'coe.db'}"
-    Store(url).list_experts()
-    with sqlite3.connect(tmp_path / "coe.db") as connection:
-        connection.execute("update coe_meta set value='1' where key='schema_version'")
+def test_a_database_of_another_schema_version_is_refused(database_url: str) -> None:
+    Store(database_url).list_experts()  # creates the tables
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("update coe_meta set value='1' where key='schema_version'"))
+    engine.dispose()
     with pytest.raises(ConfigError, match="schema version 1, this coe needs"):
-        Store(url).list_experts()
+        Store(database_url).list_experts()
 
 
 STEADY = "deepseek_may2024_cot5shot.jsonl.gz"

@@ -1,8 +1,9 @@
+import re
 from pathlib import Path
 
 import pytest
 
-from coe.errors import RegistryError, UnknownExpertError
+from coe.errors import LiteralSecretWarning, RegistryError, UnknownExpertError
 from coe.registry import Registry, dump_registry, load_registry_file
 from coe.schema import EmbeddedBackendSpec
 from coe.store import Store
@@ -16,7 +17,7 @@ experts:
     skills: {overall: 0.2, math: 0.4}
   - id: api
     base: gpt-x
-    backend: {kind: litellm, model: openai/gpt-x, api_base: "http://127.0.0.1:9/v1"}
+    backend: {kind: litellm, model: openai/gpt-x, api_base: "http://127.0.0.1:9/v1", api_key_env: GPT_X_KEY}
     cost_per_mtok: 2.5
     tags: [api]
   - id: small-law
@@ -69,10 +70,10 @@ def test_a_valid_file_loads_and_adapters_inherit_their_base_backend(tmp_path: Pa
     ids=["typo-key", "missing-field", "unknown-backend-kind", "wrong-type", "typo-in-backend"],
 )
 def test_each_broken_file_fails_with_one_message_naming_file_and_field(
-    tmp_path: Path, old: str, new: str, expected: str
+    database_url: str, tmp_path: Path, old: str, new: str, expected: str
 ) -> None:
     path = write(tmp_path, GOOD.replace(old, new, 1))
-    store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
+    store = Store(database_url)
     with pytest.raises(RegistryError) as caught:
         store.import_experts(load_registry_file(path), source=str(path))
     message = str(caught.value)
@@ -98,15 +99,37 @@ def test_adapter_on_an_unknown_base_names_the_known_experts(tmp_path: Path) -> N
         load_registry_file(write(tmp_path, GOOD.replace("base: small\n", "base: smal\n")))
 
 
+def test_a_literal_api_key_warns_and_only_its_mask_is_dumped(tmp_path: Path) -> None:
+    literal = GOOD.replace("api_key_env: GPT_X_KEY", "api_key: sk-test-0123456789abc")
+    with pytest.warns(LiteralSecretWarning, match=r"expert 'api' has a literal api_key.*\(sk-…abc\).*api_key_env"):
+        experts = load_registry_file(write(tmp_path, literal))
+    dumped = dump_registry(experts)
+    assert "0123456789" not in dumped and "api_key: sk-…abc" in dumped
+    assert "0123456789" not in repr(experts) and "0123456789" not in experts[1].model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("api_key_env: GPT_X_KEY, api_key: sk-x", "give `api_key_env` (the variable holding the key) or `api_key`"),
+        ("api_key_env: GPT-X-KEY", "api_key_env: String should match pattern"),
+    ],
+    ids=["both", "not-a-variable-name"],
+)
+def test_api_key_sources_are_validated(tmp_path: Path, key: str, expected: str) -> None:
+    with pytest.raises(RegistryError, match=re.escape(expected)):
+        load_registry_file(write(tmp_path, GOOD.replace("api_key_env: GPT_X_KEY", key)))
+
+
 def test_duplicate_ids_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="appears twice"):
         load_registry_file(write(tmp_path, GOOD.replace("id: api", "id: small")))
 
 
-def test_round_trip_import_list_export_import(tmp_path: Path) -> None:
+def test_round_trip_import_list_export_import(database_url: str, tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     experts = load_registry_file(path)
-    store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
+    store = Store(database_url)
     first = store.import_experts(experts, source=str(path))
     assert first.added == ("small", "api", "small-law")
     assert [s.spec for s in store.list_experts()] == sorted(experts, key=lambda e: e.id)
@@ -120,8 +143,8 @@ def test_round_trip_import_list_export_import(tmp_path: Path) -> None:
     assert set(second.unchanged) == {"small", "api", "small-law"}
 
 
-def test_reimport_of_a_changed_expert_updates_it(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
+def test_reimport_of_a_changed_expert_updates_it(database_url: str, tmp_path: Path) -> None:
+    store = Store(database_url)
     path = write(tmp_path, GOOD)
     store.import_experts(load_registry_file(path), source=str(path))
     changed = load_registry_file(write(tmp_path, GOOD.replace("cost_per_mtok: 2.5", "cost_per_mtok: 3.0")))
@@ -130,8 +153,8 @@ def test_reimport_of_a_changed_expert_updates_it(tmp_path: Path) -> None:
     assert store.get_expert("api").spec.cost_per_mtok == 3.0
 
 
-def test_remove_refuses_a_base_with_adapters_then_removes(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
+def test_remove_refuses_a_base_with_adapters_then_removes(database_url: str, tmp_path: Path) -> None:
+    store = Store(database_url)
     path = write(tmp_path, GOOD)
     store.import_experts(load_registry_file(path), source=str(path))
     with pytest.raises(RegistryError, match="base of adapter"):

@@ -7,8 +7,8 @@ from coe.store import RequestLog, ServedRequest, Store
 from coe.store.database import now
 
 
-def test_served_requests_round_trip_in_order_and_filter_by_time(tmp_path: Path) -> None:
-    log = RequestLog(Store(f"sqlite:///{tmp_path / 'coe.db'}"))
+def test_served_requests_round_trip_in_order_and_filter_by_time(database_url: str, tmp_path: Path) -> None:
+    log = RequestLog(Store(database_url))
     earlier = now() - timedelta(hours=2)
     log.add(
         [

@@ -17,7 +17,7 @@ from typing import Any
 
 from coe.backends.base import NoLoadMixin
 from coe.errors import BackendError, BackendUnavailableError, GenerationError
-from coe.schema import ExpertSpec, LitellmBackendSpec
+from coe.schema import ExpertSpec, LitellmBackendSpec, is_masked
 from coe.types import Failure, FailureKind, Generation, GenerationParams, Prompt
 
 _TRANSPORT: dict[str, FailureKind] = {
@@ -56,14 +56,19 @@ class LitellmBackend(NoLoadMixin):
     def generate(self, expert: ExpertSpec, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
         spec = _litellm_spec(expert)
         litellm = _import_litellm(expert.id)
+        try:
+            api_key = api_key_of(spec, expert.id)
+        except GenerationError as error:
+            return [Generation(text="", error=error.failure()) for _ in prompts]
         with ThreadPoolExecutor(max_workers=min(spec.max_concurrency, max(len(prompts), 1))) as pool:
-            return list(pool.map(lambda prompt: self._call(litellm, expert, spec, prompt, params), prompts))
+            return list(pool.map(lambda prompt: self._call(litellm, expert, spec, api_key, prompt, params), prompts))
 
     def _call(
         self,
         litellm: Any,
         expert: ExpertSpec,
         spec: LitellmBackendSpec,
+        api_key: str | None,
         prompt: Prompt,
         params: GenerationParams,
     ) -> Generation:
@@ -76,7 +81,7 @@ class LitellmBackend(NoLoadMixin):
                     model=spec.model,
                     messages=messages,
                     api_base=spec.api_base,
-                    api_key=spec.api_key,
+                    api_key=api_key,
                     max_tokens=params.max_tokens,
                     temperature=params.temperature,
                     seed=params.seed,
@@ -122,6 +127,32 @@ def map_litellm_error(error: Exception, expert: str) -> GenerationError:
     mapped = GenerationError(detail + hint, expert=expert, retryable=retryable, kind=kind)
     mapped.__cause__ = error
     return mapped
+
+
+def api_key_of(spec: LitellmBackendSpec, expert: str) -> str | None:
+    """The key for this call: read from `api_key_env` now (the one place coe reads a secret from the
+    environment, so a rotated key needs no re-import), or the literal one, unless it was masked."""
+    if spec.api_key_env is not None:
+        key = os.environ.get(spec.api_key_env)
+        if not key:
+            raise GenerationError(
+                f"the environment variable {spec.api_key_env} named by its `api_key_env` is not set; "
+                "export the API key in it",
+                expert=expert,
+                kind="auth",
+            )
+        return key
+    if spec.api_key is None:
+        return None
+    key = spec.api_key.get_secret_value()
+    if is_masked(key):
+        raise GenerationError(
+            f"its api_key {key} is masked (coe never stores or exports a key in clear); "
+            "give the expert `api_key_env: NAME` in its registry file and export the key as NAME",
+            expert=expert,
+            kind="auth",
+        )
+    return key
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:

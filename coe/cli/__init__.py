@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+import warnings
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
 from coe.cli import adapters, ask, demo, evals, registry
-from coe.cli.common import print_error, state
+from coe.cli.common import print_error, print_warning, state
 from coe.errors import (
     BackendError,
     CoeError,
     ConfigError,
     DatasetError,
+    LiteralSecretWarning,
     ProfileError,
     QueryError,
     RunError,
@@ -59,6 +61,20 @@ def _configure(debug: Annotated[bool, typer.Option("--debug", help="Show traceba
     state.settings = settings
     state.builder = None
     state.debug = debug
+    warnings.showwarning = _show_warning
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """coe's own warnings as one plain line on stderr; others as Python prints them."""
+    if issubclass(category, LiteralSecretWarning):
+        print_warning(message)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
 
 
 def main() -> None:

@@ -57,6 +57,11 @@ def print_error(error: BaseException) -> None:
     console.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
 
 
+def print_warning(message: Warning | str) -> None:
+    """One line on stderr, printed as it is, like an error."""
+    console.print(Text.assemble(("warning: ", "yellow"), str(message)), soft_wrap=True)
+
+
 def settings() -> Settings:
     if state.settings is None:  # a command run without the app callback (tests calling functions)
         state.settings = Settings()

@@ -9,16 +9,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from coe.errors import ConfigError, RegistryError, UnknownExpertError
 from coe.schema import ExpertSpec
+from coe.store.concurrency import count_changed, insert_or_ignore, retried, sqlite_begin, sqlite_connect, upsert
 from coe.store.tables import SCHEMA_VERSION, Base, ExpertRow, MetaRow, PoolRow
+
+SCHEMA_LOCK_ID = 0x636F65
+"""The PostgreSQL advisory lock that serializes schema creation ("coe")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +55,17 @@ def _spec_json(expert: ExpertSpec) -> str:
 
 
 class Store:
-    """The coe database. Construction is cheap; tables are created on first use."""
+    """The coe database. Construction is cheap; tables are created on first use.
 
-    def __init__(self, url: str) -> None:
+    Safe for several processes at once: SQLite runs in WAL mode and every write transaction takes
+    the write lock up front (`BEGIN IMMEDIATE`), waiting up to `lock_timeout_s` for another writer;
+    PostgreSQL waits as long for row locks. Inserts that another writer may race are
+    `INSERT ... ON CONFLICT`, and a write that still loses (timeout, deadlock) runs once more.
+    """
+
+    def __init__(self, url: str, *, lock_timeout_s: float = 60.0) -> None:
         self.url = url
+        self.lock_timeout_s = lock_timeout_s
         self._engine: Engine | None = None
 
     @property
@@ -69,45 +79,77 @@ class Store:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
+            engine = self._connect()
             try:
-                parsed = make_url(self.url)
-            except Exception as error:
-                raise ConfigError(
-                    f"database URL {self.url!r} is not a SQLAlchemy URL (e.g. sqlite:///coe.db); set COE_DATABASE_URL"
-                ) from error
-            if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                engine = create_engine(parsed)
-                if parsed.get_backend_name() == "sqlite":
-                    event.listen(engine, "connect", _sqlite_pragmas)
-                Base.metadata.create_all(engine)
-                self._check_schema(engine)
-            except (SQLAlchemyError, ImportError) as error:
+                self._create_schema(engine)
+            except BaseException as error:
+                engine.dispose()
+                if not isinstance(error, SQLAlchemyError | ImportError):
+                    raise
                 cause = getattr(error, "orig", None) or error
                 raise ConfigError(
-                    f"cannot use the database {parsed.render_as_string(hide_password=True)}: {cause}; set "
+                    f"cannot use the database {engine.url.render_as_string(hide_password=True)}: {cause}; set "
                     "COE_DATABASE_URL to a SQLite file (sqlite:///path/coe.db) or a server "
                     "(postgresql+psycopg://user@host/db)"
                 ) from error
             self._engine = engine
         return self._engine
 
-    def _check_schema(self, engine: Engine) -> None:
-        with Session(engine) as session, session.begin():
-            row = session.get(MetaRow, "schema_version")
-            if row is None:
-                session.add(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif row.value != str(SCHEMA_VERSION):
+    def _connect(self) -> Engine:
+        try:
+            parsed = make_url(self.url)
+        except Exception as error:
+            raise ConfigError(
+                f"database URL {self.url!r} is not a SQLAlchemy URL (e.g. sqlite:///coe.db); set COE_DATABASE_URL"
+            ) from error
+        backend = parsed.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise ConfigError(
+                f"cannot use the database {parsed.render_as_string(hide_password=True)}: coe runs on SQLite "
+                f"(sqlite:///FILE) or PostgreSQL (postgresql+psycopg://USER@HOST/DB), not {backend!r}; "
+                "set COE_DATABASE_URL"
+            )
+        if backend == "sqlite":
+            if parsed.database not in (None, "", ":memory:"):
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(parsed, connect_args={"timeout": self.lock_timeout_s})
+            event.listen(engine, "connect", sqlite_connect)
+            event.listen(engine, "begin", sqlite_begin)
+            return engine
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")  # the driver coe[postgres] installs
+        timeout_ms = int(self.lock_timeout_s * 1000)
+        try:
+            return create_engine(parsed, connect_args={"options": f"-c lock_timeout={timeout_ms}"})
+        except ImportError as error:
+            raise ConfigError(
+                f"database URL {self.url!r} needs a driver that is not installed ({error.name}); "
+                "pip install 'coe[postgres]' and write the URL as postgresql+psycopg://..."
+            ) from error
+
+    @retried
+    def _create_schema(self, engine: Engine) -> None:
+        """Tables and version row in one transaction that holds a lock, so concurrent first uses of a
+        new database create it once (SQLite: the write lock; PostgreSQL: an advisory lock)."""
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_ID)))
+            Base.metadata.create_all(connection)
+            version = connection.scalar(select(MetaRow.value).where(MetaRow.key == "schema_version"))
+            if version is None:
+                connection.execute(insert(MetaRow).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif version != str(SCHEMA_VERSION):
                 raise ConfigError(
-                    f"database {self.url} has coe schema version {row.value}, this coe needs {SCHEMA_VERSION}; "
+                    f"database {self.url} has coe schema version {version}, this coe needs {SCHEMA_VERSION}; "
                     "move the file aside (or set COE_DATABASE_URL to a new one) and import the registry again"
                 )
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """One transaction: committed on success, rolled back (nothing written) on any error."""
-        with Session(self.engine) as session, session.begin():
+    def session(self, *, write: bool = True) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back (nothing written) on any error.
+        `write=False` reads without taking SQLite's write lock, so it never waits for a writer."""
+        engine = self.engine if write else self.engine.execution_options(coe_read_only=True)
+        with Session(engine) as session, session.begin():
             yield session
 
     def close(self) -> None:
@@ -117,43 +159,31 @@ class Store:
 
     # ----------------------------------------------------------------------- experts
 
+    @retried
     def import_experts(self, experts: Iterable[ExpertSpec], source: str) -> ImportSummary:
         """Insert or update experts in one transaction; re-importing the same file changes nothing."""
-        added, updated, unchanged = [], [], []
         with self.session() as session:
-            for expert in experts:
-                spec_json = _spec_json(expert)
-                row = session.get(ExpertRow, expert.id)
-                if row is None:
-                    session.add(ExpertRow(id=expert.id, spec_json=spec_json, source=source, imported_at=now()))
-                    added.append(expert.id)
-                elif row.spec_json != spec_json or row.source != source:
-                    row.spec_json, row.source, row.imported_at = spec_json, source, now()
-                    updated.append(expert.id)
-                else:
-                    unchanged.append(expert.id)
-        return ImportSummary(tuple(added), tuple(updated), tuple(unchanged))
+            return _import_experts(session, experts, source)
 
+    @retried
     def import_pool(self, name: str, experts: Sequence[ExpertSpec], source: str) -> ImportSummary:
-        """Store experts and remember them as the pool `name` (replacing a pool of that name)."""
-        summary = self.import_experts(experts, source)
+        """Store experts and remember them as the pool `name` (replacing a pool of that name), in one
+        transaction."""
         with self.session() as session:
-            row = session.get(PoolRow, name)
+            summary = _import_experts(session, experts, source)
             ids = json.dumps([expert.id for expert in experts])
-            if row is None:
-                session.add(PoolRow(name=name, expert_ids_json=ids, source=source, imported_at=now()))
-            else:
-                row.expert_ids_json, row.source, row.imported_at = ids, source, now()
+            values = {"expert_ids_json": ids, "source": source, "imported_at": now()}
+            session.execute(upsert(session, PoolRow, {"name": name, **values}, update=values))
         return summary
 
     def list_pools(self) -> list[StoredPool]:
-        with self.session() as session:
+        with self.session(write=False) as session:
             names = session.scalars(select(PoolRow.name).order_by(PoolRow.name)).all()
         return [pool for name in names if (pool := self.get_pool(name)) is not None]
 
     def get_pool(self, name: str) -> StoredPool | None:
         """The pool imported under `name` with its experts' stored specs; None when there is none."""
-        with self.session() as session:
+        with self.session(write=False) as session:
             row = session.get(PoolRow, name)
             if row is None:
                 return None
@@ -167,18 +197,19 @@ class Store:
             return StoredPool(name=row.name, experts=experts, source=row.source, imported_at=row.imported_at)
 
     def list_experts(self) -> list[StoredExpert]:
-        with self.session() as session:
+        with self.session(write=False) as session:
             rows = session.scalars(select(ExpertRow).order_by(ExpertRow.source, ExpertRow.id)).all()
             return [self._stored(row) for row in rows]
 
     def get_expert(self, expert_id: str) -> StoredExpert:
-        with self.session() as session:
+        with self.session(write=False) as session:
             row = session.get(ExpertRow, expert_id)
             if row is None:
                 known = session.scalars(select(ExpertRow.id)).all()
                 raise UnknownExpertError(expert_id, known, f"the database {self.url}")
             return self._stored(row)
 
+    @retried
     def remove_expert(self, expert_id: str) -> None:
         self.get_expert(expert_id)
         with self.session() as session:
@@ -209,9 +240,18 @@ class Store:
         return StoredExpert(spec=spec, source=row.source, imported_at=row.imported_at)
 
 
-def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-    """Foreign keys on (cascading deletes), WAL so a reader never blocks a running evaluation."""
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.close()
+def _import_experts(session: Session, experts: Iterable[ExpertSpec], source: str) -> ImportSummary:
+    """Each expert is inserted unless present, then updated only if it differs, so concurrent imports
+    neither collide nor count one change twice."""
+    added: list[str] = []
+    updated: list[str] = []
+    unchanged: list[str] = []
+    for expert in experts:
+        values = {"spec_json": _spec_json(expert), "source": source, "imported_at": now()}
+        if count_changed(session, insert_or_ignore(session, ExpertRow).values(id=expert.id, **values)):
+            added.append(expert.id)
+            continue
+        differs = or_(ExpertRow.spec_json != values["spec_json"], ExpertRow.source != source)
+        changed = count_changed(session, update(ExpertRow).where(ExpertRow.id == expert.id, differs).values(**values))
+        (updated if changed else unchanged).append(expert.id)
+    return ImportSummary(tuple(added), tuple(updated), tuple(unchanged))

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, null, select
+from sqlalchemy import delete, func, null, select
 
+from coe.store.concurrency import insert_missing, insert_or_ignore, retried
 from coe.store.database import Store, now
 from coe.store.tables import AggregatorChoiceRow, ProfileItemRow, ProfileOutcomeRow, ProfileRow
 
@@ -51,15 +52,15 @@ class ProfileStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    @retried
     def open(
         self, *, key: str, bench: str, split: str, pool: str, experts: dict[str, str], params: dict[str, Any]
     ) -> ProfileRecord:
         """The profile with this key, or a new empty one: items are added chunk by chunk, so an
-        interrupted profiling continues where it stopped."""
+        interrupted profiling continues where it stopped. Processes opening one key share one profile."""
         with self.store.session() as session:
-            row = session.scalars(select(ProfileRow).where(ProfileRow.key == key)).one_or_none()
-            if row is None:
-                row = ProfileRow(
+            session.execute(
+                insert_or_ignore(session, ProfileRow).values(
                     key=key,
                     bench=bench,
                     split=split,
@@ -69,46 +70,42 @@ class ProfileStore:
                     created_at=now(),
                     complete=False,
                 )
-                session.add(row)
-                session.flush()
-            return _record(row)
+            )
+            return _record(session.scalars(select(ProfileRow).where(ProfileRow.key == key)).one())
 
+    @retried
     def add(self, profile_id: int, items: Sequence[ProfileItem], outcomes: Sequence[ProfileOutcome]) -> None:
-        """Store a chunk of profiled items and their outcomes in one transaction."""
+        """Store a chunk of profiled items and their outcomes in one transaction; items another
+        process stored first are kept as they are."""
         with self.store.session() as session:
             start = session.scalar(select(func.count()).where(ProfileItemRow.profile_id == profile_id)) or 0
-            if items:
-                session.execute(
-                    insert(ProfileItemRow),
-                    [
-                        {
-                            "profile_id": profile_id,
-                            "item_id": item.item_id,
-                            "position": start + offset,
-                            "category": item.category,
-                            "skills_json": json.dumps(list(item.skills)),
-                        }
-                        for offset, item in enumerate(items)
-                    ],
-                )
-            if outcomes:
-                session.execute(
-                    insert(ProfileOutcomeRow),
-                    [
-                        {
-                            "profile_id": profile_id,
-                            "item_id": o.item_id,
-                            "expert_id": o.expert_id,
-                            "choice": o.choice,
-                            "correct": o.correct,
-                            "text": o.text,
-                            "n_tokens": o.n_tokens,
-                            "error": o.error,
-                        }
-                        for o in outcomes
-                    ],
-                )
+            item_rows = [
+                {
+                    "profile_id": profile_id,
+                    "item_id": item.item_id,
+                    "position": start + offset,
+                    "category": item.category,
+                    "skills_json": json.dumps(list(item.skills)),
+                }
+                for offset, item in enumerate(items)
+            ]
+            insert_missing(session, ProfileItemRow, item_rows)
+            outcome_rows = [
+                {
+                    "profile_id": profile_id,
+                    "item_id": o.item_id,
+                    "expert_id": o.expert_id,
+                    "choice": o.choice,
+                    "correct": o.correct,
+                    "text": o.text,
+                    "n_tokens": o.n_tokens,
+                    "error": o.error,
+                }
+                for o in outcomes
+            ]
+            insert_missing(session, ProfileOutcomeRow, outcome_rows)
 
+    @retried
     def finish(self, profile_id: int) -> ProfileRecord:
         with self.store.session() as session:
             row = session.get(ProfileRow, profile_id)
@@ -116,21 +113,22 @@ class ProfileStore:
             row.complete = True
             return _record(row)
 
+    @retried
     def remove(self, key: str) -> None:
         with self.store.session() as session:
             session.execute(delete(ProfileRow).where(ProfileRow.key == key))
 
     def find(self, key: str) -> ProfileRecord | None:
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             row = session.scalars(select(ProfileRow).where(ProfileRow.key == key)).one_or_none()
             return _record(row) if row else None
 
     def all(self) -> list[ProfileRecord]:
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             return [_record(row) for row in session.scalars(select(ProfileRow).order_by(ProfileRow.created_at))]
 
     def items(self, profile_id: int) -> list[ProfileItem]:
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             rows = session.execute(
                 select(ProfileItemRow.item_id, ProfileItemRow.category, ProfileItemRow.skills_json)
                 .where(ProfileItemRow.profile_id == profile_id)
@@ -148,7 +146,7 @@ class ProfileStore:
             ProfileOutcomeRow.n_tokens,
             ProfileOutcomeRow.error,
         ]
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             rows = session.execute(select(*columns).where(ProfileOutcomeRow.profile_id == profile_id)).all()
         return [
             ProfileOutcome(
@@ -188,6 +186,7 @@ class AggregatorChoice:
     created_at: datetime
 
 
+@retried
 def save_aggregator_choice(
     store: Store, *, pool: str, bench: str, expert_id: str, scores: dict[str, float], n_items: int
 ) -> AggregatorChoice:
@@ -207,7 +206,7 @@ def save_aggregator_choice(
 
 
 def latest_aggregator_choice(store: Store, *, pool: str, bench: str) -> AggregatorChoice | None:
-    with store.session() as session:
+    with store.session(write=False) as session:
         row = session.scalars(
             select(AggregatorChoiceRow)
             .where(AggregatorChoiceRow.pool == pool, AggregatorChoiceRow.bench == bench)

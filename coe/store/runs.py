@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import case, delete, func, select, update
 
 from coe.errors import RunError
+from coe.store.concurrency import count_changed, insert_missing, insert_or_ignore, retried
 from coe.store.database import Store, now
 from coe.store.tables import RunGenerationRow, RunResultRow, RunRouteRow, RunRow
 
@@ -44,22 +45,21 @@ class RunStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    @retried
     def create(self, run_id: str, config: dict[str, Any]) -> RunRecord:
         with self.store.session() as session:
-            if session.get(RunRow, run_id) is not None:
-                raise RunError(f"run {run_id!r} already exists; resume it with --resume {run_id}")
-            row = RunRow(
-                id=run_id,
-                config_json=json.dumps(config, sort_keys=True),
-                status="running",
-                created_at=now(),
-                updated_at=now(),
+            values = {"config_json": json.dumps(config, sort_keys=True), "status": "running"}
+            created = now()
+            inserted = count_changed(
+                session,
+                insert_or_ignore(session, RunRow).values(id=run_id, created_at=created, updated_at=created, **values),
             )
-            session.add(row)
-            return _record(row)
+            if not inserted:
+                raise RunError(f"run {run_id!r} already exists; resume it with --resume {run_id}")
+            return _record(session.get_one(RunRow, run_id))
 
     def get(self, run_id: str) -> RunRecord:
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             row = session.get(RunRow, run_id)
             if row is None:
                 known = session.scalars(select(RunRow.id).order_by(RunRow.created_at.desc()).limit(10)).all()
@@ -67,15 +67,17 @@ class RunStore:
             return _record(row)
 
     def all(self) -> list[RunRecord]:
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             return [_record(row) for row in session.scalars(select(RunRow).order_by(RunRow.created_at))]
 
+    @retried
     def delete(self, run_id: str) -> None:
         """A run and everything stored under it (its rows cascade); unknown ids are an error."""
         self.get(run_id)
         with self.store.session() as session:
             session.execute(delete(RunRow).where(RunRow.id == run_id))
 
+    @retried
     def finish(self, run_id: str, summary: dict[str, Any]) -> None:
         with self.store.session() as session:
             session.execute(
@@ -86,7 +88,7 @@ class RunStore:
 
     def finished_items(self, run_id: str, seed: int) -> set[str]:
         """Items whose results are stored for this seed (a chunk is stored whole, so any row means all)."""
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             query = select(RunResultRow.item_id).where(RunResultRow.run_id == run_id, RunResultRow.seed == seed)
             return set(session.scalars(query.distinct()))
 
@@ -98,7 +100,7 @@ class RunStore:
             .where(RunGenerationRow.run_id == run_id)
             .group_by(RunGenerationRow.expert_id)
         )
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             return {expert: (int(total), int(bad or 0)) for expert, total, bad in session.execute(query)}
 
     def failed_items(self, run_id: str) -> set[str]:
@@ -106,9 +108,10 @@ class RunStore:
         query = select(RunGenerationRow.item_id).where(
             RunGenerationRow.run_id == run_id, RunGenerationRow.error.is_not(None)
         )
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             return set(session.scalars(query))
 
+    @retried
     def reopen_failed(self, run_id: str) -> int:
         """Forget every item with a failed generation (its generations, routes and results, in every seed),
         so resuming the run asks its experts again; how many items were reopened."""
@@ -120,6 +123,7 @@ class RunStore:
                     session.execute(delete(table).where(table.run_id == run_id, table.item_id.in_(chunk)))
             return len(items)
 
+    @retried
     def save_chunk(
         self,
         run_id: str,
@@ -129,24 +133,12 @@ class RunStore:
         routes: Sequence[dict[str, Any]],
         results: Sequence[dict[str, Any]],
     ) -> None:
-        """One transaction per chunk of items: a run killed midway keeps every finished chunk."""
+        """One transaction per chunk of items: a run killed midway keeps every finished chunk. Rows another
+        process stored first (a generation shared by routers, a run resumed twice at once) are kept."""
         with self.store.session() as session:
-            if generations:
-                known = set(
-                    session.execute(
-                        select(RunGenerationRow.expert_id, RunGenerationRow.item_id).where(
-                            RunGenerationRow.run_id == run_id,
-                            RunGenerationRow.item_id.in_({g["item_id"] for g in generations}),
-                        )
-                    )
-                )
-                fresh = [{"run_id": run_id, **g} for g in generations if (g["expert_id"], g["item_id"]) not in known]
-                if fresh:
-                    session.execute(insert(RunGenerationRow), fresh)
-            if routes:
-                session.execute(insert(RunRouteRow), [{"run_id": run_id, "seed": seed, **r} for r in routes])
-            if results:
-                session.execute(insert(RunResultRow), [{"run_id": run_id, "seed": seed, **r} for r in results])
+            insert_missing(session, RunGenerationRow, [{"run_id": run_id, **g} for g in generations])
+            insert_missing(session, RunRouteRow, [{"run_id": run_id, "seed": seed, **r} for r in routes])
+            insert_missing(session, RunResultRow, [{"run_id": run_id, "seed": seed, **r} for r in results])
             session.execute(update(RunRow).where(RunRow.id == run_id).values(updated_at=now()))
 
     def results(self, run_id: str) -> list[ResultRow]:
@@ -162,14 +154,14 @@ class RunStore:
             RunResultRow.cost_usd,
             RunResultRow.latency_s,
         )
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             rows = session.execute(select(*columns).where(RunResultRow.run_id == run_id)).all()
         return [ResultRow(**row._asdict()) for row in rows]
 
     def routes(self, run_id: str) -> list[tuple[int, str, str, list[tuple[str, float]]]]:
         """(seed, router, item id, [(expert, score), ...]) for every stored route."""
         columns = (RunRouteRow.seed, RunRouteRow.router, RunRouteRow.item_id, RunRouteRow.experts_json)
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             rows = session.execute(select(*columns).where(RunRouteRow.run_id == run_id)).all()
         return [
             (seed, router, item, [tuple(pair) for pair in json.loads(experts)]) for seed, router, item, experts in rows
@@ -189,11 +181,11 @@ class RunStore:
         query = select(*columns).where(
             RunGenerationRow.run_id == run_id, RunGenerationRow.text.is_not(None), RunGenerationRow.error.is_(None)
         )
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             return list(session.execute(query))
 
     def count_generations(self, run_id: str) -> int:
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             query = select(func.count()).select_from(RunGenerationRow).where(RunGenerationRow.run_id == run_id)
             return int(session.scalar(query) or 0)
 
@@ -222,7 +214,7 @@ class ItemTrace:
 
 
 def trace_item(store: Store, run_id: str, item_id: str) -> ItemTrace:
-    with store.session() as session:
+    with store.session(write=False) as session:
         routes = session.execute(
             select(RunRouteRow.seed, RunRouteRow.router, RunRouteRow.experts_json, RunRouteRow.reason)
             .where(RunRouteRow.run_id == run_id, RunRouteRow.item_id == item_id)

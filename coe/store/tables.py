@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA_VERSION = 2
@@ -13,6 +24,17 @@ SCHEMA_VERSION = 2
 
 class Base(DeclarativeBase):
     pass
+
+
+class ModelText(TypeDecorator[str]):
+    """Text from models and providers (answers, errors): a NUL character, which PostgreSQL cannot store,
+    becomes U+FFFD on every database, so one answer never fails a whole chunk and both store the same."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return value.replace("\x00", "\ufffd") if value else value
 
 
 class MetaRow(Base):
@@ -80,10 +102,10 @@ class ProfileOutcomeRow(Base):
     choice: Mapped[str | None] = mapped_column(String(1), nullable=True)
     correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     """None when the expert gave no answer because it failed (an error), not because it was wrong."""
-    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    text: Mapped[str | None] = mapped_column(ModelText, nullable=True)
     """Left out for recorded (replay) experts and for benchmarks whose text must not be stored (GPQA)."""
     n_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(ModelText, nullable=True)
 
 
 class RunRow(Base):
@@ -106,11 +128,11 @@ class RunGenerationRow(Base):
     expert_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     item_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     choice: Mapped[str | None] = mapped_column(String(1), nullable=True)
-    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    text: Mapped[str | None] = mapped_column(ModelText, nullable=True)
     n_prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     n_completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(ModelText, nullable=True)
 
 
 class RunRouteRow(Base):
@@ -124,7 +146,7 @@ class RunRouteRow(Base):
     item_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     experts_json: Mapped[str] = mapped_column(Text)
     """[[expert id, score], ...] in the router's order."""
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(ModelText)
 
 
 class RunResultRow(Base):
@@ -183,4 +205,4 @@ class ServedRequestRow(Base):
     n_prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     n_completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
-    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    prompt: Mapped[str | None] = mapped_column(ModelText, nullable=True)

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import insert, select
 
+from coe.store.concurrency import retried
 from coe.store.database import Store, now
 from coe.store.tables import ServedRequestRow
 
@@ -36,6 +37,7 @@ class RequestLog:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    @retried
     def add(self, requests: Sequence[ServedRequest]) -> None:
         """Record a batch of served requests in one transaction."""
         if not requests:
@@ -67,7 +69,7 @@ class RequestLog:
         query = select(ServedRequestRow).order_by(ServedRequestRow.created_at.desc()).limit(limit)
         if start is not None:
             query = query.where(ServedRequestRow.created_at >= start)
-        with self.store.session() as session:
+        with self.store.session(write=False) as session:
             rows = session.scalars(query).all()
             return [_served(row) for row in reversed(rows)]
 

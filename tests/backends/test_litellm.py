@@ -1,4 +1,5 @@
-"""The litellm backend over real loopback HTTP: the embedded engine's own OpenAI-compatible server."""
+"""The litellm backend over real loopback HTTP: the embedded engine's own OpenAI-compatible server, and a
+small one that misbehaves on purpose and records the API key each request carries."""
 
 import json
 import threading
@@ -82,19 +83,21 @@ def test_a_bad_request_fails_alone_and_is_not_retryable(served: ExpertSpec) -> N
 
 
 class Misbehaving(BaseHTTPRequestHandler):
-    """An OpenAI-compatible server that misbehaves as its path says: `/fail500/v1` answers HTTP 500,
-    `/null/v1` a reply whose content is null; it counts the requests it gets."""
+    """An OpenAI-compatible server that behaves as its path says: `/fail500/v1` answers HTTP 500, `/null/v1`
+    a reply whose content is null, `/ok/v1` "ok"; it counts the requests and records the key each carries."""
 
     calls: ClassVar[list[str]] = []
+    keys: ClassVar[list[str]] = []
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         mode = self.path.split("/")[1]
         self.calls.append(mode)
+        self.keys.append(self.headers.get("Authorization", ""))
         if mode == "fail500":
             self._reply(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
             return
-        message = {"role": "assistant", "content": None}
+        message = {"role": "assistant", "content": "ok" if mode == "ok" else None}
         choice = {"index": 0, "message": message, "finish_reason": "stop"}
         usage = {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3}
         self._reply(
@@ -121,6 +124,37 @@ def misbehaving() -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+def keyed(server: str, **key: str) -> ExpertSpec:
+    """An expert on the server's `/ok/v1`, its key given as `key` (api_key_env or api_key); no keys seen yet."""
+    Misbehaving.keys.clear()
+    backend = LitellmBackendSpec(model="openai/m", api_base=f"{server}/ok/v1", num_retries=0, timeout_s=10, **key)
+    return ExpertSpec(id="keyed", base="m", backend=backend)
+
+
+def test_api_key_env_is_read_at_call_time(misbehaving: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    expert, backend = keyed(misbehaving, api_key_env="COE_TEST_API_KEY"), LitellmBackend()
+    [missing] = backend.generate(expert, [Prompt("hi")], PARAMS)
+    assert missing.error is not None and missing.error.kind == "auth" and not missing.error.retryable
+    assert "COE_TEST_API_KEY" in str(missing.error) and "not set" in str(missing.error)
+    monkeypatch.setenv("COE_TEST_API_KEY", "sk-first-0000000001")
+    assert backend.generate(expert, [Prompt("hi")], PARAMS)[0].text == "ok"
+    monkeypatch.setenv("COE_TEST_API_KEY", "sk-rotated-0000000002")
+    assert backend.generate(expert, [Prompt("hi")], PARAMS)[0].text == "ok"
+    assert Misbehaving.keys == ["Bearer sk-first-0000000001", "Bearer sk-rotated-0000000002"]
+
+
+def test_a_masked_key_read_back_from_the_database_fails_without_a_call(misbehaving: str) -> None:
+    stored = ExpertSpec.model_validate_json(keyed(misbehaving, api_key="sk-literal-0000000123").model_dump_json())
+    assert "sk-…123" in stored.model_dump_json() and "literal" not in stored.model_dump_json()
+    [output] = LitellmBackend().generate(stored, [Prompt("hi")], PARAMS)
+    assert output.error is not None and output.error.kind == "auth"
+    assert "masked" in str(output.error) and "api_key_env" in str(output.error)
+    assert Misbehaving.keys == []
+    literal = keyed(misbehaving, api_key="sk-literal-0000000123")  # in memory, from the file: still usable
+    assert LitellmBackend().generate(literal, [Prompt("hi")], PARAMS)[0].text == "ok"
+    assert Misbehaving.keys == ["Bearer sk-literal-0000000123"]
 
 
 def api_expert(api_base: str, num_retries: int) -> ExpertSpec:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import MetaData, create_engine
 
 from coe.embed import StaticEncoder
 
@@ -180,6 +181,44 @@ def test_eval_json_summary_then_trace_an_item(env: dict[str, str], tmp_path: Pat
     assert left == [0, 0, 0, 0] and profiles == 1  # the run is gone; its profile (one ids: split) stays
     again = coe("runs", "delete", run_id, env=env, check=False)
     assert again.returncode == 6 and f"no run {run_id!r}" in again.stderr
+
+
+def test_a_literal_api_key_never_reaches_the_database_or_the_output_in_clear(database_url: str, tmp_path: Path) -> None:
+    secret = "0123456789abcdef"  # the middle of the key: none of it may show anywhere
+    pool = tmp_path / "keyed.yaml"
+    pool.write_text(
+        "experts:\n  - id: api\n    base: gpt-x\n"
+        f"    backend: {{kind: litellm, model: openai/gpt-x, api_key: sk-live-{secret}-xyz}}\n"
+    )
+    env = {"COE_DATABASE_URL": database_url, "COE_CACHE_DIR": str(tmp_path)}
+    exported = tmp_path / "exported.yaml"
+    runs = [
+        coe("registry", "import", str(pool), env=env),
+        coe("registry", "list", env=env),
+        coe("registry", "show", "api", env=env),
+        coe("registry", "export", env=env),
+        coe("registry", "export", "-o", str(exported), env=env),
+    ]
+    assert "warning:" in runs[0].stderr and "api_key_env" in runs[0].stderr and "sk-…xyz" in runs[0].stderr
+    assert "api_key: sk-…xyz" in runs[2].stdout and "api_key: sk-…xyz" in runs[3].stdout
+    printed = [run.stdout + run.stderr for run in runs] + [exported.read_text()]
+    assert [secret in text for text in printed] == [False] * len(printed)
+    assert secret not in database_text(database_url)
+    assert '"api_key": "sk-\\u2026xyz"' in database_text(database_url)  # the mask, as JSON writes it
+
+
+def database_text(url: str) -> str:
+    """Every row of every table as text, and for SQLite the raw bytes of the file and its WAL."""
+    engine = create_engine(url)
+    tables = MetaData()
+    tables.reflect(engine)
+    with engine.connect() as connection:
+        rows = [" ".join(map(str, row)) for table in tables.sorted_tables for row in connection.execute(table.select())]
+    engine.dispose()
+    if engine.dialect.name == "sqlite":
+        files = Path(str(engine.url.database)).parent.glob("coe.db*")
+        rows += [path.read_bytes().decode("utf-8", "replace") for path in files]
+    return "\n".join(rows)
 
 
 def test_an_unknown_encoder_is_refused_before_anything_runs(env: dict[str, str]) -> None:

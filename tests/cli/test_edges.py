@@ -14,16 +14,11 @@ DEAD_POOL = """
 experts:
   - id: dead-api
     base: x
-    backend: {kind: litellm, model: openai/x, api_base: "http://127.0.0.1:9/v1", api_key: none, num_retries: 0}
+    backend: {kind: litellm, model: openai/x, api_base: "http://127.0.0.1:9/v1", api_key_env: LOCAL_KEY, num_retries: 0}
   - id: missing-gguf
     base: y
     backend: {kind: embedded, gguf: missing.gguf}
 """
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {"COE_DATABASE_URL": f"sqlite:///{tmp_path / 'coe.db'}", "COE_CACHE_DIR": str(tmp_path / "cache")}
 
 
 @pytest.mark.parametrize(
@@ -138,7 +133,7 @@ def test_a_file_named_like_markup_is_reported_verbatim(
     ("variable", "value", "message"),
     [
         ("COE_THREADS", "abc", "invalid environment: COE_THREADS: Input should be a valid integer"),
-        ("COE_DATABASE_URL", "mongodb://host/db", "cannot use the database mongodb://host/db: Can't load plugin"),
+        ("COE_DATABASE_URL", "mongodb://host/db", "cannot use the database mongodb://host/db: coe runs on SQLite"),
         ("COE_DATABASE_URL", "not a url", "is not a SQLAlchemy URL"),
     ],
 )

@@ -46,11 +46,6 @@ def pool_file(folder: Path, partial_ids: list[str] | None = None, cost: float = 
     return path
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {"COE_DATABASE_URL": f"sqlite:///{tmp_path / 'coe.db'}", "COE_CACHE_DIR": str(tmp_path / "cache")}
-
-
 def eval_args(pool: Path, ids: Path) -> list[str]:
     return ["eval", "--bench", "mmlu-pro", "--pool", str(pool), "--split", f"ids:{ids}", "--routers", "best-single,all"]
 
@@ -157,7 +152,7 @@ def test_gpqa_text_quoted_in_provider_errors_is_never_stored_or_printed(
     pool.write_text(
         "experts:\n"
         f"  - {{id: echo, base: e, backend: {{kind: litellm, model: openai/echo, api_base: '{echoing_server}',"
-        " api_key: none, num_retries: 0}}\n"
+        " api_key_env: LOCAL_KEY, num_retries: 0}}\n"
     )
     summary, report = tmp_path / "out.json", tmp_path / "report"
     run = coe(

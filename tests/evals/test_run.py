@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
+from coe.backends import Backend
 from coe.backends.llamacpp import LlamaCppBackend
 from coe.backends.replay import ReplayBackend
 from coe.datasets import load_mmlu_pro
@@ -42,9 +44,8 @@ REF8 = REPO / "registry" / "replay-mmlu-pro-ref8.yaml"
 class CountingBackend:
     """The real backend, recording which (expert, query) pairs it was asked to generate."""
 
-    capabilities = LlamaCppBackend.capabilities
-
-    def __init__(self, inner: LlamaCppBackend) -> None:
+    def __init__(self, inner: Backend) -> None:
+        self.capabilities = inner.capabilities
         self.inner = inner
         self.asked: list[tuple[str, str]] = []
 
@@ -65,8 +66,9 @@ class CountingBackend:
         return None
 
 
-def eval_settings(tmp_path: Path) -> Settings:
-    return Settings(cache_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'coe.db'}", data_dir=DATA_DIR)
+def eval_settings(tmp_path: Path, database_url: str | None = None) -> Settings:
+    url = database_url or f"sqlite:///{tmp_path / 'coe.db'}"
+    return Settings(cache_dir=tmp_path, database_url=url, data_dir=DATA_DIR)
 
 
 def matrix_accuracy(split_seed: int) -> tuple[str, float, float]:
@@ -110,7 +112,7 @@ def test_reference_pool_baselines_agree_with_the_shared_correctness_matrix(tmp_p
     assert summary.oracle is not None and abs(summary.oracle.accuracy_mean - oracle_accuracy) < 0.004
 
 
-def test_json_summary_shape_and_report(tmp_path: Path) -> None:
+def test_json_summary_shape_and_report(database_url: str, tmp_path: Path) -> None:
     config = EvalConfig(
         bench="mmlu-pro",
         pool=str(REF8),
@@ -123,9 +125,9 @@ def test_json_summary_shape_and_report(tmp_path: Path) -> None:
     )
     summary = run_eval(
         config,
-        store=Store(f"sqlite:///{tmp_path / 'coe.db'}"),
+        store=Store(database_url),
         backends={"replay": ReplayBackend()},
-        settings=eval_settings(tmp_path),
+        settings=eval_settings(tmp_path, database_url),
     )
     assert summary.n_test == 300 and summary.seeds == [0, 1]
     keys = {(r.router, r.aggregator) for r in summary.results}
@@ -229,40 +231,62 @@ def interrupting(description: str, total: int):
 def test_interrupted_run_resumes_without_recomputing_finished_items(
     tmp_path: Path, ids_file: Path, weights_cache: Path
 ) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
-    config = live_config(ids_file)
     with LlamaCppBackend(cache_dir=weights_cache) as inner:
-        first = CountingBackend(inner)
-        with pytest.raises(Interrupt):
-            run_eval(
-                config,
-                store=store,
-                backends={"embedded": first},
-                settings=eval_settings(tmp_path),
-                progress=interrupting,
-            )
-        run_id = store_runs(tmp_path)[0]
-        finished = {item for (item,) in sql(tmp_path, "select distinct item_id from run_results")}
-        assert len(finished) == 2
+        interrupt_then_resume(f"sqlite:///{tmp_path / 'coe.db'}", live_config(ids_file), "embedded", inner, tmp_path)
 
-        again = CountingBackend(inner)
-        summary = run_eval(
-            config, store=store, backends={"embedded": again}, settings=eval_settings(tmp_path), run_id=run_id
+
+def test_interrupted_replay_run_resumes_on_sqlite_and_postgresql(
+    database_url: str, tmp_path: Path, ids_file: Path
+) -> None:
+    # No oracle: it replays every test item each run, as recorded answers are never stored.
+    config = live_config(ids_file, pool=str(REF8), routers=("best-single", "all"))
+    interrupt_then_resume(database_url, config, "replay", ReplayBackend(), tmp_path)
+
+
+def interrupt_then_resume(url: str, config: EvalConfig, kind: str, inner: Backend, tmp_path: Path) -> None:
+    """Stop a run after its first stored chunk, resume it: only the unfinished items are generated."""
+    store = Store(url)
+    first = CountingBackend(inner)
+    with pytest.raises(Interrupt):
+        run_eval(
+            config, store=store, backends={kind: first}, settings=eval_settings(tmp_path, url), progress=interrupting
         )
+    run_id = store_runs(url)[0]
+    finished = {item for (item,) in sql(url, "select distinct item_id from run_results")}
+    assert len(finished) == 2
+
+    again = CountingBackend(inner)
+    summary = run_eval(
+        config, store=store, backends={kind: again}, settings=eval_settings(tmp_path, url), run_id=run_id
+    )
+    n_experts = len(Registry.from_file(Path(config.pool), DATA_DIR))
     assert not {item for _, item in again.asked} & (finished | {"70", "71", "4000", "9000"})
-    assert len(again.asked) == 2 * 4  # the 4 unfinished test items, both experts; profile reused
+    assert len(again.asked) == n_experts * 4  # the 4 unfinished test items, every expert; profile reused
     assert summary.n_test == 6
-    rows = sql(tmp_path, "select count(*), count(distinct item_id) from run_results where router='all'")
+    rows = sql(url, "select count(*), count(distinct item_id) from run_results where router='all'")
     assert rows == [(6, 6)]
+    store.close()
 
 
-def test_resume_refuses_other_settings_and_unknown_runs(tmp_path: Path, ids_file: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'coe.db'}")
+def test_resume_refuses_other_settings_and_unknown_runs(database_url: str, tmp_path: Path, ids_file: Path) -> None:
+    store = Store(database_url)
     with pytest.raises(RunError, match="no run 'nope'"):
-        run_eval(live_config(ids_file), store=store, backends={}, settings=eval_settings(tmp_path), run_id="nope")
+        run_eval(
+            live_config(ids_file),
+            store=store,
+            backends={},
+            settings=eval_settings(tmp_path, database_url),
+            run_id="nope",
+        )
     RunStore(store).create("r1", live_config(ids_file).model_dump(mode="json"))
     with pytest.raises(RunError, match="k: stored 3, given 2"):
-        run_eval(live_config(ids_file, k=2), store=store, backends={}, settings=eval_settings(tmp_path), run_id="r1")
+        run_eval(
+            live_config(ids_file, k=2),
+            store=store,
+            backends={},
+            settings=eval_settings(tmp_path, database_url),
+            run_id="r1",
+        )
 
 
 def test_seeded_split_moves_only_random_specs() -> None:
@@ -272,7 +296,8 @@ def test_seeded_split_moves_only_random_specs() -> None:
 
 @pytest.mark.slow
 def test_killed_cli_run_resumes_to_identical_numbers(tmp_path: Path, ids_file: Path, weights_cache: Path) -> None:
-    env = {**os.environ, "COE_DATABASE_URL": f"sqlite:///{tmp_path / 'coe.db'}", "COE_CACHE_DIR": str(weights_cache)}
+    url = f"sqlite:///{tmp_path / 'coe.db'}"
+    env = {**os.environ, "COE_DATABASE_URL": url, "COE_CACHE_DIR": str(weights_cache)}
     args = [
         "eval",
         "--bench",
@@ -299,15 +324,15 @@ def test_killed_cli_run_resumes_to_identical_numbers(tmp_path: Path, ids_file: P
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if sql(tmp_path, "select count(*) from run_results")[0][0] > 0:
+            if sql(url, "select count(*) from run_results")[0][0] > 0:
                 break
-        except sqlite3.OperationalError:  # the database or its tables are not there yet
+        except OperationalError:  # the database or its tables are not there yet
             pass
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    run_id = store_runs(tmp_path)[0]
-    done_before = sql(tmp_path, "select count(distinct item_id) from run_results")[0][0]
+    run_id = store_runs(url)[0]
+    done_before = sql(url, "select count(distinct item_id) from run_results")[0][0]
     assert 0 < done_before < 8, "the run was not caught midway"
 
     for finishing in (["eval", "--resume", run_id, "--json", "resumed.json"], [*args, "--json", "fresh.json"]):
@@ -320,13 +345,17 @@ def test_killed_cli_run_resumes_to_identical_numbers(tmp_path: Path, ids_file: P
         return [(r["router"], r["aggregator"], r["accuracy_mean"], r["calls_per_query"]) for r in data["results"]]
 
     assert numbers("resumed.json") == numbers("fresh.json")
-    assert sql(tmp_path, f"select count(*) from run_results where run_id='{run_id}'") == [(8 * 2 * 2,)]
+    assert sql(url, f"select count(*) from run_results where run_id='{run_id}'") == [(8 * 2 * 2,)]
 
 
-def sql(tmp_path: Path, query: str) -> list[tuple]:
-    with sqlite3.connect(tmp_path / "coe.db") as connection:
-        return connection.execute(query).fetchall()
+def sql(url: str, query: str) -> list[tuple]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(query))]
+    finally:
+        engine.dispose()
 
 
-def store_runs(tmp_path: Path) -> list[str]:
-    return [run_id for (run_id,) in sql(tmp_path, "select id from runs order by created_at")]
+def store_runs(url: str) -> list[str]:
+    return [run_id for (run_id,) in sql(url, "select id from runs order by created_at")]
