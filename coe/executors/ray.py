@@ -35,7 +35,7 @@ from typing import Any
 from coe.backends.base import Backend
 from coe.errors import ConfigError
 from coe.executors.base import ExecutorKind, GroupJob, GroupKey, GroupResult, failed_group, run_group
-from coe.schema import VllmBackendSpec
+from coe.schema import LitellmBackendSpec, VllmBackendSpec
 from coe.types import Failure, GenerationParams, ProgressCallback
 
 NAMESPACE = "coe"
@@ -122,6 +122,17 @@ def actor_plan(job: GroupJob) -> ActorPlan:
         bundles = tuple(dict(per_shard) for _ in range(spec.n_shards))
         return ActorPlan({**options, "num_gpus": 0, "num_cpus": 1}, bundles, spec.placement_strategy)
     return ActorPlan(options)
+
+
+def key_variables(job: GroupJob) -> dict[str, str]:
+    """The API keys the group's experts name by `api_key_env`, as set in this process: the actor gets
+    them in its environment, since a cluster's nodes do not share this process's."""
+    names = {
+        expert.backend.api_key_env
+        for expert, _ in job.requests
+        if isinstance(expert.backend, LitellmBackendSpec) and expert.backend.api_key_env
+    }
+    return {name: os.environ[name] for name in sorted(names) if name in os.environ}
 
 
 def import_ray() -> Any:
@@ -268,6 +279,8 @@ class RayExecutor:
     def _start(self, ray: Any, job: GroupJob) -> _Actor:
         plan = actor_plan(job)
         options = dict(plan.options)
+        if keys := key_variables(job):
+            options["runtime_env"] = {"env_vars": keys}
         placement_group = None
         if plan.bundles:
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy

@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
+from coe.backends.litellm import LitellmBackend
 from coe.backends.llamacpp import LlamaCppBackend
 from coe.backends.replay import ReplayBackend
 from coe.compose import CompositionBuilder, CompositionSpec
 from coe.executors.ray import RayExecutor
 from coe.registry import Registry, dump_registry
 from coe.scheduler import Request, Scheduler
-from coe.schema import Query, ResourceSpec
+from coe.schema import ExpertSpec, LitellmBackendSpec, Query, ResourceSpec
 from coe.types import GenerationParams, Prompt
 from tests.conftest import DATA_DIR, REPO
 
@@ -189,6 +190,26 @@ def test_a_model_no_node_can_host_fails_typed_without_holding_the_batch(on_ray: 
     failure = outputs[0].error
     assert failure is not None and failure.kind == "unavailable" and failure.expert == needs_gpu.id
     assert "no node of the Ray cluster started the actor" in failure.message and "GPU 1" in failure.message
+
+
+def test_an_api_expert_on_the_cluster_gets_its_key_from_this_process(
+    ray_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The variable its `api_key_env` names is set here after the nodes started: the actor still has it."""
+    monkeypatch.setenv("COE_TEST_RAY_KEY", "sk-test-1234567890")
+    backend = LitellmBackendSpec(
+        model="openai/m", api_base="http://127.0.0.1:9/v1", api_key_env="COE_TEST_RAY_KEY", num_retries=0, timeout_s=5
+    )
+    keyed = ExpertSpec(id="api", base="m", backend=backend)
+    unset = ExpertSpec(id="api-unset", base="m", backend=backend.model_copy(update={"api_key_env": "COE_TEST_UNSET"}))
+    scheduler = Scheduler({"litellm": LitellmBackend()}, executor="ray")
+    try:
+        outputs, _ = scheduler.run([Request(keyed, Prompt("Hi")), Request(unset, Prompt("Hi"))], PARAMS)
+    finally:
+        scheduler.close()
+    assert outputs[0].error is not None and outputs[0].error.kind != "auth"  # called (a closed port) with its key
+    assert outputs[1].error is not None and outputs[1].error.kind == "auth"
+    assert "COE_TEST_UNSET" in outputs[1].error.message
 
 
 def test_joining_a_cluster_by_address(ray_cluster: Any) -> None:
