@@ -28,6 +28,7 @@ from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError
 from coe.executors.base import ExecutorKind
 from coe.outcomes import Outcomes
+from coe.recovery import Recovery
 from coe.registry import Registry, describe_validation_error, load_pool
 from coe.resources import bundled_compositions
 from coe.routers import make_router
@@ -135,6 +136,8 @@ class CompositionSpec(Frozen):
     seed: int = 0
     """The router's random state (random draws, cross-validation folds)."""
     generation: GenerationSpec = GenerationSpec()
+    recovery: Recovery = Recovery()
+    """Failed generations: the route's next-ranked expert replaces them (backends retry, the Composer does not)."""
     executor: ExecutorKind = "local"
     """Where the scheduler runs the experts: `local` (this process) or `ray` (one Ray actor per model;
     the cluster is `Settings.ray_address`, COE_RAY_ADDRESS, or a private local one)."""
@@ -449,6 +452,7 @@ class CompositionBuilder:
             backends=self.backends,
             scheduler=scheduler,
             params=params,
+            recovery=spec.recovery,
         )
 
 

@@ -5,12 +5,17 @@ One code path: `ask(q)` is `ask_batch([q])` is `run([q])` is `compare([q], {rout
 expert-batched, and fuses each router's picks with each aggregator: what evaluation and side-by-side
 comparison need, with every generation computed once (give the scheduler a cache to reuse them
 across calls).
+
+Failures are handled here, once, for every face: a picked expert whose generation fails is replaced by
+the next expert its route ranks (`Route.fallbacks`), and each replacement is recorded on the Answer
+(`Answer.fallbacks`). The Composer never calls the same expert again for the same query: retrying is
+the backend's job (litellm's `num_retries`, with capped backoff), so retries never multiply.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +24,12 @@ from coe.answers import check_options, is_correct, question_prompt, read_choice
 from coe.backends import Backend, default_backends
 from coe.errors import UnknownExpertError
 from coe.outcomes import Outcomes
+from coe.recovery import ExpertSink, Lineup, Recovery, StreamSinks, restricted
 from coe.registry import Registry
 from coe.routers import AllRouter, Router
 from coe.scheduler import Request, Scheduler
 from coe.schema import Answer, ExpertAnswer, ExpertSpec, Query, Route
-from coe.types import BatchStats, Generation, GenerationParams
+from coe.types import BatchStats, Failure, Generation, GenerationParams
 
 QueryLike = Query | str
 
@@ -48,6 +54,7 @@ class Composer:
         backends: Mapping[str, Backend] | None = None,
         scheduler: Scheduler | None = None,
         params: GenerationParams | None = None,
+        recovery: Recovery | None = None,
         cache_dir: Path | None = None,
     ) -> None:
         self.registry = experts if isinstance(experts, Registry) else Registry(experts, source="the given experts")
@@ -56,6 +63,7 @@ class Composer:
         self.backends = backends or default_backends(cache_dir=cache_dir or Path.home() / ".cache" / "coe")
         self.scheduler = scheduler or Scheduler(self.backends)
         self.params = params or GenerationParams()
+        self.recovery = recovery or Recovery()
 
     def ask(self, question: QueryLike, choices: Sequence[str] | None = None) -> Answer:
         """Answer one question (with `choices`, as multiple choice)."""
@@ -66,9 +74,27 @@ class Composer:
     def ask_batch(self, queries: Sequence[QueryLike]) -> list[Answer]:
         return self.run(queries).answers
 
-    def run(self, queries: Sequence[QueryLike], on_progress: Callable[[int], None] | None = None) -> BatchResult:
-        """Route, schedule, fuse with this composer's router and aggregator."""
-        results = self.compare(queries, {"": self.router}, {"": self.aggregator}, on_progress)
+    def run(
+        self,
+        queries: Sequence[QueryLike],
+        on_progress: Callable[[int], None] | None = None,
+        *,
+        params: GenerationParams | None = None,
+        experts: Collection[str] | None = None,
+        avoid: Mapping[str, Failure] | None = None,
+        stream: Mapping[int, ExpertSink] | None = None,
+    ) -> BatchResult:
+        """Route, schedule, fuse with this composer's router and aggregator (options as in `compare`)."""
+        results = self.compare(
+            queries,
+            {"": self.router},
+            {"": self.aggregator},
+            on_progress,
+            params=params,
+            experts=experts,
+            avoid=avoid,
+            stream=stream,
+        )
         return results["", ""]
 
     def compare(
@@ -77,41 +103,84 @@ class Composer:
         routers: Mapping[str, Router],
         aggregators: Mapping[str, Aggregator],
         on_progress: Callable[[int], None] | None = None,
+        *,
+        params: GenerationParams | None = None,
+        experts: Collection[str] | None = None,
+        avoid: Mapping[str, Failure] | None = None,
+        stream: Mapping[int, ExpertSink] | None = None,
     ) -> dict[tuple[str, str], BatchResult]:
-        """Every (router, aggregator) pair on the same batch; each (expert, query) generated once."""
+        """Every (router, aggregator) pair on the same batch; each (expert, query) generated once.
+
+        `params` replace the composer's generation settings for this batch; `experts` restricts the
+        routes to these experts (each route keeps its size, taking the best-ranked allowed ones);
+        `avoid` names experts not to call (e.g. cooling down after failures), replaced like failed
+        ones; `stream` maps a query's position to a sink that receives its answer's text as it is
+        written, when its route picks one expert."""
         batch = [q if isinstance(q, Query) else Query(id=f"q{i}", text=q) for i, q in enumerate(queries)]
         n = max(len(batch), 1)
         timed_routes: dict[str, tuple[list[Route], float]] = {}
         for name, router in routers.items():
             started = time.perf_counter()
-            timed_routes[name] = (router.route(batch), time.perf_counter() - started)
-        needed = {
-            (expert_id, index): None
-            for routes, _ in timed_routes.values()
-            for index, route in enumerate(routes)
-            for expert_id in route.expert_ids
+            routes = router.route(batch)
+            if experts is not None:
+                routes = [restricted(route, set(experts)) for route in routes]
+            timed_routes[name] = (routes, time.perf_counter() - started)
+        lineups = {
+            name: [Lineup(route, avoid or {}, self.recovery.replace) for route in routes]
+            for name, (routes, _) in timed_routes.items()
         }
-        generations, stats = self._generate(batch, list(needed), on_progress)
+        sinks = StreamSinks(stream or {}, lineups)
+        generations, stats = self._settle(batch, lineups, params or self.params, sinks, on_progress)
         results = {}
         for router_name, (routes, route_s) in timed_routes.items():
             shared = {"route_s": route_s / n, "load_s": stats.load_s / n}
-            fused = {}
             for aggregator_name, aggregator in aggregators.items():
-                answers = self._answers(batch, routes, generations, aggregator, shared)
-                fused[router_name, aggregator_name] = BatchResult(answers=answers, routes=routes, stats=stats)
-            results.update(fused)
+                answers = self._answers(batch, routes, lineups[router_name], generations, aggregator, shared)
+                results[router_name, aggregator_name] = BatchResult(answers=answers, routes=routes, stats=stats)
         return results
+
+    def _settle(
+        self,
+        batch: Sequence[Query],
+        lineups: Mapping[str, Sequence[Lineup]],
+        params: GenerationParams,
+        sinks: StreamSinks,
+        on_progress: Callable[[int], None] | None,
+    ) -> tuple[dict[tuple[str, int], Generation], BatchStats]:
+        """Generate every lineup's experts; replace the failed ones and generate again until settled."""
+        generations: dict[tuple[str, int], Generation] = {}
+        stats = BatchStats()
+        while True:
+            for per_query in lineups.values():
+                for index, lineup in enumerate(per_query):
+                    lineup.settle(index, generations, sinks.emitted)
+            needed = list(
+                dict.fromkeys(
+                    (expert, index)
+                    for per_query in lineups.values()
+                    for index, lineup in enumerate(per_query)
+                    for expert in lineup.called
+                    if (expert, index) not in generations
+                )
+            )
+            if not needed:
+                return generations, stats
+            fresh, more = self._generate(batch, needed, params, sinks, on_progress)
+            generations.update(fresh)
+            stats.merge(more)
 
     def _generate(
         self,
         batch: Sequence[Query],
         needed: Sequence[tuple[str, int]],
+        params: GenerationParams,
+        sinks: StreamSinks,
         on_progress: Callable[[int], None] | None,
     ) -> tuple[dict[tuple[str, int], Generation], BatchStats]:
         """Generations for (expert id, query index) pairs, expert-batched by the scheduler."""
         prompts = {i: question_prompt(batch[i]) for i in {i for _, i in needed}}
-        requests = [Request(expert=self._expert(e), prompt=prompts[i]) for e, i in needed]
-        outputs, stats = self.scheduler.run(requests, self.params, on_progress)
+        requests = [Request(self._expert(e), prompts[i], sinks.sink(e, i)) for e, i in needed]
+        outputs, stats = self.scheduler.run(requests, params, on_progress)
         return dict(zip(needed, outputs, strict=True)), stats
 
     def _expert(self, expert_id: str) -> ExpertSpec:
@@ -124,45 +193,52 @@ class Composer:
         self,
         batch: Sequence[Query],
         routes: Sequence[Route],
+        lineups: Sequence[Lineup],
         generations: Mapping[tuple[str, int], Generation],
         aggregator: Aggregator,
         shared: dict[str, float],
     ) -> list[Answer]:
         expert_answers = [
-            tuple(_expert_answer(query, expert_id, generations[expert_id, index]) for expert_id in route.expert_ids)
-            for index, (query, route) in enumerate(zip(batch, routes, strict=True))
+            tuple(_expert_answer(query, expert_id, generations[expert_id, index]) for expert_id in lineup.called)
+            for index, (query, lineup) in enumerate(zip(batch, lineups, strict=True))
         ]
+        voting = [lineup.route_of_answers(route) for route, lineup in zip(routes, lineups, strict=True)]
         started = time.perf_counter()
-        verdicts = aggregator.fuse_batch(batch, routes, expert_answers)
+        verdicts = aggregator.fuse_batch(batch, voting, expert_answers)
         fuse_s = (time.perf_counter() - started) / max(len(batch), 1)
         answers = []
-        for query, route, answers_of_query, verdict in zip(batch, routes, expert_answers, verdicts, strict=True):
+        for query, route, lineup, answers_of_query, verdict in zip(
+            batch, routes, lineups, expert_answers, verdicts, strict=True
+        ):
             generate_s = sum(a.latency_s for a in answers_of_query)
             cost_usd = sum(
                 (a.n_prompt_tokens + a.n_completion_tokens) * self.registry[a.expert].cost_per_mtok / 1e6
                 for a in answers_of_query
             )
             answers.append(
-                Answer.model_construct(  # built from validated parts: skip re-validating 10^5 answers
-                    query_id=query.id,
-                    answer=verdict.text,
-                    choice=verdict.choice,
-                    experts=tuple(a.expert for a in answers_of_query),
-                    expert_answers=answers_of_query,
-                    route=route,
-                    aggregator=aggregator.name,
-                    votes=verdict.votes,
-                    n_prompt_tokens=sum(a.n_prompt_tokens for a in answers_of_query),
-                    n_completion_tokens=sum(a.n_completion_tokens for a in answers_of_query),
-                    cost_usd=cost_usd,
-                    timings={
-                        **shared,
-                        "generate_s": generate_s,
-                        "fuse_s": fuse_s,
-                        "total_s": sum(shared.values()) + generate_s + fuse_s,
-                    },
-                    gold=query.gold,
-                    correct=is_correct(verdict.choice, query.gold),
+                Answer.model_validate(  # nested models are kept as they are; faster than model_construct
+                    {
+                        "query_id": query.id,
+                        "answer": verdict.text,
+                        "choice": verdict.choice,
+                        "experts": tuple(a.expert for a in answers_of_query),
+                        "expert_answers": answers_of_query,
+                        "route": route,
+                        "aggregator": aggregator.name,
+                        "votes": verdict.votes,
+                        "n_prompt_tokens": sum(a.n_prompt_tokens for a in answers_of_query),
+                        "n_completion_tokens": sum(a.n_completion_tokens for a in answers_of_query),
+                        "cost_usd": cost_usd,
+                        "timings": {
+                            **shared,
+                            "generate_s": generate_s,
+                            "fuse_s": fuse_s,
+                            "total_s": sum(shared.values()) + generate_s + fuse_s,
+                        },
+                        "gold": query.gold,
+                        "correct": is_correct(verdict.choice, query.gold),
+                        "fallbacks": tuple(lineup.fallbacks),
+                    }
                 )
             )
         return answers
@@ -183,13 +259,15 @@ class Composer:
 def _expert_answer(query: Query, expert_id: str, generation: Generation) -> ExpertAnswer:
     n_choices = len(query.choices) if query.choices else 0
     reading = read_choice(generation.text, n_choices) if n_choices else None
-    return ExpertAnswer.model_construct(
-        expert=expert_id,
-        text=generation.text,
-        choice=reading.letter if reading else None,
-        guessed=reading.guessed if reading else False,
-        n_prompt_tokens=generation.n_prompt_tokens,
-        n_completion_tokens=generation.n_completion_tokens,
-        latency_s=generation.latency_s,
-        error=generation.error,
+    return ExpertAnswer.model_validate(
+        {
+            "expert": expert_id,
+            "text": generation.text,
+            "choice": reading.letter if reading else None,
+            "guessed": reading.guessed if reading else False,
+            "n_prompt_tokens": generation.n_prompt_tokens,
+            "n_completion_tokens": generation.n_completion_tokens,
+            "latency_s": generation.latency_s,
+            "error": generation.error,
+        }
     )

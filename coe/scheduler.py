@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from coe.backends.base import Backend
+from coe.backends.base import Backend, TextSink
 from coe.errors import SchedulerError, UnknownNameError
 from coe.executors.base import Executor, ExecutorKind, GroupJob
 from coe.executors.local import LocalExecutor
@@ -58,6 +58,9 @@ class MemoryCache:
 class Request:
     expert: ExpertSpec
     prompt: Prompt
+    on_text: TextSink | None = None
+    """Receives the answer's text as it is generated (token by token where the backend streams, else
+    whole once it is done); a failed generation delivers nothing more."""
 
 
 class Scheduler:
@@ -119,6 +122,8 @@ class Scheduler:
             on_progress(len(requests) - len(missing))
         outputs, stats = self._run([requests[i] for i in missing], params, on_progress)
         fresh = dict(zip(missing, outputs, strict=True))
+        for i in set(range(len(requests))) - set(missing):
+            _deliver(requests[i], cached[keys[i]])  # type: ignore[index]
         self.cache.put_many({keys[i]: g for i, g in fresh.items() if keys[i] is not None and g.ok})  # type: ignore[misc]
         return [fresh[i] if i in fresh else cached[keys[i]] for i in range(len(requests))], stats  # type: ignore[index]
 
@@ -187,9 +192,16 @@ def group_requests(requests: Sequence[Request]) -> list[GroupJob]:
                 base=bases[key],
                 requests=tuple((requests[i].expert, requests[i].prompt) for i in indices),
                 indices=indices,
+                sinks=tuple(requests[i].on_text for i in indices) if any(requests[i].on_text for i in indices) else (),
             )
         )
     return jobs
+
+
+def _deliver(request: Request, generation: Generation) -> None:
+    """A generation that was not streamed reaches the request's text sink whole."""
+    if request.on_text is not None and generation.ok and generation.text:
+        request.on_text(generation.text)
 
 
 def _failed(message: str, expert: str) -> Generation:

@@ -32,6 +32,9 @@ class EvalConfig(BaseModel):
     aggregator_pool: str | None = None
     """The pool (file or name) holding the aggregator expert, when it is not in the pool."""
     chunk_size: int = Field(default=2000, ge=1)
+    fallback: bool = False
+    """Replace a picked expert that fails by the router's next-ranked one, as the service does. Off by
+    default: a recorded expert missing an item then abstains, and each router is measured on its picks."""
     kshot: int | None = Field(default=None, ge=1)
     """Fit the `kshot` router on K items per category drawn from the profiling items (default: all of them)."""
     max_failure_rate: float = Field(default=0.1, ge=0, le=1)
@@ -67,7 +70,7 @@ class EvalConfig(BaseModel):
         return value
 
 
-ADDED_FIELDS = {"encoder": "minilm"}
+ADDED_FIELDS = {"encoder": "minilm", "fallback": False}
 """Settings added after runs were stored, with the value those runs used, so they still resume."""
 
 

@@ -35,6 +35,7 @@ from coe.evals.summary import EvalSummary, summarize
 from coe.executors.base import ExecutorKind
 from coe.outcomes import Outcomes
 from coe.profile import expert_fingerprint, measure
+from coe.recovery import Recovery
 from coe.registry import Registry
 from coe.routers import ROUTERS
 from coe.routers.base import Router
@@ -113,7 +114,8 @@ def _run_eval(
     )
     params = GenerationSpec(max_tokens=config.max_tokens).params()
     by_id = {query.id: query for query in builder.benchmark(config.bench, config.gpqa_subset)}
-    composer = Composer(registry, backends=builder.backends, scheduler=scheduler, params=params)
+    recovery = Recovery(replace=config.fallback)
+    composer = Composer(registry, backends=builder.backends, scheduler=scheduler, params=params, recovery=recovery)
     bar = builder.progress
     for seed, (source, split) in splits.items():
         test = [by_id[i] for i in split.test_ids]

@@ -8,12 +8,13 @@ request coming back as a typed `Failure` on each request it concerns, never as a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from coe.backends.base import Backend, GroupBackend
+from coe.backends.base import Backend, GroupBackend, StreamingBackend, TextSink
 from coe.errors import BackendError
 from coe.schema import ExpertSpec, ResourceSpec
 from coe.types import Failure, Generation, GenerationParams, LoadReport, ProgressCallback, Prompt
@@ -34,6 +35,23 @@ class GroupJob:
     """Expert by expert (each expert's requests together), in input order within an expert."""
     indices: tuple[int, ...]
     """Each request's position in the batch."""
+    sinks: tuple[TextSink | None, ...] = field(default=(), compare=False)
+    """Each request's text sink (empty when none has one): streamed to where the backend streams, else
+    handed the whole text. They stay in this process: a Ray actor gets the job without them."""
+
+    def detached(self) -> GroupJob:
+        """The job without its text sinks, to send to another process."""
+        return dataclasses.replace(self, sinks=()) if self.sinks else self
+
+    def sink(self, position: int) -> TextSink | None:
+        return self.sinks[position] if self.sinks else None
+
+    def deliver(self, outputs: Sequence[Generation], streamed: Sequence[int] = ()) -> None:
+        """Hand each successful generation not streamed whole to its request's sink."""
+        for position, generation in enumerate(outputs):
+            sink = self.sink(position)
+            if sink is not None and position not in streamed and generation.ok and generation.text:
+                sink(generation.text)
 
     @property
     def key(self) -> GroupKey:
@@ -118,6 +136,7 @@ def run_group(
         return failed_group(job, error.failure())
     started = time.perf_counter()
     outputs: list[Generation | None] = [None] * len(job.requests)
+    streamed: list[int] = []
     if backend.capabilities.group_calls and isinstance(backend, GroupBackend):  # base + adapters, one call
         try:
             generations = backend.generate_group(job.requests, params)
@@ -126,17 +145,32 @@ def run_group(
         outputs = list(generations)
         progress(len(job.requests))
     else:
+        streams = backend.capabilities.streams and isinstance(backend, StreamingBackend)
         for expert, positions in job.blocks():
-            prompts = [job.requests[p][1] for p in positions]
-            for position, generation in zip(
-                positions, generate_isolated(backend, expert, prompts, params), strict=True
-            ):
+            live = [p for p in positions if streams and job.sink(p) is not None]
+            whole = [p for p in positions if p not in live]
+            prompts = [job.requests[p][1] for p in whole]
+            for position, generation in zip(whole, generate_isolated(backend, expert, prompts, params), strict=True):
                 outputs[position] = generation
+            for position in live:
+                outputs[position] = _stream(backend, job, position, params)  # type: ignore[arg-type]
+            streamed += live
             progress(len(positions))
     generate_s = time.perf_counter() - started
     done = [g if g is not None else _not_run(expert) for g, (expert, _) in zip(outputs, job.requests, strict=True)]
+    job.deliver(done, streamed)
     loads = [load] if load.loaded else []
     return GroupResult(job, done, loads=loads, load_s=sum(r.seconds for r in loads), generate_s=generate_s)
+
+
+def _stream(backend: StreamingBackend, job: GroupJob, position: int, params: GenerationParams) -> Generation:
+    expert, prompt = job.requests[position]
+    sink = job.sink(position)
+    assert sink is not None
+    try:
+        return backend.stream(expert, prompt, params, sink)
+    except BackendError as error:
+        return Generation(text="", error=error.failure())
 
 
 def _run_naive(backend: Backend, job: GroupJob, params: GenerationParams, progress: ProgressCallback) -> GroupResult:
@@ -158,6 +192,7 @@ def _run_naive(backend: Backend, job: GroupJob, params: GenerationParams, progre
         result.generate_s += time.perf_counter() - started
         backend.unload(expert)
         progress(1)
+    job.deliver(result.outputs)
     return result
 
 

@@ -334,7 +334,7 @@ class RayExecutor:
                     continue
                 actor = self._start(ray, job)
             self._actors.move_to_end(job.key)
-            batch.running[actor.handle.run.remote(job, batch.params, batch.naive)] = _Attempt(
+            batch.running[actor.handle.run.remote(job.detached(), batch.params, batch.naive)] = _Attempt(
                 job, actor, time.perf_counter()
             )
             busy.add(job.key)
@@ -375,6 +375,8 @@ class RayExecutor:
             actor.start_charged = True
         result.restarts = int(attempt.retry)
         result.node = actor.node
+        result.job = job  # with its text sinks, which stay here: they get the whole texts now
+        job.deliver(result.outputs)
         batch.results.append(result)
         on_progress(len(job.requests))
 
@@ -384,7 +386,7 @@ class RayExecutor:
         if self._actors.get(job.key) is attempt.actor:
             self._end(ray, job.key)
         actor = self._start(ray, job)
-        ref = actor.handle.run.remote(job, batch.params, batch.naive)
+        ref = actor.handle.run.remote(job.detached(), batch.params, batch.naive)
         batch.running[ref] = _Attempt(job, actor, time.perf_counter(), retry=True)
 
     def _unblock(self, ray: Any, batch: _Batch, on_progress: ProgressCallback) -> None:

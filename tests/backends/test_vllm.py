@@ -50,7 +50,7 @@ def vllm_expert(model: Path | str, context: int = 512, **settings: Any) -> Exper
 
 
 def adapter_expert(base: ExpertSpec, folder: Path, expert_id: str = "smollm2-vllm-lora") -> ExpertSpec:
-    return ExpertSpec(id=expert_id, base=base.id, adapter=folder, backend=base.backend)
+    return ExpertSpec(id=expert_id, base=base.id, adapter=folder, backend=base.backend, context=base.context)
 
 
 def vllm_spec_of(expert: ExpertSpec) -> VllmBackendSpec:

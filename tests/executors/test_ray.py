@@ -334,3 +334,13 @@ def test_ask_and_profile_take_the_executor_from_the_command_line(
     while ray.available_resources().get("CPU") != ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
         time.sleep(0.5)
     assert ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"]
+
+
+def test_text_sinks_stay_here_and_get_the_whole_texts(on_ray: Any) -> None:
+    """A request's text sink (the service's stream) is not sent to the actor; it gets the whole answer."""
+    pool = Registry.from_file(REF8, DATA_DIR)
+    received: list[str] = []
+    requests = [Request(pool.experts[0], Prompt("", query_id="70"), on_text=received.append)]
+    requests.append(Request(pool.experts[1], Prompt("", query_id="70")))
+    outputs, _ = on_ray().run(requests, PARAMS)
+    assert all(o.ok for o in outputs) and received == [outputs[0].text]
