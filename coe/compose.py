@@ -26,6 +26,7 @@ from coe.composer import Composer
 from coe.datasets import BENCHMARKS, is_redacted, load_benchmark, load_examples
 from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError
+from coe.executors.base import ExecutorKind
 from coe.outcomes import Outcomes
 from coe.recovery import Recovery
 from coe.registry import Registry, describe_validation_error, load_pool
@@ -137,7 +138,9 @@ class CompositionSpec(Frozen):
     generation: GenerationSpec = GenerationSpec()
     recovery: Recovery = Recovery()
     """Failed generations: the route's next-ranked expert replaces them (backends retry, the Composer does not)."""
-    executor: Literal["local"] = "local"
+    executor: ExecutorKind = "local"
+    """Where the scheduler runs the experts: `local` (this process) or `ray` (one Ray actor per model;
+    the cluster is `Settings.ray_address`, COE_RAY_ADDRESS, or a private local one)."""
     encoder: EncoderName = DEFAULT_ENCODER
     """The query encoder of the knn, skill and classifier routers and of skill annotation."""
 
@@ -233,6 +236,7 @@ class CompositionBuilder:
         self._scheduler = scheduler
         self._store = store
         self.progress = progress or _no_progress
+        self._schedulers: dict[str, Scheduler] = {}
         self._benchmarks: dict[tuple[str, str], list[Query]] = {}
         self._encoders: dict[str, Encoder] = {}
         self._annotators: dict[tuple[str, str], SkillAnnotator] = {}
@@ -255,7 +259,18 @@ class CompositionBuilder:
 
     @cached_property
     def scheduler(self) -> Scheduler:
+        """The given scheduler, or a local one."""
         return self._scheduler or Scheduler(self.backends)
+
+    def scheduler_for(self, executor: ExecutorKind) -> Scheduler:
+        """The shared scheduler whose groups run on `executor` (a Ray one joins `settings.ray_address`)."""
+        if executor == self.scheduler.executor.kind:
+            return self.scheduler
+        if executor not in self._schedulers:
+            self._schedulers[executor] = Scheduler(
+                self.backends, executor=executor, ray_address=self.settings.ray_address
+            )
+        return self._schedulers[executor]
 
     def encoder(self, name: str = DEFAULT_ENCODER) -> Encoder:
         """The named encoder (one per name), caching its embeddings under the settings' cache dir."""
@@ -299,6 +314,7 @@ class CompositionBuilder:
         *,
         annotate: bool = True,
         encoder: str = DEFAULT_ENCODER,
+        scheduler: Scheduler | None = None,
     ) -> Profile:
         """Measure the pool on the split's profiling items, or reuse the stored profile of equal inputs."""
         from coe.profile import profile
@@ -314,7 +330,7 @@ class CompositionBuilder:
                 bench=source.bench,
                 split=split.spec,
                 items=items,
-                scheduler=self.scheduler,
+                scheduler=scheduler or self.scheduler,
                 params=params,
                 annotator=self.annotator(source.bench, encoder) if annotate else None,
                 keep_text=not is_redacted(source.bench),
@@ -329,14 +345,16 @@ class CompositionBuilder:
         *,
         annotate: bool = True,
         encoder: str = DEFAULT_ENCODER,
+        scheduler: Scheduler | None = None,
     ) -> tuple[Outcomes, str | None]:
         """The outcomes a router fits on, and the benchmark they were measured on (None for priors)."""
         if source == "priors":
             return Outcomes.from_priors(registry.experts), None
         if isinstance(source, SplitProfile):
-            return self.profile(source, registry, params, annotate=annotate, encoder=encoder).outcomes, source.bench
+            measured = self.profile(source, registry, params, annotate=annotate, encoder=encoder, scheduler=scheduler)
+            return measured.outcomes, source.bench
         if isinstance(source, KShotProfile):
-            return self.kshot_outcomes(source, registry, params), source.bench
+            return self.kshot_outcomes(source, registry, params, scheduler=scheduler), source.bench
         from coe.profile import check_profile_covers, find_profile, stored_outcomes
 
         assert isinstance(source, StoredProfile)
@@ -362,7 +380,9 @@ class CompositionBuilder:
             raise ConfigError(f"no profiling item of category {source.category!r} in {source.bench} {source.split}")
         return drawn
 
-    def kshot_outcomes(self, source: KShotProfile, registry: Registry, params: GenerationParams) -> Outcomes:
+    def kshot_outcomes(
+        self, source: KShotProfile, registry: Registry, params: GenerationParams, *, scheduler: Scheduler | None = None
+    ) -> Outcomes:
         """Every expert of the pool on the K examples, now (expert-batched: adapters of a base share one load)."""
         from coe.profile import measure
 
@@ -370,7 +390,7 @@ class CompositionBuilder:
         with self.progress(
             f"{len(examples)} K-shot examples × {len(registry)} experts", len(examples) * len(registry)
         ) as on_progress:
-            correct, _ = measure(registry, examples, self.scheduler, params, on_progress)
+            correct, _ = measure(registry, examples, scheduler or self.scheduler, params, on_progress)
         return Outcomes(tuple(registry.experts), tuple(examples), correct)
 
     def router(
@@ -398,7 +418,9 @@ class CompositionBuilder:
             raise ConfigError(f"router {spec.name!r}: {error}") from error
         return router.fit(outcomes)
 
-    def aggregator(self, spec: AggregatorSpec, registry: Registry, bench: str | None) -> Aggregator:
+    def aggregator(
+        self, spec: AggregatorSpec, registry: Registry, bench: str | None, *, scheduler: Scheduler | None = None
+    ) -> Aggregator:
         if spec.name != "llm":
             return make_aggregator(spec.name)
         expert = spec.expert
@@ -408,21 +430,27 @@ class CompositionBuilder:
             stored = latest_aggregator_choice(self.store, pool=registry.source, bench=bench)
             expert = stored.expert_id if stored else None
         holder = self.pool(spec.pool) if spec.pool else registry
-        return make_aggregator("llm", registry=holder, scheduler=self.scheduler, expert=expert)
+        return make_aggregator("llm", registry=holder, scheduler=scheduler or self.scheduler, expert=expert)
 
     def compose(self, spec: CompositionSpec) -> Composer:
         """A fitted, ready Composer."""
         registry = self.pool(spec.pool)
         params = spec.generation.params()
+        scheduler = self.scheduler_for(spec.executor)
         outcomes, bench = self.outcomes(
-            spec.profile, registry, params, annotate=spec.router.name == "skill", encoder=spec.encoder
+            spec.profile,
+            registry,
+            params,
+            annotate=spec.router.name == "skill",
+            encoder=spec.encoder,
+            scheduler=scheduler,
         )
         return Composer(
             registry,
             router=self.router(spec.router, outcomes, k=spec.k, seed=spec.seed, bench=bench, encoder=spec.encoder),
-            aggregator=self.aggregator(spec.aggregator, registry, bench),
+            aggregator=self.aggregator(spec.aggregator, registry, bench, scheduler=scheduler),
             backends=self.backends,
-            scheduler=self.scheduler,
+            scheduler=scheduler,
             params=params,
             recovery=spec.recovery,
         )

@@ -30,6 +30,10 @@ class ReplayBackend(NoLoadMixin):
         self._tables: dict[Path, dict[str, str]] = {}
         self._lock = threading.Lock()
 
+    def __reduce__(self) -> tuple[type[ReplayBackend], tuple[()]]:
+        """A pickled copy (what a Ray actor receives) reads its files again where it runs."""
+        return type(self), ()
+
     def generate(self, expert: ExpertSpec, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
         table = self.responses(expert)
         missing = Failure(NO_RECORD, kind="no_record", expert=expert.id)

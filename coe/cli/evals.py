@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from coe.aggregate import AGGREGATORS
-from coe.cli.common import builder, load_pool, out, progress, settings
+from coe.cli.common import ExecutorOption, RayAddressOption, builder, join_ray, load_pool, out, progress, settings
 from coe.compose import SplitProfile
 from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError, RunError
@@ -52,14 +52,21 @@ def profile_command(
     max_tokens: Annotated[int, typer.Option(help="Generation budget per expert.")] = 512,
     annotate: Annotated[bool, typer.Option(help="Tag profiling items with taxonomy skills (embeddings).")] = True,
     encoder: Annotated[EncoderName, typer.Option(help=ENCODER_HELP)] = DEFAULT_ENCODER,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Run every expert of a pool over the profiling items and store the measured profile."""
     from coe.profile import profile_name
 
+    join_ray(executor, ray_address)
     registry = load_pool(pool)
     source = SplitProfile.model_validate({"bench": bench, "split": split})
     params = GenerationParams(max_tokens=max_tokens, seed=settings().seed)
-    measured = builder().profile(source, registry, params, annotate=annotate, encoder=encoder)
+    scheduler = builder().scheduler_for(executor or "local")
+    try:
+        measured = builder().profile(source, registry, params, annotate=annotate, encoder=encoder, scheduler=scheduler)
+    finally:
+        scheduler.close()
     outcomes = measured.outcomes
     state = "reused the stored profile" if measured.reused else "stored"
     record = measured.record
@@ -148,9 +155,11 @@ def eval_command(
         bool | None,
         typer.Option("--fallback/--no-fallback", help="Replace a failed expert by the router's next-ranked one."),
     ] = None,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Evaluate routers × aggregators against baselines over seeds; resumable."""
-    current = settings()
+    current = join_ray(executor, ray_address)
     store = Store(current.database_url)
     given = {
         "pool": str(Path(pool).resolve()) if pool and Path(pool).is_file() else pool,
@@ -181,7 +190,9 @@ def eval_command(
         config = EvalConfig.model_validate(given)
     if resume and (failed := len(RunStore(store).failed_items(resume))):
         out.print(f"asking again the {failed} item(s) whose generations failed")
-    summary = run_eval(config, settings=current, store=store, run_id=resume, progress=progress)
+    summary = run_eval(
+        config, settings=current, store=store, run_id=resume, progress=progress, executor=executor or "local"
+    )
     print_summary(summary)
     if json_file:
         json_file.write_text(json.dumps(json_summary(summary), indent=2))
