@@ -126,8 +126,8 @@ def test_a_non_loopback_service_refuses_to_start_without_keys(module_settings: S
 
 
 def test_the_direct_path_and_the_route_answer_alike(replay_url: str, mmlu_test: list) -> None:
-    """A JSON body goes straight to the handler (DirectChat); a `+json` type, a body sent in chunks
-    and no content type take the FastAPI route: the same answer, the same refusals."""
+    """A JSON body, whole or in chunks, goes straight to the handler (DirectChat); a `+json` type and
+    no content type take the FastAPI route: the same answer, the same refusals."""
     query = mmlu_test[0]
     body = {"model": "coe", "messages": [{"role": "user", "content": query.text}]}
     body["coe"] = {"query_id": query.id, "choices": list(query.choices)}
