@@ -11,18 +11,18 @@ encoder, skill annotators, loaded benchmarks).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from coe.aggregate import Aggregator, make_aggregator
 from coe.backends import Backend, default_backends
-from coe.composer import Composer
+from coe.composer import Composer, KPolicy
 from coe.datasets import BENCHMARKS, is_redacted, load_benchmark
 from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from coe.embed import Encoder
     from coe.profile import Profile
     from coe.skills import SkillAnnotator
+    from coe.stacked import StackedVote
     from coe.store import Store
 
 ProgressFactory = Callable[[str, int], AbstractContextManager[ProgressCallback]]
@@ -64,7 +65,7 @@ class RouterSpec(Frozen):
 
 
 class AggregatorSpec(Frozen):
-    name: Literal["majority", "weighted", "llm"] = "majority"
+    name: Literal["majority", "weighted", "stacked", "llm"] = "majority"
     expert: str | None = None
     """The `llm` aggregator's expert; default: the one `coe aggregators probe` stored for the pool."""
     pool: str | None = None
@@ -106,13 +107,23 @@ class CompositionSpec(Frozen):
     profile: ProfileSource = "priors"
     aggregator: AggregatorSpec = AggregatorSpec()
     k: int = Field(default=3, ge=1)
-    """Experts per query, for the routers that pick k (the router is fitted for this k)."""
+    """Experts per query, for the routers that pick k (the router is fitted for this k); with a
+    `k_policy` other than `fixed`, the most a query asks."""
+    k_policy: str = "fixed"
+    """How many of the k each query asks: `fixed` (all), `auto` or `cascade[:START]` (ask START, default
+    2, then one more while the vote could still change), `topp:P` (the fewest whose scores reach P of
+    the route's); see `coe.composer.KPolicy`."""
     seed: int = 0
     """The router's random state (random draws, cross-validation folds)."""
     generation: GenerationSpec = GenerationSpec()
     executor: Literal["local"] = "local"
     encoder: EncoderName = DEFAULT_ENCODER
     """The query encoder of the knn, skill and classifier routers and of skill annotation."""
+
+    @field_validator("k_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        return str(KPolicy.parse(value))
 
     @model_validator(mode="before")
     @classmethod
@@ -337,7 +348,20 @@ class CompositionBuilder:
             raise ConfigError(f"router {spec.name!r}: {error}") from error
         return router.fit(outcomes)
 
-    def aggregator(self, spec: AggregatorSpec, registry: Registry, bench: str | None) -> Aggregator:
+    def aggregator(
+        self,
+        spec: AggregatorSpec,
+        registry: Registry,
+        bench: str | None,
+        *,
+        routers: Sequence[Router] = (),
+        outcomes: Outcomes | None = None,
+        params: GenerationParams | None = None,
+        seed: int = 0,
+    ) -> Aggregator:
+        """The named aggregator; `stacked` is trained for `routers` on the profiling `outcomes`."""
+        if spec.name == "stacked":
+            return self.stacked(routers, outcomes, params or GenerationParams(), seed)
         if spec.name != "llm":
             return make_aggregator(spec.name)
         expert = spec.expert
@@ -349,6 +373,19 @@ class CompositionBuilder:
         holder = self.pool(spec.pool) if spec.pool else registry
         return make_aggregator("llm", registry=holder, scheduler=self.scheduler, expert=expert)
 
+    def stacked(
+        self, routers: Sequence[Router], outcomes: Outcomes | None, params: GenerationParams, seed: int
+    ) -> StackedVote:
+        """The stacked aggregator, cross-fitted for each router on the profiling items (recorded experts'
+        letters are read again from their recordings: a profile keeps no text for them)."""
+        if outcomes is None or outcomes.is_empty:
+            raise ConfigError("the stacked aggregator learns from profiling items: give a profile, not priors")
+        from coe.profile import with_recorded_answers
+        from coe.stacked import StackedVote
+
+        answered = with_recorded_answers(outcomes, self.scheduler, params)
+        return StackedVote(random_state=seed).fit(routers, answered)
+
     def compose(self, spec: CompositionSpec) -> Composer:
         """A fitted, ready Composer."""
         registry = self.pool(spec.pool)
@@ -356,13 +393,17 @@ class CompositionBuilder:
         outcomes, bench = self.outcomes(
             spec.profile, registry, params, annotate=spec.router.name == "skill", encoder=spec.encoder
         )
+        router = self.router(spec.router, outcomes, k=spec.k, seed=spec.seed, bench=bench, encoder=spec.encoder)
         return Composer(
             registry,
-            router=self.router(spec.router, outcomes, k=spec.k, seed=spec.seed, bench=bench, encoder=spec.encoder),
-            aggregator=self.aggregator(spec.aggregator, registry, bench),
+            router=router,
+            aggregator=self.aggregator(
+                spec.aggregator, registry, bench, routers=[router], outcomes=outcomes, params=params, seed=spec.seed
+            ),
             backends=self.backends,
             scheduler=self.scheduler,
             params=params,
+            k_policy=KPolicy.parse(spec.k_policy),
         )
 
 

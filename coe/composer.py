@@ -5,6 +5,11 @@ One code path: `ask(q)` is `ask_batch([q])` is `run([q])` is `compare([q], {rout
 expert-batched, and fuses each router's picks with each aggregator: what evaluation and side-by-side
 comparison need, with every generation computed once (give the scheduler a cache to reuse them
 across calls).
+
+How many of a route's experts a query asks is the composer's `KPolicy`: all of them (`fixed`), the
+fewest whose router scores reach a share of the route's (`topp:P`), or a cascade (`cascade`, `auto`)
+that asks the first two and asks one more, round after round, only while the votes so far could still
+be overturned by the experts not yet asked. Each round is one expert-batched scheduler run.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from coe.aggregate import Aggregator, MajorityVote
 from coe.answers import check_options, is_correct, question_prompt, read_choice
 from coe.backends import Backend, default_backends
-from coe.errors import UnknownExpertError
+from coe.errors import ConfigError, UnknownExpertError
 from coe.outcomes import Outcomes
 from coe.registry import Registry
 from coe.routers import AllRouter, Router
@@ -36,6 +42,63 @@ class BatchResult:
     """The scheduler's record of the batch (shared by every result of one `compare`)."""
 
 
+@dataclass(frozen=True, slots=True)
+class KPolicy:
+    """How many of its route's experts (the router's k, best first) each query asks."""
+
+    kind: Literal["fixed", "topp", "cascade"] = "fixed"
+    start: int = 2
+    """cascade: experts asked in the first round."""
+    mass: float = 1.0
+    """topp: the share of the route's summed scores the asked experts must reach."""
+
+    @classmethod
+    def parse(cls, text: str) -> KPolicy:
+        """`fixed`, `auto` (= `cascade`), `cascade`, `cascade:START` or `topp:P` with 0 < P ≤ 1."""
+        kind, _, value = text.partition(":")
+        try:
+            if kind in ("fixed", "auto", "cascade") and (not value or kind == "cascade"):
+                start = int(value) if value else 2
+                if start >= 1:
+                    return cls("fixed") if kind == "fixed" else cls("cascade", start=start)
+            if kind == "topp" and 0 < float(value) <= 1:
+                return cls("topp", mass=float(value))
+        except ValueError:
+            pass
+        raise ConfigError(
+            f"k policy {text!r}: expected fixed, auto, cascade, cascade:START (≥ 1) or topp:P (0 < P ≤ 1)"
+        )
+
+    def __str__(self) -> str:
+        return {"fixed": "fixed", "cascade": f"cascade:{self.start}", "topp": f"topp:{self.mass:g}"}[self.kind]
+
+    def first(self, route: Route) -> int:
+        """Experts asked in the first round."""
+        n = len(route.experts)
+        if self.kind == "cascade":
+            return min(self.start, n)
+        if self.kind == "topp" and n:
+            scores = [max(choice.score, 0.0) for choice in route.experts]
+            total, reached = sum(scores), 0.0
+            for asked, score in enumerate(scores, 1):
+                reached += score
+                if total <= 0 or reached >= self.mass * total - 1e-12:
+                    return asked
+        return n
+
+    def settled(self, answers: Sequence[ExpertAnswer], remaining: int) -> bool:
+        """Whether asking the `remaining` experts could no longer change the vote: the leading stated
+        letter is ahead of every other letter by more than `remaining` (a guessed letter counts for none)."""
+        if self.kind != "cascade" or remaining <= 0:
+            return True
+        counts: dict[str, int] = {}
+        for answer in answers:
+            if answer.error is None and answer.choice is not None:
+                counts[answer.choice] = counts.get(answer.choice, 0) + (0 if answer.guessed else 1)
+        ranked = [*sorted(counts.values(), reverse=True), 0, 0]
+        return ranked[0] - ranked[1] > remaining
+
+
 class Composer:
     """Router + scheduler + aggregator over a pool of experts."""
 
@@ -49,6 +112,7 @@ class Composer:
         scheduler: Scheduler | None = None,
         params: GenerationParams | None = None,
         cache_dir: Path | None = None,
+        k_policy: KPolicy | None = None,
     ) -> None:
         self.registry = experts if isinstance(experts, Registry) else Registry(experts, source="the given experts")
         self.router = router or AllRouter().fit(Outcomes.from_priors(self.registry.experts))
@@ -56,6 +120,7 @@ class Composer:
         self.backends = backends or default_backends(cache_dir=cache_dir or Path.home() / ".cache" / "coe")
         self.scheduler = scheduler or Scheduler(self.backends)
         self.params = params or GenerationParams()
+        self.k_policy = k_policy or KPolicy()
 
     def ask(self, question: QueryLike, choices: Sequence[str] | None = None) -> Answer:
         """Answer one question (with `choices`, as multiple choice)."""
@@ -85,15 +150,34 @@ class Composer:
         for name, router in routers.items():
             started = time.perf_counter()
             timed_routes[name] = (router.route(batch), time.perf_counter() - started)
-        needed = {
-            (expert_id, index): None
-            for routes, _ in timed_routes.values()
-            for index, route in enumerate(routes)
-            for expert_id in route.expert_ids
-        }
-        generations, stats = self._generate(batch, list(needed), on_progress)
+        asked = {name: [self.k_policy.first(route) for route in routes] for name, (routes, _) in timed_routes.items()}
+        generations: dict[tuple[str, int], Generation] = {}
+        stats = BatchStats()
+        while True:  # one expert-batched round per cascade step; a fixed policy runs one round
+            needed = {
+                (expert_id, index): None
+                for name, (routes, _) in timed_routes.items()
+                for index, route in enumerate(routes)
+                for expert_id in route.expert_ids[: asked[name][index]]
+                if (expert_id, index) not in generations
+            }
+            if not needed:
+                break
+            generated, round_stats = self._generate(batch, list(needed), on_progress)
+            generations.update(generated)
+            stats.merge(round_stats)
+            for name, (routes, _) in timed_routes.items():
+                for index, route in enumerate(routes):
+                    ids = route.expert_ids[: asked[name][index]]
+                    so_far = [_expert_answer(batch[index], e, generations[e, index]) for e in ids]
+                    if not self.k_policy.settled(so_far, len(route.experts) - len(ids)):
+                        asked[name][index] += 1
         results = {}
-        for router_name, (routes, route_s) in timed_routes.items():
+        for router_name, (full_routes, route_s) in timed_routes.items():
+            routes = [
+                route if n == len(route.experts) else route.model_copy(update={"experts": route.experts[:n]})
+                for route, n in zip(full_routes, asked[router_name], strict=True)
+            ]
             shared = {"route_s": route_s / n, "load_s": stats.load_s / n}
             fused = {}
             for aggregator_name, aggregator in aggregators.items():

@@ -126,7 +126,11 @@ def eval_command(
     split: Annotated[str | None, typer.Option("--split", help="random:N:SEED, ids:FILE or symbolic-moe.")] = None,
     routers: Annotated[str | None, typer.Option(help="Comma-separated routers.")] = None,
     aggregators: Annotated[str | None, typer.Option(help="Comma-separated aggregators.")] = None,
-    k: Annotated[int | None, typer.Option("--k", help="Experts per query.")] = None,
+    k: Annotated[
+        str | None,
+        typer.Option("--k", help="Experts per query (N), or a policy: auto, cascade[:START], topp:P (up to --max-k)."),
+    ] = None,
+    max_k: Annotated[int | None, typer.Option("--max-k", help="The most experts a k policy asks (default 3).")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2.")] = None,
     limit: Annotated[int | None, typer.Option(help="At most N test items per seed (stratified).")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Generation budget per expert.")] = None,
@@ -151,7 +155,8 @@ def eval_command(
         "split": split,
         "routers": _names("--routers", routers, ROUTERS),
         "aggregators": _names("--aggregators", aggregators, AGGREGATORS),
-        "k": k,
+        "k": int(k) if k and k.isdigit() else max_k,
+        "k_policy": None if k is None else "fixed" if k.isdigit() else k,
         "seeds": _integers("--seeds", seeds) if seeds else None,
         "limit": limit,
         "max_tokens": max_tokens,
@@ -212,6 +217,7 @@ def json_summary(summary: EvalSummary) -> dict:
         "split": data["split"],
         "seeds": data["seeds"],
         "n_test": data["n_test"],
+        "k_policy": data["k_policy"],
         "results": data["results"],
         "best_single": data["best_single"],
         "oracle": data["oracle"],
@@ -223,6 +229,8 @@ def json_summary(summary: EvalSummary) -> dict:
 
 def print_summary(summary: EvalSummary) -> None:
     title = f"{summary.bench}, pool {Path(summary.pool).name}, split {summary.split}, seeds {summary.seeds}"
+    if summary.k_policy != "fixed":
+        title += f", k policy {summary.k_policy}"
     table = Table(title=f"{title}, {summary.n_test} test items per seed")
     for column in ("router", "aggregator", "accuracy", "Δ vs best-single", "calls/query", "loads", "time (s)"):
         table.add_column(column, justify="left" if column in ("router", "aggregator") else "right")

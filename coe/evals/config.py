@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from coe.aggregate import AGGREGATORS
+from coe.composer import KPolicy
 from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.routers import ROUTERS
 from coe.splits import check_split_spec
@@ -23,6 +24,8 @@ class EvalConfig(BaseModel):
     routers: tuple[str, ...] = ("knn", "skill", "classifier", "best-single", "random", "all", "oracle")
     aggregators: tuple[str, ...] = ("majority", "weighted")
     k: int = Field(default=3, ge=1)
+    k_policy: str = "fixed"
+    """How many of the k each query asks (`fixed`, `auto`, `cascade[:START]`, `topp:P`; `coe.composer.KPolicy`)."""
     seeds: tuple[int, ...] = (0,)
     limit: int | None = Field(default=None, ge=1)
     max_tokens: int = Field(default=512, ge=1)
@@ -57,6 +60,11 @@ class EvalConfig(BaseModel):
             raise ValueError("a name appears twice")
         return value
 
+    @field_validator("k_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        return str(KPolicy.parse(value))
+
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
@@ -65,7 +73,7 @@ class EvalConfig(BaseModel):
         return value
 
 
-ADDED_FIELDS = {"encoder": "minilm"}
+ADDED_FIELDS = {"encoder": "minilm", "k_policy": "fixed"}
 """Settings added after runs were stored, with the value those runs used, so they still resume."""
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from coe.backends import Backend
 from coe.compose import AggregatorSpec, CompositionBuilder, GenerationSpec, ProgressFactory, RouterSpec, SplitProfile
-from coe.composer import BatchResult, Composer
+from coe.composer import BatchResult, Composer, KPolicy
 from coe.datasets import is_redacted, stored_error
 from coe.errors import RunError
 from coe.evals.config import ADDED_FIELDS, EvalConfig, seeded_split
@@ -86,7 +86,9 @@ def run_eval(
     scheduler = builder.scheduler
     params = GenerationSpec(max_tokens=config.max_tokens).params()
     by_id = {query.id: query for query in builder.benchmark(config.bench, config.gpqa_subset)}
-    composer = Composer(registry, backends=builder.backends, scheduler=scheduler, params=params)
+    composer = Composer(
+        registry, backends=builder.backends, scheduler=scheduler, params=params, k_policy=KPolicy.parse(config.k_policy)
+    )
     bar = builder.progress
     for seed, (source, split) in splits.items():
         test = [by_id[i] for i in split.test_ids]
@@ -101,18 +103,22 @@ def run_eval(
             )
             for name in dict.fromkeys(("best-single", *config.routers))
         }
-        if "oracle" in routers:
-            with bar(f"seed {seed}: every expert on the test items (oracle)", len(test) * len(registry)) as advance:
-                correct, _ = measure(registry, test, scheduler, params, advance)
-            routers["oracle"].fit(Outcomes(tuple(registry.experts), tuple(test), correct))
         aggregators = {
             name: builder.aggregator(
                 AggregatorSpec(name=name, expert=config.aggregator_expert, pool=config.aggregator_pool),
                 registry,
                 bench,
+                routers=[router for router in routers.values() if router.name != "oracle"],
+                outcomes=outcomes,
+                params=params,
+                seed=seed,
             )
             for name in config.aggregators
         }
+        if "oracle" in routers:
+            with bar(f"seed {seed}: every expert on the test items (oracle)", len(test) * len(registry)) as advance:
+                correct, _ = measure(registry, test, scheduler, params, advance)
+            routers["oracle"].fit(Outcomes(tuple(registry.experts), tuple(test), correct))
         done = runs.finished_items(run_id, seed)
         todo = [query for query in test if query.id not in done]
         with bar(f"seed {seed}: evaluating {len(todo)} test items", len(todo)) as advance:

@@ -58,6 +58,8 @@ class EvalSummary(_Model):
     split: str
     seeds: list[int]
     n_test: int
+    k_policy: str = "fixed"
+    """How many of the k experts each query asked (`coe.composer.KPolicy`); calls/query is what it spent."""
     results: list[ResultSummary]
     best_single: BestSingle
     oracle: Oracle | None
@@ -124,6 +126,7 @@ def summarize(run_id: str, config: EvalConfig, runs: RunStore, load_keys: Mappin
         split=config.split,
         seeds=seeds,
         n_test=int(np.mean(list(n_test.values()))) if n_test else 0,
+        k_policy=config.k_policy,
         results=results,
         best_single=BestSingle(
             expert=Counter(chosen).most_common(1)[0][0] if chosen else "",
