@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from coe.embed import Encoder
     from coe.profile import Profile
     from coe.skills import SkillAnnotator
-    from coe.stacked import StackedVote
+    from coe.stacked import Reliability, StackedVote
     from coe.store import Store
 
 ProgressFactory = Callable[[str, int], AbstractContextManager[ProgressCallback]]
@@ -378,13 +378,24 @@ class CompositionBuilder:
     ) -> StackedVote:
         """The stacked aggregator, cross-fitted for each router on the profiling items (recorded experts'
         letters are read again from their recordings: a profile keeps no text for them)."""
-        if outcomes is None or outcomes.is_empty:
-            raise ConfigError("the stacked aggregator learns from profiling items: give a profile, not priors")
-        from coe.profile import with_recorded_answers
         from coe.stacked import StackedVote
 
-        answered = with_recorded_answers(outcomes, self.scheduler, params)
-        return StackedVote(random_state=seed).fit(routers, answered)
+        return StackedVote(random_state=seed).fit(routers, self.answered(outcomes, params, "the stacked aggregator"))
+
+    def reliability(self, outcomes: Outcomes | None, params: GenerationParams) -> Reliability:
+        """Each expert's measured reliability on the profiling items (what a cascade's threshold reads)."""
+        from coe.stacked import measure_reliability
+
+        return measure_reliability(self.answered(outcomes, params, "a k policy with a threshold"))
+
+    def answered(self, outcomes: Outcomes | None, params: GenerationParams, needed_by: str) -> Outcomes:
+        """The profiling outcomes with every expert's letters (recorded experts' read again from their
+        recordings, at no cost: a profile keeps no text for them)."""
+        if outcomes is None or outcomes.is_empty:
+            raise ConfigError(f"{needed_by} learns from profiling items: give a profile, not priors")
+        from coe.profile import with_recorded_answers
+
+        return with_recorded_answers(outcomes, self.scheduler, params)
 
     def compose(self, spec: CompositionSpec) -> Composer:
         """A fitted, ready Composer."""
@@ -394,6 +405,7 @@ class CompositionBuilder:
             spec.profile, registry, params, annotate=spec.router.name == "skill", encoder=spec.encoder
         )
         router = self.router(spec.router, outcomes, k=spec.k, seed=spec.seed, bench=bench, encoder=spec.encoder)
+        policy = KPolicy.parse(spec.k_policy)
         return Composer(
             registry,
             router=router,
@@ -403,7 +415,8 @@ class CompositionBuilder:
             backends=self.backends,
             scheduler=self.scheduler,
             params=params,
-            k_policy=KPolicy.parse(spec.k_policy),
+            k_policy=policy,
+            reliability=self.reliability(outcomes, params) if policy.threshold is not None else None,
         )
 
 

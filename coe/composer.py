@@ -29,6 +29,7 @@ from coe.registry import Registry
 from coe.routers import AllRouter, Router
 from coe.scheduler import Request, Scheduler
 from coe.schema import Answer, ExpertAnswer, ExpertSpec, Query, Route
+from coe.stacked import Reliability
 from coe.types import BatchStats, Generation, GenerationParams
 
 QueryLike = Query | str
@@ -49,28 +50,36 @@ class KPolicy:
     kind: Literal["fixed", "topp", "cascade"] = "fixed"
     start: int = 2
     """cascade: experts asked in the first round."""
+    threshold: float | None = None
+    """cascade: also stop once the answers so far state one letter whose measured reliability in the
+    query's category reaches this (the composer needs the pool's `Reliability`)."""
     mass: float = 1.0
     """topp: the share of the route's summed scores the asked experts must reach."""
 
     @classmethod
     def parse(cls, text: str) -> KPolicy:
-        """`fixed`, `auto` (= `cascade`), `cascade`, `cascade:START` or `topp:P` with 0 < P ≤ 1."""
+        """`fixed`, `auto` (= `cascade`), `cascade`, `cascade:START`, `cascade:START:THRESHOLD` or `topp:P`."""
         kind, _, value = text.partition(":")
+        start_text, _, threshold_text = value.partition(":")
         try:
-            if kind in ("fixed", "auto", "cascade") and (not value or kind == "cascade"):
-                start = int(value) if value else 2
-                if start >= 1:
-                    return cls("fixed") if kind == "fixed" else cls("cascade", start=start)
+            if kind in ("fixed", "auto") and not value:
+                return cls(kind="fixed") if kind == "fixed" else cls(kind="cascade")
+            threshold = float(threshold_text) if threshold_text else None
+            if kind == "cascade" and int(start_text or 2) >= 1 and (threshold is None or 0 < threshold <= 1):
+                return cls(kind="cascade", start=int(start_text or 2), threshold=threshold)
             if kind == "topp" and 0 < float(value) <= 1:
-                return cls("topp", mass=float(value))
+                return cls(kind="topp", mass=float(value))
         except ValueError:
             pass
         raise ConfigError(
-            f"k policy {text!r}: expected fixed, auto, cascade, cascade:START (≥ 1) or topp:P (0 < P ≤ 1)"
+            f"k policy {text!r}: expected fixed, auto, cascade, cascade:START (≥ 1), cascade:START:THRESHOLD "
+            "(0 < THRESHOLD ≤ 1) or topp:P (0 < P ≤ 1)"
         )
 
     def __str__(self) -> str:
-        return {"fixed": "fixed", "cascade": f"cascade:{self.start}", "topp": f"topp:{self.mass:g}"}[self.kind]
+        if self.kind == "cascade":
+            return f"cascade:{self.start}" + (f":{self.threshold:g}" if self.threshold is not None else "")
+        return "fixed" if self.kind == "fixed" else f"topp:{self.mass:g}"
 
     def first(self, route: Route) -> int:
         """Experts asked in the first round."""
@@ -86,11 +95,23 @@ class KPolicy:
                     return asked
         return n
 
-    def settled(self, answers: Sequence[ExpertAnswer], remaining: int) -> bool:
-        """Whether asking the `remaining` experts could no longer change the vote: the leading stated
-        letter is ahead of every other letter by more than `remaining` (a guessed letter counts for none)."""
+    def settled(
+        self,
+        answers: Sequence[ExpertAnswer],
+        remaining: int,
+        category: str | None = None,
+        reliability: Reliability | None = None,
+    ) -> bool:
+        """Whether to stop asking: the `remaining` experts could no longer change the vote (the leading
+        stated letter is ahead of every other letter by more than `remaining`; a guessed letter counts
+        for none), or, with a threshold, the answers so far are confident enough."""
         if self.kind != "cascade" or remaining <= 0:
             return True
+        if self.threshold is not None:
+            if reliability is None:
+                raise ConfigError(f"k policy {self}: a threshold needs the pool's measured reliability (a profile)")
+            if reliability.confidence(answers, category) >= self.threshold:
+                return True
         counts: dict[str, int] = {}
         for answer in answers:
             if answer.error is None and answer.choice is not None:
@@ -113,6 +134,7 @@ class Composer:
         params: GenerationParams | None = None,
         cache_dir: Path | None = None,
         k_policy: KPolicy | None = None,
+        reliability: Reliability | None = None,
     ) -> None:
         self.registry = experts if isinstance(experts, Registry) else Registry(experts, source="the given experts")
         self.router = router or AllRouter().fit(Outcomes.from_priors(self.registry.experts))
@@ -121,6 +143,8 @@ class Composer:
         self.scheduler = scheduler or Scheduler(self.backends)
         self.params = params or GenerationParams()
         self.k_policy = k_policy or KPolicy()
+        self.reliability = reliability
+        """What a cascade with a threshold reads: each expert's measured reliability (`coe.stacked`)."""
 
     def ask(self, question: QueryLike, choices: Sequence[str] | None = None) -> Answer:
         """Answer one question (with `choices`, as multiple choice)."""
@@ -170,7 +194,8 @@ class Composer:
                 for index, route in enumerate(routes):
                     ids = route.expert_ids[: asked[name][index]]
                     so_far = [_expert_answer(batch[index], e, generations[e, index]) for e in ids]
-                    if not self.k_policy.settled(so_far, len(route.experts) - len(ids)):
+                    remaining = len(route.experts) - len(ids)
+                    if not self.k_policy.settled(so_far, remaining, batch[index].category, self.reliability):
                         asked[name][index] += 1
         results = {}
         for router_name, (full_routes, route_s) in timed_routes.items():

@@ -42,16 +42,26 @@ class Reliability:
     """Per expert, measured on profiling items: P(right | stated letter), P(right | guessed letter),
     and the stated one per category (shrunk toward the overall one)."""
 
+    experts: tuple[str, ...]
     stated: np.ndarray
     guessed: np.ndarray
     by_category: dict[str, np.ndarray]
 
     def of(self, expert: int, guessed: bool, category: str | None) -> tuple[float, float]:
-        """(overall, category) reliability of one answer."""
+        """(overall, category) reliability of one answer of the expert in column `expert`."""
         if guessed:
             return float(self.guessed[expert]), float(self.guessed[expert])
         local = self.by_category.get(category or "", self.stated)
         return float(self.stated[expert]), float(local[expert])
+
+    def confidence(self, answers: Sequence[ExpertAnswer], category: str | None) -> float:
+        """How likely the answers so far are right when they all state one letter: the highest category
+        reliability among them; 0 when they disagree, guess or fail (what a cascade's threshold reads)."""
+        usable = [a for a in answers if a.error is None and a.choice is not None]
+        if not usable or len({a.choice for a in usable}) > 1 or any(a.guessed for a in usable):
+            return 0.0
+        column = {expert: j for j, expert in enumerate(self.experts)}
+        return max((self.of(column[a.expert], False, category)[1] for a in usable if a.expert in column), default=0.0)
 
 
 def measure_reliability(outcomes: Outcomes) -> Reliability:
@@ -71,7 +81,7 @@ def measure_reliability(outcomes: Outcomes) -> Reliability:
         / (np.sum(stated & (categories == name)[:, None], axis=0) + PSEUDO_ITEMS)
         for name in sorted(set(categories))
     }
-    return Reliability(stated_rate, guessed_rate, by_category)
+    return Reliability(tuple(outcomes.expert_ids), stated_rate, guessed_rate, by_category)
 
 
 def _logit(p: float) -> float:

@@ -86,9 +86,8 @@ def run_eval(
     scheduler = builder.scheduler
     params = GenerationSpec(max_tokens=config.max_tokens).params()
     by_id = {query.id: query for query in builder.benchmark(config.bench, config.gpqa_subset)}
-    composer = Composer(
-        registry, backends=builder.backends, scheduler=scheduler, params=params, k_policy=KPolicy.parse(config.k_policy)
-    )
+    policy = KPolicy.parse(config.k_policy)
+    composer = Composer(registry, backends=builder.backends, scheduler=scheduler, params=params, k_policy=policy)
     bar = builder.progress
     for seed, (source, split) in splits.items():
         test = [by_id[i] for i in split.test_ids]
@@ -103,6 +102,8 @@ def run_eval(
             )
             for name in dict.fromkeys(("best-single", *config.routers))
         }
+        if policy.threshold is not None:
+            composer.reliability = builder.reliability(outcomes, params)
         aggregators = {
             name: builder.aggregator(
                 AggregatorSpec(name=name, expert=config.aggregator_expert, pool=config.aggregator_pool),
