@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from coe.aggregate import Aggregator, make_aggregator
 from coe.backends import Backend, default_backends
-from coe.composer import Composer, KPolicy
+from coe.composer import Composer, KPolicy, calibrate
 from coe.datasets import BENCHMARKS, is_redacted, load_benchmark
 from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from coe.embed import Encoder
     from coe.profile import Profile
     from coe.skills import SkillAnnotator
-    from coe.stacked import Reliability, StackedVote
+    from coe.stacked import StackedVote
     from coe.store import Store
 
 ProgressFactory = Callable[[str, int], AbstractContextManager[ProgressCallback]]
@@ -382,12 +382,6 @@ class CompositionBuilder:
 
         return StackedVote(random_state=seed).fit(routers, self.answered(outcomes, params, "the stacked aggregator"))
 
-    def reliability(self, outcomes: Outcomes | None, params: GenerationParams) -> Reliability:
-        """Each expert's measured reliability on the profiling items (what a cascade's threshold reads)."""
-        from coe.stacked import measure_reliability
-
-        return measure_reliability(self.answered(outcomes, params, "a k policy with a threshold"))
-
     def answered(self, outcomes: Outcomes | None, params: GenerationParams, needed_by: str) -> Outcomes:
         """The profiling outcomes with every expert's letters (recorded experts' read again from their
         recordings, at no cost: a profile keeps no text for them)."""
@@ -406,7 +400,7 @@ class CompositionBuilder:
         )
         router = self.router(spec.router, outcomes, k=spec.k, seed=spec.seed, bench=bench, encoder=spec.encoder)
         policy = KPolicy.parse(spec.k_policy)
-        return Composer(
+        composer = Composer(
             registry,
             router=router,
             aggregator=self.aggregator(
@@ -416,8 +410,23 @@ class CompositionBuilder:
             scheduler=self.scheduler,
             params=params,
             k_policy=policy,
-            reliability=self.reliability(outcomes, params) if policy.threshold is not None else None,
         )
+        self.fit_policy(composer, [router], outcomes, params)
+        return composer
+
+    def fit_policy(
+        self, composer: Composer, routers: Sequence[Router], outcomes: Outcomes, params: GenerationParams
+    ) -> None:
+        """Give the composer what its k policy reads: the experts' measured reliability for a threshold,
+        and each router's threshold for a budget of calls (`coe.composer.calibrate`)."""
+        policy = composer.k_policy
+        if policy.threshold is None and policy.budget is None:
+            return
+        answered = self.answered(outcomes, params, f"the k policy {policy}")
+        from coe.stacked import measure_reliability
+
+        composer.reliability = measure_reliability(answered)
+        composer.calibrated = {r.name: calibrate(policy, r, answered, composer.reliability) for r in routers}
 
 
 @contextmanager

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
+
+import numpy as np
 
 from coe.aggregate import Aggregator, MajorityVote
 from coe.answers import check_options, is_correct, question_prompt, read_choice
@@ -53,6 +55,9 @@ class KPolicy:
     threshold: float | None = None
     """cascade: also stop once the answers so far state one letter whose measured reliability in the
     query's category reaches this (the composer needs the pool's `Reliability`)."""
+    budget: float | None = None
+    """cascade from one expert: the threshold is the highest whose cascade, replayed on the profiling
+    items, asks at most this many experts per query on average (`calibrate` finds it per router)."""
     mass: float = 1.0
     """topp: the share of the route's summed scores the asked experts must reach."""
 
@@ -67,16 +72,20 @@ class KPolicy:
             threshold = float(threshold_text) if threshold_text else None
             if kind == "cascade" and int(start_text or 2) >= 1 and (threshold is None or 0 < threshold <= 1):
                 return cls(kind="cascade", start=int(start_text or 2), threshold=threshold)
+            if kind == "calls" and float(value) >= 1:
+                return cls(kind="cascade", start=1, budget=float(value))
             if kind == "topp" and 0 < float(value) <= 1:
                 return cls(kind="topp", mass=float(value))
         except ValueError:
             pass
         raise ConfigError(
             f"k policy {text!r}: expected fixed, auto, cascade, cascade:START (≥ 1), cascade:START:THRESHOLD "
-            "(0 < THRESHOLD ≤ 1) or topp:P (0 < P ≤ 1)"
+            "(0 < THRESHOLD ≤ 1), calls:BUDGET (≥ 1) or topp:P (0 < P ≤ 1)"
         )
 
     def __str__(self) -> str:
+        if self.budget is not None:
+            return f"calls:{self.budget:g}"
         if self.kind == "cascade":
             return f"cascade:{self.start}" + (f":{self.threshold:g}" if self.threshold is not None else "")
         return "fixed" if self.kind == "fixed" else f"topp:{self.mass:g}"
@@ -107,6 +116,8 @@ class KPolicy:
         for none), or, with a threshold, the answers so far are confident enough."""
         if self.kind != "cascade" or remaining <= 0:
             return True
+        if self.budget is not None and self.threshold is None:
+            raise ConfigError(f"k policy {self}: calibrate it for the router first (`coe.composer.calibrate`)")
         if self.threshold is not None:
             if reliability is None:
                 raise ConfigError(f"k policy {self}: a threshold needs the pool's measured reliability (a profile)")
@@ -118,6 +129,46 @@ class KPolicy:
                 counts[answer.choice] = counts.get(answer.choice, 0) + (0 if answer.guessed else 1)
         ranked = [*sorted(counts.values(), reverse=True), 0, 0]
         return ranked[0] - ranked[1] > remaining
+
+
+THRESHOLDS = tuple(np.round(np.arange(0.30, 1.0001, 0.01), 2))
+"""The thresholds a budget policy chooses among."""
+
+
+def calibrate(policy: KPolicy, router: Router, outcomes: Outcomes, reliability: Reliability) -> KPolicy:
+    """A budget policy made concrete for `router`: the highest threshold whose cascade, replayed on the
+    profiling items' recorded letters (`outcomes.letters`) along the router's routes, asks at most
+    `policy.budget` experts per query on average (the lowest threshold when none does). Other
+    policies come back unchanged."""
+    if policy.budget is None or outcomes.letters is None or outcomes.guessed is None:
+        return policy
+    routes = router.route(outcomes.items)
+    column = {expert: j for j, expert in enumerate(outcomes.expert_ids)}
+    answers = [
+        [
+            ExpertAnswer.model_construct(
+                expert=e, text="", choice=outcomes.letters[i, column[e]] or None, guessed=outcomes.guessed[i, column[e]]
+            )
+            for e in route.expert_ids
+        ]
+        for i, route in enumerate(routes)
+    ]
+
+    def calls(threshold: float) -> float:
+        concrete = replace(policy, threshold=threshold)
+        spent = []
+        for item, route, asked in zip(outcomes.items, routes, answers, strict=True):
+            n = concrete.first(route)
+            while not concrete.settled(asked[:n], len(asked) - n, item.category, reliability):
+                n += 1
+            spent.append(n)
+        return float(np.mean(spent)) if spent else 0.0
+
+    low, high = 0, len(THRESHOLDS) - 1  # calls grow with the threshold: the last one within budget
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if calls(THRESHOLDS[middle]) <= policy.budget else (low, middle - 1)
+    return replace(policy, threshold=float(THRESHOLDS[low]))
 
 
 class Composer:
@@ -145,6 +196,8 @@ class Composer:
         self.k_policy = k_policy or KPolicy()
         self.reliability = reliability
         """What a cascade with a threshold reads: each expert's measured reliability (`coe.stacked`)."""
+        self.calibrated: dict[str, KPolicy] = {}
+        """Per router name, its budget policy made concrete (`calibrate`); others use `k_policy`."""
 
     def ask(self, question: QueryLike, choices: Sequence[str] | None = None) -> Answer:
         """Answer one question (with `choices`, as multiple choice)."""
@@ -174,7 +227,8 @@ class Composer:
         for name, router in routers.items():
             started = time.perf_counter()
             timed_routes[name] = (router.route(batch), time.perf_counter() - started)
-        asked = {name: [self.k_policy.first(route) for route in routes] for name, (routes, _) in timed_routes.items()}
+        policies = {name: self.calibrated.get(router.name, self.k_policy) for name, router in routers.items()}
+        asked = {name: [policies[name].first(route) for route in routes] for name, (routes, _) in timed_routes.items()}
         generations: dict[tuple[str, int], Generation] = {}
         stats = BatchStats()
         while True:  # one expert-batched round per cascade step; a fixed policy runs one round
@@ -195,7 +249,7 @@ class Composer:
                     ids = route.expert_ids[: asked[name][index]]
                     so_far = [_expert_answer(batch[index], e, generations[e, index]) for e in ids]
                     remaining = len(route.experts) - len(ids)
-                    if not self.k_policy.settled(so_far, remaining, batch[index].category, self.reliability):
+                    if not policies[name].settled(so_far, remaining, batch[index].category, self.reliability):
                         asked[name][index] += 1
         results = {}
         for router_name, (full_routes, route_s) in timed_routes.items():

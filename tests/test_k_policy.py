@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from coe.aggregate import MajorityVote
-from coe.composer import Composer, KPolicy
+from coe.composer import Composer, KPolicy, calibrate
 from coe.errors import ConfigError
 from coe.routers import AllRouter
 from coe.schema import ExpertChoice, Query, Route
@@ -33,6 +33,7 @@ def noisy(p_right: float, guess_share: float = 0.0):
         ("cascade:1", KPolicy(kind="cascade", start=1)),
         ("cascade:1:0.7", KPolicy(kind="cascade", start=1, threshold=0.7)),
         ("topp:0.8", KPolicy(kind="topp", mass=0.8)),
+        ("calls:2", KPolicy(kind="cascade", start=1, budget=2.0)),
     ],
 )
 def test_policies_parse_and_print_back(text: str, policy: KPolicy) -> None:
@@ -40,7 +41,9 @@ def test_policies_parse_and_print_back(text: str, policy: KPolicy) -> None:
     assert KPolicy.parse(str(policy)) == policy
 
 
-@pytest.mark.parametrize("text", ["", "cascade:0", "cascade:2:1.5", "topp:0", "topp:x", "auto:3", "sometimes"])
+@pytest.mark.parametrize(
+    "text", ["", "cascade:0", "cascade:2:1.5", "topp:0", "topp:x", "auto:3", "calls:0.5", "sometimes"]
+)
 def test_unknown_policies_are_one_clear_error(text: str) -> None:
     with pytest.raises(ConfigError, match="expected fixed, auto"):
         KPolicy.parse(text)
@@ -115,3 +118,30 @@ def test_a_threshold_without_a_profile_is_a_clear_error(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="reliability"):
         composer.run(items)
+
+
+def test_a_budget_of_calls_chooses_the_highest_threshold_within_it_on_profiling_items(tmp_path: Path) -> None:
+    """Expert `a` is reliable on math only: a budget of 2 calls buys the law queries more experts."""
+
+    def a(query: Query, rng: np.random.Generator) -> str:
+        return stated(query.gold if query.category == "math" or rng.random() < 0.5 else wrong(query, rng))
+
+    items, test = recorded.queries(300, seed=7), recorded.queries(300, seed=8)
+    registry = recorded.pool(tmp_path, items + test, {"a": a, "b": noisy(0.6), "c": noisy(0.5)})
+    runner = recorded.scheduler()
+    outcomes = recorded.profiled(registry, items, runner)
+    router = AllRouter().fit(outcomes)
+    reliability = measure_reliability(outcomes)
+    policies = {
+        budget: calibrate(KPolicy.parse(f"calls:{budget}"), router, outcomes, reliability) for budget in (2.0, 3)
+    }
+    assert policies[2.0].threshold is not None and policies[3].threshold == 1.0
+    assert policies[2.0].threshold < reliability.by_category["math"][0]  # math stops after `a`
+    composer = Composer(registry, router=router, backends=runner.backends, scheduler=runner)
+    composer.k_policy, composer.reliability = KPolicy.parse("calls:2.0"), reliability
+    with pytest.raises(ConfigError, match="calibrate"):
+        composer.run(test[:5])
+    composer.calibrated = {router.name: policies[2.0]}
+    calls = [len(answer.experts) for answer in composer.run(test).answers]
+    assert 1.5 < np.mean(calls) <= 2.1
+    assert all(n == 1 for n, q in zip(calls, test, strict=True) if q.category == "math")

@@ -102,8 +102,7 @@ def run_eval(
             )
             for name in dict.fromkeys(("best-single", *config.routers))
         }
-        if policy.threshold is not None:
-            composer.reliability = builder.reliability(outcomes, params)
+        builder.fit_policy(composer, [r for r in routers.values() if r.name != "oracle"], outcomes, params)
         aggregators = {
             name: builder.aggregator(
                 AggregatorSpec(name=name, expert=config.aggregator_expert, pool=config.aggregator_pool),
