@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 from coe.aggregate import MajorityVote, WeightedVote
+from coe.backends.replay import NO_RECORD
 from coe.compose import CompositionBuilder, RouterSpec
 from coe.datasets import load_mmlu_pro
 from coe.embed import DEFAULT_ENCODER, ENCODERS
@@ -37,6 +38,7 @@ from coe.routers import Router
 from coe.schema import ExpertAnswer, Query, Route
 from coe.settings import Settings, apply_offline_environment
 from coe.splits import make_split
+from coe.types import Failure
 
 POOL = bundled_pools()["replay-mmlu-pro-ref8"]
 OUTCOMES = "outcomes/mmlu_pro_tiger_outcomes_long.csv.gz"
@@ -86,7 +88,7 @@ def fused_accuracy(
         answers = [
             ExpertAnswer(expert=e, text="", choice=row[column[e]] or None)
             if row[column[e]] is not None
-            else ExpertAnswer(expert=e, text="", error="no record")
+            else ExpertAnswer(expert=e, text="", error=Failure(NO_RECORD, kind="no_record", expert=e))
             for e in route.expert_ids
         ]
         calls += len(answers)
@@ -184,6 +186,9 @@ def main() -> None:
             "skill:prune_below=0.05",
             "classifier",
             "classifier:k=1",
+            "cluster",
+            "mf",
+            "kshot",
         ],
         help="router names, each optionally with parameters: name:key=value,key=value",
     )

@@ -2,11 +2,11 @@
 
 A spec names the pool (a registry file, an imported pool or a bundled one), the router and its
 hyperparameters, where its profile comes from (a stored profile, a benchmark split to profile now,
-or the registry's declared priors), the aggregator, k, the generation settings and the executor.
-`compose(spec)` returns a fitted, ready `Composer`. The SDK, `coe ask/demo`, `coe eval` (one
-composition per router), `coe aggregators probe`, the service and the UI all build compositions
-here; a `CompositionBuilder` shares what is costly between them (database, backends, scheduler,
-encoder, skill annotators, loaded benchmarks).
+K labelled examples of the user's task to run every expert on, or the registry's declared priors),
+the aggregator, k, the generation settings and the executor. `compose(spec)` returns a fitted,
+ready `Composer`. The SDK, `coe ask/demo`, `coe eval` (one composition per router), `coe aggregators
+probe`, the service and the UI all build compositions here; a `CompositionBuilder` shares what is
+costly between them (database, backends, scheduler, encoder, skill annotators, loaded benchmarks).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from coe.aggregate import Aggregator, make_aggregator
 from coe.backends import Backend, default_backends
 from coe.composer import Composer, KPolicy, calibrate
-from coe.datasets import BENCHMARKS, is_redacted, load_benchmark
+from coe.datasets import BENCHMARKS, is_redacted, load_benchmark, load_examples
 from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError
 from coe.outcomes import Outcomes
@@ -31,6 +31,7 @@ from coe.registry import Registry, describe_validation_error, load_pool
 from coe.resources import bundled_compositions
 from coe.routers import make_router
 from coe.routers.base import Router
+from coe.routers.kshot import draw_examples
 from coe.scheduler import Scheduler
 from coe.schema import Frozen, Query
 from coe.settings import Settings
@@ -86,7 +87,30 @@ class StoredProfile(Frozen):
     stored: int | str
 
 
-ProfileSource = Literal["priors"] | StoredProfile | SplitProfile
+class KShotProfile(Frozen):
+    """K labelled examples of the user's task, every expert run on them now (nothing is stored, so a
+    pool never profiled works): the questions of an `examples` file (JSON Lines, see
+    `coe.datasets.load_examples`), or `kshot` items drawn (seeded) from the profiling items of a
+    benchmark split, of one `category` or K of each. Fit the `kshot` router on them."""
+
+    examples: str | None = None
+    kshot: int | None = Field(default=None, ge=1)
+    bench: Bench | None = None
+    split: str = "random:1400:0"
+    gpqa_subset: Literal["diamond", "main", "extended"] = "diamond"
+    category: str | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KShotProfile:
+        if (self.examples is None) == (self.kshot is None):
+            raise ValueError("give either `examples` (a file) or `kshot` (K items drawn from `bench`'s split)")
+        if self.kshot is not None and self.bench is None:
+            raise ValueError("`kshot` draws from a benchmark split: give `bench` (and `split`, `category`)")
+        return self
+
+
+ProfileSource = Literal["priors"] | StoredProfile | SplitProfile | KShotProfile
 
 
 class GenerationSpec(Frozen):
@@ -158,27 +182,34 @@ class CompositionSpec(Frozen):
             spec = cls.model_validate(raw)
         except ValidationError as error:
             raise ConfigError(describe_validation_error(path, error, raw, cls)) from error
+        profile = spec.profile
+        if isinstance(profile, KShotProfile):
+            profile = profile.model_copy(update={"examples": _beside(path, profile.examples)})
         return spec.model_copy(
             update={
                 "pool": _beside(path, spec.pool),
                 "aggregator": spec.aggregator.model_copy(update={"pool": _beside(path, spec.aggregator.pool)}),
+                "profile": profile,
             }
         )
 
 
 def _beside(spec_file: Path, ref: str | None) -> str | None:
-    """A relative registry path in a composition file is relative to that file (names stay names)."""
+    """A relative registry or examples path in a composition file is relative to that file (names stay names)."""
     if ref is None or Path(ref).is_absolute() or not (spec_file.parent / ref).is_file():
         return ref
     return str((spec_file.parent / ref).resolve())
 
 
 def parse_profile_source(text: str) -> ProfileSource:
-    """A profile source as typed on a command line: `priors`, a stored profile's id or name, or
-    `BENCH:SPLIT` (e.g. `mmlu-pro:random:1400:0`) to profile now."""
+    """A profile source as typed on a command line: `priors`, a stored profile's id or name,
+    `BENCH:SPLIT` (e.g. `mmlu-pro:random:1400:0`) to profile now, or `kshot:FILE` to run every expert
+    on a K-shot examples file."""
     bench, _, split = text.partition(":")
     if text == "priors":
         return "priors"
+    if bench == "kshot" and split:
+        return KShotProfile(examples=split)
     if bench in BENCHMARKS and split:
         return SplitProfile(bench=bench, split=split)
     return StoredProfile(stored=int(text) if text.isdigit() else text)
@@ -312,6 +343,8 @@ class CompositionBuilder:
             return Outcomes.from_priors(registry.experts), None
         if isinstance(source, SplitProfile):
             return self.profile(source, registry, params, annotate=annotate, encoder=encoder).outcomes, source.bench
+        if isinstance(source, KShotProfile):
+            return self.kshot_outcomes(source, registry, params), source.bench
         from coe.profile import check_profile_covers, find_profile, stored_outcomes
 
         assert isinstance(source, StoredProfile)
@@ -323,6 +356,30 @@ class CompositionBuilder:
 
         items = [by_id[item.item_id] for item in ProfileStore(self.store).items(record.id)]
         return stored_outcomes(self.store, record, registry, items), record.bench
+
+    def kshot_examples(self, source: KShotProfile) -> list[Query]:
+        """The K labelled examples a K-shot source names: its file's, or drawn from a split's profiling items."""
+        if source.examples is not None:
+            return load_examples(Path(source.examples))
+        assert source.bench is not None and source.kshot is not None
+        split = SplitProfile(bench=source.bench, split=source.split, gpqa_subset=source.gpqa_subset)
+        by_id = {query.id: query for query in self.benchmark(source.bench, source.gpqa_subset)}
+        items = [by_id[i] for i in self.split(split).profile_ids]
+        drawn = draw_examples(items, source.kshot, source.seed, source.category)
+        if not drawn:
+            raise ConfigError(f"no profiling item of category {source.category!r} in {source.bench} {source.split}")
+        return drawn
+
+    def kshot_outcomes(self, source: KShotProfile, registry: Registry, params: GenerationParams) -> Outcomes:
+        """Every expert of the pool on the K examples, now (expert-batched: adapters of a base share one load)."""
+        from coe.profile import measure
+
+        examples = self.kshot_examples(source)
+        with self.progress(
+            f"{len(examples)} K-shot examples × {len(registry)} experts", len(examples) * len(registry)
+        ) as on_progress:
+            correct, _ = measure(registry, examples, self.scheduler, params, on_progress)
+        return Outcomes(tuple(registry.experts), tuple(examples), correct)
 
     def router(
         self,
@@ -337,9 +394,10 @@ class CompositionBuilder:
         """The named router with its hyperparameters, fitted on `outcomes` for `k` experts per query;
         the embedding routers (and skill's annotator) use the named encoder."""
         collaborators: dict[str, Any] = {"random_state": seed, "k": k}
-        if spec.name in ("knn", "classifier", "skill"):
+        takes = make_router(spec.name).get_params()
+        if "encoder" in takes:
             collaborators["encoder"] = self.encoder(encoder)
-        if spec.name == "skill":
+        if "annotator" in takes:
             collaborators["annotator"] = self.annotator(bench, encoder)
         router = make_router(spec.name, **collaborators)
         try:
@@ -439,6 +497,7 @@ __all__ = [
     "CompositionBuilder",
     "CompositionSpec",
     "GenerationSpec",
+    "KShotProfile",
     "ProfileSource",
     "RouterSpec",
     "SplitProfile",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from coe.answers import LETTERS
 from coe.errors import DatasetError, UnknownNameError
@@ -149,3 +150,49 @@ def load_benchmark(bench: str, data_dir: Path | None, *, seed: int = 0, subset: 
     if bench == "gpqa":
         return load_gpqa(subset or "diamond", data_dir, seed=seed)
     raise UnknownNameError("benchmark", bench, BENCHMARKS)
+
+
+class Example(BaseModel):
+    """One labelled example of a user's task (a line of a K-shot examples file)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    question: str
+    choices: tuple[str, ...]
+    answer: str
+    """The right option's letter (A, B, ...)."""
+    id: str | int | None = None
+    category: str | None = None
+    """The task; examples of several tasks may share a file."""
+
+
+def load_examples(path: Path) -> list[Query]:
+    """A K-shot examples file: JSON Lines of {question, choices, answer, id?, category?}. Ids default to
+    `example-<line>`; an answer must be one of the question's option letters."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"cannot read examples file {path}: {error}") from error
+    queries = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            example = Example.model_validate_json(line)
+        except ValidationError as error:
+            raise DatasetError(f"{path}:{number}: not an example ({{question, choices, answer}}): {error}") from error
+        letters = LETTERS[: len(example.choices)]
+        if example.answer not in letters:
+            raise DatasetError(f"{path}:{number}: answer {example.answer!r} is not an option letter ({letters})")
+        queries.append(
+            Query(
+                id=str(example.id) if example.id is not None else f"example-{number}",
+                text=example.question,
+                choices=example.choices,
+                category=example.category,
+                gold=example.answer,
+            )
+        )
+    if not queries:
+        raise DatasetError(f"examples file {path} holds no example")
+    return queries

@@ -63,5 +63,6 @@ def test_a_wheel_installed_outside_the_checkout_runs_the_cli_and_composes(tmp_pa
     assert run.returncode == 0, run.stderr[-3000:]
     routed, bundled, adapters = run.stdout.strip().splitlines()
     assert routed.startswith("routed to ")
-    assert bundled == "['embedded', 'embedded-lora', 'replay-mmlu-pro-ref8'] ['gpqa', 'mmlu_pro'] 6"
+    shipped = "['embedded', 'embedded-lora', 'replay-mmlu-pro-next8', 'replay-mmlu-pro-ref8']"
+    assert bundled == f"{shipped} ['gpqa', 'mmlu_pro'] 6"
     assert adapters == "True"

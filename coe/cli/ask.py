@@ -45,7 +45,10 @@ def ask(
     aggregator: Annotated[str | None, typer.Option(help="majority, weighted or llm.")] = None,
     profile: Annotated[
         str | None,
-        typer.Option(help="What the router fits on: priors, a stored profile (id or name) or BENCH:SPLIT."),
+        typer.Option(
+            help="What the router fits on: priors, a stored profile (id or name), BENCH:SPLIT, or kshot:FILE "
+            "(every expert run now on a K-shot examples file; use with --router kshot)."
+        ),
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Generation budget per expert (default 384).")] = None,
     encoder: Annotated[EncoderName | None, typer.Option(help="Query encoder of the embedding routers.")] = None,

@@ -137,6 +137,9 @@ def eval_command(
     aggregator_expert: Annotated[str | None, typer.Option(help="Expert of the llm aggregator.")] = None,
     aggregator_pool: Annotated[str | None, typer.Option(help="Pool holding the llm aggregator expert.")] = None,
     chunk_size: Annotated[int | None, typer.Option(help="Test items stored per transaction (resume unit).")] = None,
+    kshot: Annotated[
+        int | None, typer.Option("--kshot", help="The kshot router sees K profiling items per category.")
+    ] = None,
     max_failure_rate: Annotated[
         float | None, typer.Option(help="Share of failed generations above which the run fails (default 0.1).")
     ] = None,
@@ -163,6 +166,7 @@ def eval_command(
         "aggregator_expert": aggregator_expert,
         "aggregator_pool": aggregator_pool,
         "chunk_size": chunk_size,
+        "kshot": kshot,
         "max_failure_rate": max_failure_rate,
         "encoder": encoder,
     }
@@ -222,6 +226,7 @@ def json_summary(summary: EvalSummary) -> dict:
         "best_single": data["best_single"],
         "oracle": data["oracle"],
         "per_category": data["per_category"],
+        "kshot": data["kshot"],
         "failures": data["failures"],
         "failure_rate": data["failure_rate"],
     }
@@ -232,14 +237,16 @@ def print_summary(summary: EvalSummary) -> None:
     if summary.k_policy != "fixed":
         title += f", k policy {summary.k_policy}"
     table = Table(title=f"{title}, {summary.n_test} test items per seed")
-    for column in ("router", "aggregator", "accuracy", "Δ vs best-single", "calls/query", "loads", "time (s)"):
+    columns = ("router", "aggregator", "accuracy", "Δ pts [95% CI]", "wins", "calls/query", "loads", "time (s)")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("router", "aggregator") else "right")
     for r in summary.results:
         table.add_row(
             r.router,
             r.aggregator,
             f"{r.accuracy_mean:.4f} ± {r.accuracy_std:.4f}",
-            f"{100 * r.delta_vs_best_single:+.2f} pts",
+            r.delta_text(),
+            "yes" if r.wins else "",
             f"{r.calls_per_query:.2f}",
             f"{r.n_loads:g}",
             f"{r.wall_s:.1f}",
@@ -247,6 +254,7 @@ def print_summary(summary: EvalSummary) -> None:
     out.print(table)
     best = summary.best_single
     out.print(f"best single expert (chosen on profiling): {best.expert} {best.accuracy_mean:.4f}")
+    out.print("Δ: accuracy points over it, with a paired bootstrap 95% interval over the test items; wins: above zero")
     if summary.oracle:
         out.print(f"oracle (upper bound): {summary.oracle.accuracy_mean:.4f}")
     rows = list(summary.per_category)

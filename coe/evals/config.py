@@ -35,6 +35,8 @@ class EvalConfig(BaseModel):
     aggregator_pool: str | None = None
     """The pool (file or name) holding the aggregator expert, when it is not in the pool."""
     chunk_size: int = Field(default=2000, ge=1)
+    kshot: int | None = Field(default=None, ge=1)
+    """Fit the `kshot` router on K items per category drawn from the profiling items (default: all of them)."""
     max_failure_rate: float = Field(default=0.1, ge=0, le=1)
     """A run whose share of failed generations passes this says so loudly and exits non-zero."""
     pool_fingerprint: str = ""

@@ -117,15 +117,18 @@ def _markdown(summary: EvalSummary, plots: dict[str, str]) -> str:
         "",
         f"Benchmark **{summary.bench}**, pool `{summary.pool}`, split `{summary.split}` (its seed moves with each run "
         f"seed), seeds {summary.seeds}, {summary.n_test} test items per seed. Accuracy is the mean over seeds ± the "
-        "sample standard deviation; Δ is against the best single expert chosen on the profiling items.",
+        "sample standard deviation; Δ is in accuracy points against the best single expert chosen on the profiling "
+        "items, with a paired bootstrap 95% interval over the test items (same items, same seeds); a row *wins* only "
+        "when its whole interval lies above zero."
+        + (f" The kshot router saw {summary.kshot} profiling items per category." if summary.kshot else ""),
         "",
-        "| router | aggregator | accuracy | Δ vs best-single | expert calls / query | model loads | time (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| router | aggregator | accuracy | Δ pts [95% CI] | wins | expert calls / query | model loads | time (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(summary.results, key=lambda r: -r.accuracy_mean):
         lines.append(
-            f"| {r.router} | {r.aggregator} | {r.accuracy_mean:.4f} ± {r.accuracy_std:.4f} | "
-            f"{100 * r.delta_vs_best_single:+.2f} pts | {r.calls_per_query:.2f} | {r.n_loads:g} | {r.wall_s:.1f} |"
+            f"| {r.router} | {r.aggregator} | {r.accuracy_mean:.4f} ± {r.accuracy_std:.4f} | {r.delta_text()} | "
+            f"{'yes' if r.wins else ''} | {r.calls_per_query:.2f} | {r.n_loads:g} | {r.wall_s:.1f} |"
         )
     best = summary.best_single
     lines += [

@@ -1,7 +1,8 @@
 """`coe eval`: routers × aggregators on a benchmark, against honest baselines, over several seeds.
 
 For each seed: split the benchmark, profile the pool on the profiling items (or reuse the stored
-profile), fit each router through the composition builder, then route the test items in chunks,
+profile), fit each router through the composition builder (`kshot`, given `--kshot K`, on K items
+of each category drawn from the profiling items instead), then route the test items in chunks,
 run the union of the routers' picks once (expert-batched), fuse with every aggregator and store each
 chunk in one transaction, so a run killed midway resumes where it stopped and never recomputes a
 finished item.
@@ -17,7 +18,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from coe.backends import Backend
-from coe.compose import AggregatorSpec, CompositionBuilder, GenerationSpec, ProgressFactory, RouterSpec, SplitProfile
+from coe.compose import (
+    AggregatorSpec,
+    CompositionBuilder,
+    GenerationSpec,
+    KShotProfile,
+    ProgressFactory,
+    RouterSpec,
+    SplitProfile,
+)
 from coe.composer import BatchResult, Composer, KPolicy
 from coe.datasets import is_redacted, stored_error
 from coe.errors import RunError
@@ -96,11 +105,15 @@ def run_eval(
         outcomes, bench = builder.outcomes(
             source, registry, params, annotate="skill" in config.routers, encoder=config.encoder
         )
+        fitted_on = {name: outcomes for name in ("best-single", *config.routers)}
+        if config.kshot and "kshot" in config.routers:
+            shots = KShotProfile(**source.model_dump(), kshot=config.kshot, seed=seed)
+            fitted_on["kshot"] = builder.kshot_outcomes(shots, registry, params)
         routers: dict[str, Router] = {
             name: builder.router(
-                RouterSpec(name=name), outcomes, k=config.k, seed=seed, bench=bench, encoder=config.encoder
+                RouterSpec(name=name), fitted_on[name], k=config.k, seed=seed, bench=bench, encoder=config.encoder
             )
-            for name in dict.fromkeys(("best-single", *config.routers))
+            for name in fitted_on
         }
         builder.fit_policy(composer, [r for r in routers.values() if r.name != "oracle"], outcomes, params)
         aggregators = {

@@ -1,5 +1,6 @@
 """The numbers of a run, from its stored rows: accuracy mean ± std over seeds per router × aggregator,
-Δ vs the best single expert, expert calls per query, model loads, time; per category; the oracle."""
+Δ vs the best single expert with its paired bootstrap 95% interval, expert calls per query, model
+loads, time; per category; the oracle."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from coe.evals.bootstrap import paired_bootstrap_interval
 from coe.evals.config import EvalConfig
 from coe.store import RunStore
 
@@ -25,12 +27,24 @@ class ResultSummary(_Model):
     accuracy_std: float
     accuracy_per_seed: list[float]
     delta_vs_best_single: float
+    delta_ci95: tuple[float, float] | None = None
+    """Paired bootstrap 95% interval of the Δ over the test items (same items, same seeds)."""
+    wins: bool = False
+    """The whole interval lies above zero: a gain over the best single expert beyond chance."""
     calls_per_query: float
     n_loads: float
     """Distinct models this router needs loaded per seed (expert-batched: loads = distinct bases)."""
     wall_s: float
     """Per seed: routing + this router's share of loads + its experts' generation time + fusing."""
     cost_per_query_usd: float
+
+    def delta_text(self) -> str:
+        """Δ in points with its 95% interval, e.g. `+2.63 [+2.31, +2.95]`."""
+        delta = f"{100 * self.delta_vs_best_single:+.2f}"
+        if self.delta_ci95 is None:
+            return delta
+        low, high = self.delta_ci95
+        return f"{delta} [{100 * low:+.2f}, {100 * high:+.2f}]"
 
 
 class BestSingle(_Model):
@@ -60,6 +74,8 @@ class EvalSummary(_Model):
     n_test: int
     k_policy: str = "fixed"
     """How many of the k experts each query asked (`coe.composer.KPolicy`); calls/query is what it spent."""
+    kshot: int | None = None
+    """The kshot router's K per category (None: it saw every profiling item)."""
     results: list[ResultSummary]
     best_single: BestSingle
     oracle: Oracle | None
@@ -74,7 +90,7 @@ class EvalSummary(_Model):
 def summarize(run_id: str, config: EvalConfig, runs: RunStore, load_keys: Mapping[str, str]) -> EvalSummary:
     """The run's numbers; `load_keys` maps each expert that needs a model load to its model's key."""
     rows = runs.results(run_id)
-    accuracy: dict[tuple[str, str], dict[int, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    accuracy: dict[tuple[str, str], dict[int, dict[str, bool]]] = defaultdict(lambda: defaultdict(dict))
     calls: dict[tuple[str, str], list[int]] = defaultdict(list)
     costs: dict[tuple[str, str], list[float]] = defaultdict(list)
     latency: dict[tuple[str, str, int], float] = defaultdict(float)
@@ -82,7 +98,7 @@ def summarize(run_id: str, config: EvalConfig, runs: RunStore, load_keys: Mappin
     n_test: Counter[int] = Counter()
     for row in rows:
         key = (row.router, row.aggregator)
-        accuracy[key][row.seed].append(row.correct)
+        accuracy[key][row.seed][row.item_id] = row.correct
         calls[key].append(row.n_calls)
         costs[key].append(row.cost_usd)
         latency[row.router, row.aggregator, row.seed] += row.latency_s
@@ -93,11 +109,21 @@ def summarize(run_id: str, config: EvalConfig, runs: RunStore, load_keys: Mappin
     loads, chosen = _route_facts(runs, run_id, load_keys, seeds)
 
     def seed_means(key: tuple[str, str]) -> list[float]:
-        return [float(np.mean(accuracy[key][seed])) for seed in seeds if accuracy[key][seed]]
+        return [float(np.mean(list(accuracy[key][seed].values()))) for seed in seeds if accuracy[key][seed]]
 
     best_key = ("best-single", config.aggregators[0])
     best_scores = seed_means(best_key)
     best_mean = float(np.mean(best_scores)) if best_scores else 0.0
+
+    def interval(key: tuple[str, str]) -> tuple[float, float]:
+        """Paired with best-single item by item, within each seed."""
+        differences = []
+        for seed in seeds:
+            mine, best = accuracy[key][seed], accuracy[best_key][seed]
+            shared = [item for item in mine if item in best]
+            differences.append(np.array([float(mine[item]) - float(best[item]) for item in shared]))
+        return paired_bootstrap_interval(differences)
+
     results = [
         ResultSummary(
             router=router,
@@ -107,6 +133,8 @@ def summarize(run_id: str, config: EvalConfig, runs: RunStore, load_keys: Mappin
             accuracy_std=_std(scores),
             accuracy_per_seed=scores,
             delta_vs_best_single=float(np.mean(scores)) - best_mean,
+            delta_ci95=(ci := interval((router, aggregator))),
+            wins=ci[0] > 0,
             calls_per_query=float(np.mean(calls[router, aggregator])),
             n_loads=float(np.mean([loads.get((router, seed), 0) for seed in seeds])),
             wall_s=float(np.mean([latency[router, aggregator, seed] for seed in seeds])),
@@ -125,6 +153,7 @@ def summarize(run_id: str, config: EvalConfig, runs: RunStore, load_keys: Mappin
         pool=config.pool,
         split=config.split,
         seeds=seeds,
+        kshot=config.kshot if "kshot" in config.routers else None,
         n_test=int(np.mean(list(n_test.values()))) if n_test else 0,
         k_policy=config.k_policy,
         results=results,

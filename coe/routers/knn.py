@@ -3,9 +3,10 @@ accuracy on the nearest profiled items, shrunk toward its overall accuracy.
 
 With a few hundred profiling items the neighbourhood of one query is small and noisy, so how far to
 trust it is learned, not assumed: unless given, the number of neighbours, the similarity temperature
-and the prior strength are chosen in `fit` by cross-validation on the profiling items (lowest Brier
-score of the predicted correctness). When neighbours carry no signal this chooses a strong prior, and
-the router degrades gracefully to the best overall experts.
+and the prior strength are chosen in `fit` by cross-validation on the profiling items (how often the
+top-k vote they drive is right on held-out items; see `coe.routers.selection`). When neighbours
+carry no signal this chooses a strong prior, and the router degrades gracefully to the best overall
+experts.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import numpy as np
 from coe.embed import Encoder, VectorIndex
 from coe.outcomes import Outcomes
 from coe.routers.base import Pick, Router, penalized, top_k
+from coe.routers.selection import FoldEstimates, choose_by_cross_validation, shrunk_accuracy
 from coe.schema import Query
 
 NEIGHBOURS_GRID = (10, 25, 50, 100, 200, 400)
 TEMPERATURE_GRID = (0.02, 0.05, 0.1, 1.0)
 PRIOR_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, np.inf)
 """np.inf ignores the neighbours: every query gets the overall best experts."""
-N_FOLDS = 5
 
 
 def neighbour_accuracy(
@@ -48,54 +49,31 @@ def neighbour_accuracy(
     known = ~np.isnan(outcomes)
     hits = np.einsum("qk,qkm->qm", weights, np.where(known, outcomes, 0.0))
     counted = np.einsum("qk,qkm->qm", weights, known.astype(float))
-    return (hits + prior_strength * prior) / (counted + prior_strength)
+    return shrunk_accuracy(hits, counted, prior, prior_strength)
 
 
-def vote_accuracy(estimates: np.ndarray, correct: np.ndarray, k: int) -> float:
-    """How often a vote of each row's top-k experts (weighted by `estimates`) would be right, assuming
-    wrong answers never coincide: the right letter's weight must beat the heaviest wrong voter."""
-    picked = top_k(estimates, k)
-    weights = np.take_along_axis(estimates, picked, axis=1)
-    right = np.nan_to_num(np.take_along_axis(correct, picked, axis=1)) == 1
-    return float(np.mean(np.sum(weights * right, axis=1) > np.max(weights * ~right, axis=1)))
+def fold_neighbour_estimates(
+    vectors: np.ndarray, outcomes: Outcomes, grid: Sequence[tuple[int, float, float]]
+) -> FoldEstimates:
+    """Cross-validation's view of the grid: one neighbour search per fold serves every setting."""
 
-
-def choose_by_cross_validation(
-    vectors: np.ndarray,
-    outcomes: Outcomes,
-    grid: Sequence[tuple[int, float, float]],
-    *,
-    k: int,
-    seed: int,
-) -> tuple[int, float, float]:
-    """The smoothest (neighbours, temperature, prior strength) whose top-k vote is right on held-out
-    profiling items within one standard error of the best (the one-standard-error rule): local
-    estimates must earn their variance. `grid` is ordered smoothest first."""
-    n = len(vectors)
-    folds = np.random.default_rng(seed).permutation(n) % N_FOLDS
-    hits = np.zeros(len(grid))
-    for fold in range(N_FOLDS):
-        train, held = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
-        if len(train) == 0 or len(held) == 0:
-            continue
+    def estimates(train: np.ndarray, held: np.ndarray) -> list[np.ndarray]:
         widest = min(max(size for size, _, _ in grid), len(train))
         similarities, found = VectorIndex(vectors[train]).search(vectors[held], widest)
         fold_prior = outcomes.subset(train).accuracy()
-        for g, (size, temperature, strength) in enumerate(grid):
-            size = min(size, widest)
-            estimate = neighbour_accuracy(
-                similarities[:, :size],
-                found[:, :size],
+        return [
+            neighbour_accuracy(
+                similarities[:, : min(size, widest)],
+                found[:, : min(size, widest)],
                 outcomes.correct[train],
                 fold_prior,
                 temperature=temperature,
                 prior_strength=strength,
             )
-            hits[g] += vote_accuracy(estimate, outcomes.correct[held], k) * len(held)
-    rates = hits / n
-    best = rates.max()
-    tolerance = np.sqrt(best * (1 - best) / n)
-    return grid[int(np.flatnonzero(rates >= best - tolerance)[0])]
+            for size, temperature, strength in grid
+        ]
+
+    return estimates
 
 
 class KnnRouter(Router):
@@ -145,11 +123,8 @@ class KnnRouter(Router):
                 )
             )
         )
-        chosen = (
-            grid[0]
-            if len(grid) == 1
-            else choose_by_cross_validation(vectors, outcomes, grid, k=self.k, seed=self.random_state)
-        )
+        estimates = fold_neighbour_estimates(vectors, outcomes, grid)
+        chosen = choose_by_cross_validation(outcomes.correct, estimates, grid, k=self.k, seed=self.random_state)
         self.n_neighbors_, self.temperature_, self.prior_strength_ = chosen
         return self
 

@@ -138,9 +138,15 @@ def test_json_summary_shape_and_report(database_url: str, tmp_path: Path) -> Non
     assert summary.oracle and summary.oracle.accuracy_mean == by["oracle", "majority"].accuracy_mean
     assert len(by["random", "weighted"].accuracy_per_seed) == 2
     assert set(summary.per_category) >= {"all/majority", "best-single/weighted"}
+    # paired with best-single item by item: itself exactly, the oracle far above, random 3 far below
+    assert by["best-single", "weighted"].delta_ci95 == (0.0, 0.0) and not by["best-single", "weighted"].wins
+    low, high = by["oracle", "majority"].delta_ci95 or (0.0, 0.0)
+    assert 0 < low < by["oracle", "majority"].delta_vs_best_single < high and by["oracle", "majority"].wins
+    assert (by["random", "majority"].delta_ci95 or (0.0, 0.0))[1] < 0 and not by["random", "majority"].wins
     report = write_report(summary, tmp_path / "report")
     text = report.read_text()
     assert "| all | weighted |" in text and "Oracle" in text
+    assert "| oracle | majority |" in text and f"{100 * low:+.2f}" in text and "| yes |" in text
     assert sorted(p.name for p in report.parent.glob("*.png")) == sorted(
         f"{summary.run_id}-{name}.png" for name in ("accuracy", "calls", "categories")
     )
@@ -189,6 +195,23 @@ def test_runs_stored_before_the_encoder_setting_resume_as_minilm_runs(tmp_path: 
     resumed = EvalConfig.model_validate({**ADDED_FIELDS, **stored})
     summary = run_eval(resumed, store=store, backends=replay, settings=eval_settings(tmp_path), run_id="old-run")
     assert summary.n_test == 20
+
+
+def test_kshot_sees_k_profiling_items_per_category(tmp_path: Path) -> None:
+    config = EvalConfig(
+        bench="mmlu-pro",
+        pool=str(REF8),
+        split="random:1400:0",
+        routers=("best-single", "kshot"),
+        aggregators=("majority",),
+        limit=140,
+        kshot=5,
+    )
+    url = f"sqlite:///{tmp_path / 'coe.db'}"
+    summary = run_eval(config, store=Store(url), backends={"replay": ReplayBackend()}, settings=eval_settings(tmp_path))
+    assert summary.kshot == 5
+    reasons = {reason for (reason,) in sql(url, "select reason from run_routes where router = 'kshot'")}
+    assert len(reasons) > 1 and all("K-shot accuracy on 5 examples of task " in reason for reason in reasons)
 
 
 def live_config(ids_file: Path, **overrides: object) -> EvalConfig:

@@ -99,7 +99,8 @@ def test_get_params_round_trips(router: Router) -> None:
 
 
 def test_unknown_router_lists_the_known_ones() -> None:
-    with pytest.raises(UnknownNameError, match="unknown router 'smart'; known: all, best-single, classifier, knn"):
+    known = "all, best-single, classifier, cluster, knn, kshot, mf, oracle, random, skill"
+    with pytest.raises(UnknownNameError, match=f"unknown router 'smart'; known: {known}"):
         make_router("smart")
 
 

@@ -6,59 +6,24 @@ import pytest
 from coe.embed import Encoder
 from coe.outcomes import Outcomes
 from coe.routers import KnnRouter
-from coe.routers.knn import neighbour_accuracy, vote_accuracy
-from coe.schema import EmbeddedBackendSpec, ExpertSpec, Query
-
-EXPERTS = tuple(
-    ExpertSpec(
-        id=name,
-        base=name,
-        backend=EmbeddedBackendSpec(weights="smollm2-135m-instruct-q4_1"),
-        cost_per_mtok=cost,
-        skills={"overall": prior},
-    )
-    for name, cost, prior in (("alpha", 0.0, 0.2), ("beta", 1.0, 0.6), ("gamma", 3.0, 0.4))
-)
-TOPICS = {
-    "math": ["Compute {n} plus {m}.", "Solve {n}x = {m} for x.", "What is {n} squared minus {m}?"],
-    "biology": ["Which organelle of cell type {n} makes ATP?", "How many chromosomes does species {n} carry?"],
-    "law": ["Is an oral contract for {n} dollars binding?", "Can a landlord evict tenant {n} without notice?"],
-}
-
-
-def topical_items(per_topic: int) -> list[Query]:
-    items = []
-    for topic, templates in TOPICS.items():
-        for i in range(per_topic):
-            text = templates[i % len(templates)].format(n=i + 2, m=3 * i + 1)
-            items.append(Query(id=f"{topic}-{i}", text=text, category=topic))
-    return items
+from coe.routers.knn import neighbour_accuracy
+from coe.routers.selection import vote_accuracy
+from coe.schema import Query
+from tests.routers.synthetic import EXPERTS, NEW_QUERIES, signal_free_outcomes, specialist_outcomes, topical_items
 
 
 def test_each_topic_goes_to_the_expert_who_is_right_there(minilm: Encoder) -> None:
-    items = topical_items(8)
-    expert_of = {"math": 0, "biology": 1, "law": 2}
-    correct = np.zeros((len(items), 3))
-    for row, item in enumerate(items):
-        correct[row, expert_of[item.category or ""]] = 1
-    router = KnnRouter(k=1, encoder=minilm).fit(Outcomes(EXPERTS, tuple(items), correct))
+    router = KnnRouter(k=1, encoder=minilm).fit(specialist_outcomes(8))
     assert np.isfinite(router.prior_strength_)  # cross-validation found the neighbours worth trusting
-    queries = [
-        Query(id="m", text="Solve 7x = 22 for x."),
-        Query(id="b", text="Which organelle of a liver cell makes ATP?"),
-        Query(id="l", text="Is an oral contract for a house binding?"),
-    ]
-    assert [route.expert_ids for route in router.route(queries)] == [["alpha"], ["beta"], ["gamma"]]
-    assert "nearest profiled items" in router.route(queries)[0].reason
+    assert [route.expert_ids for route in router.route(NEW_QUERIES)] == [["alpha"], ["beta"], ["gamma"]]
+    assert "nearest profiled items" in router.route(NEW_QUERIES)[0].reason
 
 
 def test_neighbours_without_signal_leave_the_overall_best_experts(minilm: Encoder) -> None:
-    items = topical_items(10)
-    rng = np.random.default_rng(0)
-    correct = (rng.random((len(items), 3)) < [0.3, 0.7, 0.5]).astype(float)
-    router = KnnRouter(k=2, encoder=minilm).fit(Outcomes(EXPERTS, tuple(items), correct))
+    outcomes = signal_free_outcomes(10)
+    router = KnnRouter(k=2, encoder=minilm).fit(outcomes)
     assert router.prior_strength_ == np.inf
-    routes = router.route(items[:5])
+    routes = router.route(outcomes.items[:5])
     assert {tuple(route.expert_ids) for route in routes} == {("beta", "gamma")}
 
 
