@@ -19,9 +19,11 @@ from coe.errors import ConfigError, RunError
 from coe.evals.config import ADDED_FIELDS, EvalConfig
 from coe.evals.run import run_eval
 from coe.evals.summary import EvalSummary
+from coe.evals.sweep import SWEEP, sweep_points, write_sweep_report
 from coe.outcomes import Outcomes
 from coe.routers import ROUTERS
 from coe.routers.skill import skill_profile
+from coe.settings import Settings
 from coe.store import ItemTrace, RunStore, Store
 from coe.types import GenerationParams
 
@@ -148,6 +150,9 @@ def eval_command(
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue this run where it stopped; failed generations are retried.")
     ] = None,
+    sweep: Annotated[
+        bool, typer.Option("--sweep", help=f"One run per k policy ({', '.join(SWEEP)}) and a report of the curves.")
+    ] = False,
 ) -> None:
     """Evaluate routers × aggregators against baselines over seeds; resumable."""
     current = settings()
@@ -181,11 +186,37 @@ def eval_command(
         config = EvalConfig.model_validate(given)
     if resume and (failed := len(RunStore(store).failed_items(resume))):
         out.print(f"asking again the {failed} item(s) whose generations failed")
+    if sweep:
+        if resume or k is not None:
+            raise ConfigError("--sweep runs its own k policies: leave out --k and --resume (resume each run by its id)")
+        return sweep_command(config, current, store, json_file)
     summary = run_eval(config, settings=current, store=store, run_id=resume, progress=progress)
     print_summary(summary)
     if json_file:
         json_file.write_text(json.dumps(json_summary(summary), indent=2))
         out.print(f"wrote {json_file}")
+    check_failures(summary, config)
+
+
+def sweep_command(config: EvalConfig, current: Settings, store: Store, json_file: Path | None) -> None:
+    """One run per k policy of the sweep, then the curves' report (and JSON: every point)."""
+    summaries = []
+    for policy in SWEEP:
+        fixed = policy.isdigit()
+        update = {"k": int(policy), "k_policy": "fixed"} if fixed else {"k_policy": policy}
+        summary = run_eval(config.model_copy(update=update), settings=current, store=store, progress=progress)
+        print_summary(summary)
+        check_failures(summary, config)
+        summaries.append(summary)
+    path = write_sweep_report(summaries, (store.folder or current.cache_dir) / "reports")
+    out.print(f"wrote {path.resolve()} and its plots beside it")
+    if json_file:
+        points = [point.model_dump(mode="json") for point in sweep_points(summaries)]
+        json_file.write_text(json.dumps({"runs": [s.run_id for s in summaries], "points": points}, indent=2))
+        out.print(f"wrote {json_file}")
+
+
+def check_failures(summary: EvalSummary, config: EvalConfig) -> None:
     if summary.failure_rate > config.max_failure_rate:
         raise RunError(
             f"{summary.failure_rate:.0%} of the run's generations failed (more than --max-failure-rate "
@@ -278,21 +309,27 @@ def print_summary(summary: EvalSummary) -> None:
 
 
 def report_command(
-    run_id: Annotated[str, typer.Argument(help="A run id (see the end of `coe eval`).")],
+    run_ids: Annotated[
+        list[str], typer.Argument(help="A run id (see the end of `coe eval`); several: the curves of a sweep.")
+    ],
     output: Annotated[
         Path | None, typer.Option(help="Folder for the Markdown and plots (default: `reports/` beside the database).")
     ] = None,
 ) -> None:
-    """Write a run's Markdown report and plots."""
+    """Write a run's Markdown report and plots; for several runs (k policies of one setting), the
+    accuracy-against-calls and accuracy-against-cost curves."""
     from coe.evals.report import write_report
 
     current = settings()
     store = Store(current.database_url)
-    record = RunStore(store).get(run_id)
-    if record.summary is None:
-        raise RunError(f"run {run_id!r} has not finished; finish it with `coe eval --resume {run_id}`")
+    summaries = []
+    for run_id in run_ids:
+        record = RunStore(store).get(run_id)
+        if record.summary is None:
+            raise RunError(f"run {run_id!r} has not finished; finish it with `coe eval --resume {run_id}`")
+        summaries.append(EvalSummary.model_validate(record.summary))
     folder = output or (store.folder or current.cache_dir) / "reports"
-    path = write_report(EvalSummary.model_validate(record.summary), folder)
+    path = write_report(summaries[0], folder) if len(summaries) == 1 else write_sweep_report(summaries, folder)
     out.print(f"wrote {path.resolve()} and its plots beside it")
 
 
