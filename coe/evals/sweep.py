@@ -117,7 +117,8 @@ def _plot(points: list[SweepPoint], summaries: Sequence[EvalSummary], axis: str,
         )
     for (router, aggregator), curve in curves.items():
         if router in REFERENCES and router != "oracle" and aggregator == aggregators[0]:
-            best = max(curve, key=lambda p: p.accuracy_mean)
+            fixed = [p for p in curve if p.policy.startswith("fixed")] or curve  # the all-experts vote itself
+            best = max(fixed, key=lambda p: (p.calls_per_query, p.accuracy_mean))
             ax.plot(spend(best), best.accuracy_mean, marker="*", markersize=14, color="black", linestyle="")
             ax.annotate(router, (spend(best), best.accuracy_mean), textcoords="offset points", xytext=(6, 4))
     oracle = summaries[0].oracle
