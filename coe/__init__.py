@@ -18,6 +18,7 @@ from coe.errors import (
     UnknownExpertError,
 )
 from coe.outcomes import Outcomes
+from coe.recovery import Recovery
 from coe.registry import Registry
 from coe.routers import (
     ROUTERS,
@@ -32,7 +33,7 @@ from coe.routers import (
     make_router,
 )
 from coe.scheduler import Scheduler
-from coe.schema import Answer, ExpertAnswer, ExpertChoice, ExpertSpec, Query, Route
+from coe.schema import Answer, ExpertAnswer, ExpertChoice, ExpertSpec, Fallback, Query, Route
 from coe.settings import Settings
 from coe.types import Failure, GenerationParams
 
@@ -55,6 +56,7 @@ __all__ = [
     "ExpertChoice",
     "ExpertSpec",
     "Failure",
+    "Fallback",
     "GenerationError",
     "GenerationParams",
     "KnnRouter",
@@ -68,6 +70,7 @@ __all__ = [
     "Query",
     "QueryError",
     "RandomRouter",
+    "Recovery",
     "Registry",
     "RegistryError",
     "Route",

@@ -22,11 +22,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from coe.aggregate import Aggregator, make_aggregator
 from coe.backends import Backend, default_backends
-from coe.composer import Composer, KPolicy, calibrate
+from coe.composer import Composer
 from coe.datasets import BENCHMARKS, is_redacted, load_benchmark, load_examples
 from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError
 from coe.outcomes import Outcomes
+from coe.policy import KPolicy, calibrate
+from coe.recovery import Recovery
 from coe.registry import Registry, describe_validation_error, load_pool
 from coe.resources import bundled_compositions
 from coe.routers import make_router
@@ -136,10 +138,12 @@ class CompositionSpec(Frozen):
     k_policy: str = "fixed"
     """How many of the k each query asks: `fixed` (all), `auto` or `cascade[:START]` (ask START, default
     2, then one more while the vote could still change), `topp:P` (the fewest whose scores reach P of
-    the route's); see `coe.composer.KPolicy`."""
+    the route's); see `coe.policy.KPolicy`."""
     seed: int = 0
     """The router's random state (random draws, cross-validation folds)."""
     generation: GenerationSpec = GenerationSpec()
+    recovery: Recovery = Recovery()
+    """Failed generations: the route's next-ranked expert replaces them (backends retry, the Composer does not)."""
     executor: Literal["local"] = "local"
     encoder: EncoderName = DEFAULT_ENCODER
     """The query encoder of the knn, skill and classifier routers and of skill annotation."""
@@ -467,6 +471,7 @@ class CompositionBuilder:
             backends=self.backends,
             scheduler=self.scheduler,
             params=params,
+            recovery=spec.recovery,
             k_policy=policy,
         )
         self.fit_policy(composer, [router], outcomes, params)
@@ -476,7 +481,7 @@ class CompositionBuilder:
         self, composer: Composer, routers: Sequence[Router], outcomes: Outcomes, params: GenerationParams
     ) -> None:
         """Give the composer what its k policy reads: the experts' measured reliability for a threshold,
-        and each router's threshold for a budget of calls (`coe.composer.calibrate`)."""
+        and each router's threshold for a budget of calls (`coe.policy.calibrate`)."""
         policy = composer.k_policy
         if policy.threshold is None and policy.budget is None:
             return

@@ -168,20 +168,33 @@ def find_profile(store: Store, ref: int | str) -> ProfileRecord:
     return found[-1]
 
 
+def newest_profile(store: Store, registry: Registry) -> ProfileRecord | None:
+    """The newest complete stored profile that measured this pool's experts as they are; None if none."""
+    records = [record for record in ProfileStore(store).all() if record.complete]
+    for record in sorted(records, key=lambda r: r.created_at, reverse=True):
+        if not _coverage_problems(record, registry):
+            return record
+    return None
+
+
 def check_profile_covers(record: ProfileRecord, registry: Registry) -> None:
     """The profile measured these very experts: every expert of the pool, each with an unchanged spec."""
-    missing = [e.id for e in registry.experts if e.id not in record.experts]
-    changed = [
-        e.id for e in registry.experts if e.id in record.experts and record.experts[e.id] != expert_fingerprint(e)
-    ]
-    if missing or changed:
-        problems = ([f"never measured {', '.join(missing)}"] if missing else []) + (
-            [f"measured {', '.join(changed)} before their specs changed"] if changed else []
-        )
+    problems = _coverage_problems(record, registry)
+    if problems:
         raise ProfileError(
             f"profile {record.id} ({profile_name(record)}) does not fit pool {registry.source}: "
             f"it {' and '.join(problems)}; profile this pool with `coe profile`"
         )
+
+
+def _coverage_problems(record: ProfileRecord, registry: Registry) -> list[str]:
+    missing = [e.id for e in registry.experts if e.id not in record.experts]
+    changed = [
+        e.id for e in registry.experts if e.id in record.experts and record.experts[e.id] != expert_fingerprint(e)
+    ]
+    return ([f"never measured {', '.join(missing)}"] if missing else []) + (
+        [f"measured {', '.join(changed)} before their specs changed"] if changed else []
+    )
 
 
 def stored_outcomes(store: Store, record: ProfileRecord, registry: Registry, items: Sequence[Query]) -> Outcomes:

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from coe.backends.base import Backend, GroupBackend
+from coe.backends.base import Backend, GroupBackend, StreamingBackend, TextSink
 from coe.errors import BackendError, SchedulerError, UnknownNameError
 from coe.schema import ExpertSpec
 from coe.types import BatchStats, Failure, Generation, GenerationParams, LoadReport, ProgressCallback, Prompt
@@ -56,6 +56,9 @@ class MemoryCache:
 class Request:
     expert: ExpertSpec
     prompt: Prompt
+    on_text: TextSink | None = None
+    """Receives the answer's text as it is generated (token by token where the backend streams, else
+    whole once it is done); a failed generation delivers nothing more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,8 @@ class Scheduler:
             on_progress(len(requests) - len(missing))
         outputs, stats = self._run([requests[i] for i in missing], params, on_progress)
         fresh = dict(zip(missing, outputs, strict=True))
+        for i in set(range(len(requests))) - set(missing):
+            _deliver(requests[i], cached[keys[i]])  # type: ignore[index]
         self.cache.put_many({keys[i]: g for i, g in fresh.items() if keys[i] is not None and g.ok})  # type: ignore[misc]
         return [fresh[i] if i in fresh else cached[keys[i]] for i in range(len(requests))], stats  # type: ignore[index]
 
@@ -237,13 +242,21 @@ class Scheduler:
             except BackendError as error:
                 generations = [Generation(text="", error=error.failure())] * len(indices)
             outputs = dict(zip(indices, generations, strict=True))
+            for index in indices:
+                _deliver(requests[index], outputs[index])
             on_progress(len(indices))
             return outputs, time.perf_counter() - started
+        streams = backend.capabilities.streams and isinstance(backend, StreamingBackend)
         for indices in group.by_expert.values():
             expert = requests[indices[0]].expert
-            prompts = [requests[i].prompt for i in indices]
-            for index, generation in zip(indices, _generate_isolated(backend, expert, prompts, params), strict=True):
+            streamed = [i for i in indices if requests[i].on_text is not None and streams]
+            batched = [i for i in indices if i not in streamed]
+            prompts = [requests[i].prompt for i in batched]
+            for index, generation in zip(batched, _generate_isolated(backend, expert, prompts, params), strict=True):
                 outputs[index] = generation
+                _deliver(requests[index], generation)
+            for index in streamed:
+                outputs[index] = _stream(backend, requests[index], params)  # type: ignore[arg-type]
             on_progress(len(indices))
         return outputs, time.perf_counter() - started
 
@@ -281,7 +294,8 @@ class Scheduler:
                 stats.n_loads += 1
                 stats.load_s += load.seconds
             started = time.perf_counter()
-            results[index] = _generate_isolated(backend, expert, [request.prompt], params)[0]
+            results[index] = generation = _generate_isolated(backend, expert, [request.prompt], params)[0]
+            _deliver(request, generation)
             stats.generate_s += time.perf_counter() - started
             backend.unload(expert)
             on_progress(1)
@@ -314,6 +328,20 @@ def _generate_isolated(
         except BackendError as error:
             outputs.append(Generation(text="", error=error.failure()))
     return outputs
+
+
+def _stream(backend: StreamingBackend, request: Request, params: GenerationParams) -> Generation:
+    assert request.on_text is not None
+    try:
+        return backend.stream(request.expert, request.prompt, params, request.on_text)
+    except BackendError as error:
+        return Generation(text="", error=error.failure())
+
+
+def _deliver(request: Request, generation: Generation) -> None:
+    """A generation that was not streamed reaches the request's text sink whole."""
+    if request.on_text is not None and generation.ok and generation.text:
+        request.on_text(generation.text)
 
 
 def _failed(message: str, expert: str) -> Generation:

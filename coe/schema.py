@@ -314,6 +314,8 @@ class Route(Frozen):
     reason: str
     router: str
     params: dict[str, Any] = Field(default_factory=dict)
+    fallbacks: tuple[ExpertChoice, ...] = ()
+    """The experts ranked after the picked ones, best first: who replaces a picked expert that fails."""
 
     @property
     def expert_ids(self) -> list[str]:
@@ -335,6 +337,14 @@ class ExpertAnswer(Frozen):
     """Why the expert gave no answer (kind, retryable, message); None when it answered."""
 
 
+class Fallback(Frozen):
+    """A picked expert replaced at answer time: why, and by whom (None when no ranked expert was left)."""
+
+    expert: str
+    error: Failure
+    replacement: str | None = None
+
+
 class Answer(Frozen):
     """The fused answer to one query, with everything needed to trace it."""
 
@@ -352,3 +362,5 @@ class Answer(Frozen):
     timings: dict[str, float] = Field(default_factory=dict)
     gold: str | None = None
     correct: bool | None = None
+    fallbacks: tuple[Fallback, ...] = ()
+    """Picked experts that failed (or were unavailable) and their replacements, in route order."""

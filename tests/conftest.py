@@ -27,10 +27,12 @@ apply_offline_environment()
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No COE_* variable from the developer's shell leaks into a test."""
+    """No COE_* variable from the developer's shell leaks into a test; the key of the tests' loopback
+    servers (`api_key_env: LOCAL_KEY`) is set (any value: they check none)."""
     for key in list(os.environ):
         if key.startswith("COE_"):
             monkeypatch.delenv(key)
+    monkeypatch.setenv("LOCAL_KEY", "none")
 
 
 @pytest.fixture(scope="session")

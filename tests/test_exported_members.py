@@ -24,6 +24,8 @@ def test_import_coe_leaves_heavy_packages_out() -> None:
         "sqlalchemy",
         "vllm",
         "streamlit",
+        "fastapi",
+        "uvicorn",
     ]
     code = f"import sys, coe; print([m for m in {heavy!r} if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from coe.aggregate import MajorityVote
-from coe.composer import Composer, KPolicy, calibrate
+from coe.composer import Composer
 from coe.errors import ConfigError
+from coe.policy import KPolicy, calibrate
 from coe.routers import AllRouter
 from coe.schema import ExpertChoice, Query, Route
 from coe.stacked import measure_reliability
-from tests import recorded
-from tests.recorded import guessed, stated, wrong
+from tests import synthetic_pool
+from tests.synthetic_pool import guessed, stated, wrong
 
 
 def noisy(p_right: float, guess_share: float = 0.0):
@@ -60,11 +61,11 @@ def test_topp_asks_the_fewest_experts_whose_scores_reach_the_share() -> None:
 
 
 def test_cascade_asks_a_third_only_on_disagreement_and_keeps_the_fixed_vote(tmp_path: Path) -> None:
-    items, test = recorded.queries(100, seed=1), recorded.queries(300, seed=2)
+    items, test = synthetic_pool.queries(100, seed=1), synthetic_pool.queries(300, seed=2)
     rules = {"a": noisy(0.7, guess_share=0.1), "b": noisy(0.6, guess_share=0.1), "c": noisy(0.5)}
-    registry = recorded.pool(tmp_path, items + test, rules)
-    runner = recorded.scheduler()
-    router = AllRouter().fit(recorded.profiled(registry, items, runner))
+    registry = synthetic_pool.pool(tmp_path, items + test, rules)
+    runner = synthetic_pool.scheduler()
+    router = AllRouter().fit(synthetic_pool.profiled(registry, items, runner))
     fixed = Composer(registry, router=router, backends=runner.backends, scheduler=runner).run(test)
     cascade = Composer(
         registry, router=router, backends=runner.backends, scheduler=runner, k_policy=KPolicy.parse("auto")
@@ -85,10 +86,10 @@ def test_a_threshold_stops_after_one_expert_where_it_is_reliable(tmp_path: Path)
     def a(query: Query, rng: np.random.Generator) -> str:
         return stated(query.gold if query.category == "math" or rng.random() < 0.25 else wrong(query, rng))
 
-    items, test = recorded.queries(200, seed=3), recorded.queries(200, seed=4)
-    registry = recorded.pool(tmp_path, items + test, {"a": a, "b": noisy(0.55), "c": noisy(0.5)})
-    runner = recorded.scheduler()
-    outcomes = recorded.profiled(registry, items, runner)
+    items, test = synthetic_pool.queries(200, seed=3), synthetic_pool.queries(200, seed=4)
+    registry = synthetic_pool.pool(tmp_path, items + test, {"a": a, "b": noisy(0.55), "c": noisy(0.5)})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
     router = AllRouter().fit(outcomes)
     composer = Composer(
         registry,
@@ -109,10 +110,10 @@ def test_a_threshold_stops_after_one_expert_where_it_is_reliable(tmp_path: Path)
 
 
 def test_a_threshold_without_a_profile_is_a_clear_error(tmp_path: Path) -> None:
-    items = recorded.queries(10, seed=5)
-    registry = recorded.pool(tmp_path, items, {"a": noisy(0.5), "b": noisy(0.5)})
-    runner = recorded.scheduler()
-    router = AllRouter().fit(recorded.profiled(registry, items, runner))
+    items = synthetic_pool.queries(10, seed=5)
+    registry = synthetic_pool.pool(tmp_path, items, {"a": noisy(0.5), "b": noisy(0.5)})
+    runner = synthetic_pool.scheduler()
+    router = AllRouter().fit(synthetic_pool.profiled(registry, items, runner))
     composer = Composer(
         registry, router=router, backends=runner.backends, scheduler=runner, k_policy=KPolicy.parse("cascade:1:0.5")
     )
@@ -126,10 +127,10 @@ def test_a_budget_of_calls_chooses_the_highest_threshold_within_it_on_profiling_
     def a(query: Query, rng: np.random.Generator) -> str:
         return stated(query.gold if query.category == "math" or rng.random() < 0.5 else wrong(query, rng))
 
-    items, test = recorded.queries(300, seed=7), recorded.queries(300, seed=8)
-    registry = recorded.pool(tmp_path, items + test, {"a": a, "b": noisy(0.6), "c": noisy(0.5)})
-    runner = recorded.scheduler()
-    outcomes = recorded.profiled(registry, items, runner)
+    items, test = synthetic_pool.queries(300, seed=7), synthetic_pool.queries(300, seed=8)
+    registry = synthetic_pool.pool(tmp_path, items + test, {"a": a, "b": noisy(0.6), "c": noisy(0.5)})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
     router = AllRouter().fit(outcomes)
     reliability = measure_reliability(outcomes)
     policies = {

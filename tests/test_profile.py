@@ -1,8 +1,5 @@
 """Profiling: measured outcomes stored chunk by chunk, reused when complete, continued when interrupted."""
 
-import gzip
-import json
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ from coe.settings import Settings
 from coe.store import ProfileStore, Store
 from coe.types import GenerationParams
 from tests.conftest import DATA_DIR, REPO
+from tests.recorded import flaky_pool
 
 
 class Stop(Exception):
@@ -75,26 +73,6 @@ def test_a_database_of_another_schema_version_is_refused(database_url: str) -> N
     engine.dispose()
     with pytest.raises(ConfigError, match="schema version 1, this coe needs"):
         Store(database_url).list_experts()
-
-
-STEADY = "deepseek_may2024_cot5shot.jsonl.gz"
-
-
-def flaky_pool(folder: Path) -> Registry:
-    """gemini-1.5-flash (the strongest recorded expert, 0.64) with 15% of its answers gone, and deepseek
-    (0.60) whole: charged for its gaps (0.64 × 0.85 ≈ 0.54), the flaky one is no longer the best."""
-    recorded = DATA_DIR / "outcomes" / "mmlu_pro_tiger_responses"
-    with gzip.open(recorded / "gemini-1.5-flash-002_5shots.jsonl.gz", "rt") as source:
-        lines = [line for line in source if zlib.crc32(str(json.loads(line)["question_id"]).encode()) % 100 >= 15]
-    with gzip.open(folder / "flaky.jsonl.gz", "wt") as target:
-        target.writelines(lines)
-    path = folder / "pool.yaml"
-    path.write_text(
-        "experts:\n"
-        f"  - {{id: flaky, base: a, backend: {{kind: replay, responses: {folder / 'flaky.jsonl.gz'}}}}}\n"
-        f"  - {{id: steady, base: b, backend: {{kind: replay, responses: {recorded / STEADY}}}}}\n"
-    )
-    return Registry.from_file(path)
 
 
 def test_an_expert_that_often_fails_is_charged_for_its_failures(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from coe.errors import ConfigError, NotFittedError
 from coe.routers import AllRouter, BestSingleRouter
 from coe.schema import ExpertAnswer, Query
 from coe.stacked import StackedVote, measure_reliability
-from tests import recorded
-from tests.recorded import guessed, stated, wrong
+from tests import synthetic_pool
+from tests.synthetic_pool import guessed, stated, wrong
 
 
 def accuracy(composer: Composer, router, aggregators: dict, test: list[Query]) -> dict[str, float]:
@@ -34,10 +34,10 @@ def test_stacked_overrules_two_weaker_experts_that_agree_on_wrong_letters(tmp_pa
     def strong(query: Query, rng: np.random.Generator) -> str:
         return stated(query.gold if rng.random() < 0.8 else wrong(query, rng))
 
-    items, test = recorded.queries(400, seed=1), recorded.queries(300, seed=2)
-    registry = recorded.pool(tmp_path, items + test, {"weak1": weak, "weak2": weak, "strong": strong})
-    runner = recorded.scheduler()
-    outcomes = recorded.profiled(registry, items, runner)
+    items, test = synthetic_pool.queries(400, seed=1), synthetic_pool.queries(300, seed=2)
+    registry = synthetic_pool.pool(tmp_path, items + test, {"weak1": weak, "weak2": weak, "strong": strong})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
     router = AllRouter().fit(outcomes)
     stacked = StackedVote().fit([router], outcomes)
     composer = Composer(registry, router=router, backends=runner.backends, scheduler=runner)
@@ -56,10 +56,10 @@ def test_stacked_measures_what_each_experts_guessed_letters_are_worth(tmp_path: 
     def stater(query: Query, rng: np.random.Generator) -> str:
         return stated(query.gold if rng.random() < 0.4 else wrong(query, rng))
 
-    items, test = recorded.queries(400, seed=3), recorded.queries(300, seed=4)
-    registry = recorded.pool(tmp_path, items + test, {"a": stater, "b": stater, "guesser": guesser})
-    runner = recorded.scheduler()
-    outcomes = recorded.profiled(registry, items, runner)
+    items, test = synthetic_pool.queries(400, seed=3), synthetic_pool.queries(300, seed=4)
+    registry = synthetic_pool.pool(tmp_path, items + test, {"a": stater, "b": stater, "guesser": guesser})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
     reliability = measure_reliability(outcomes)
     assert reliability.guessed[2] > 0.8 and reliability.stated[0] < 0.5
     router = AllRouter().fit(outcomes)
@@ -79,23 +79,23 @@ def test_reliability_counts_a_failing_expert_by_its_answers(tmp_path: Path) -> N
     def always(query: Query, rng: np.random.Generator) -> str:
         return stated(query.gold if rng.random() < 0.5 else wrong(query, rng))
 
-    items = recorded.queries(200, seed=5)
-    registry = recorded.pool(tmp_path, items, {"sometimes": sometimes, "always": always})
-    outcomes = recorded.profiled(registry, items, recorded.scheduler())
+    items = synthetic_pool.queries(200, seed=5)
+    registry = synthetic_pool.pool(tmp_path, items, {"sometimes": sometimes, "always": always})
+    outcomes = synthetic_pool.profiled(registry, items, synthetic_pool.scheduler())
     reliability = measure_reliability(outcomes)
     assert outcomes.accuracy()[0] == pytest.approx(0.5)
     assert reliability.stated[0] > 0.98 and 0.4 < reliability.stated[1] < 0.6
 
 
 def test_stacked_falls_back_to_majority_for_a_router_it_was_not_fitted_for(tmp_path: Path) -> None:
-    items = recorded.queries(60, seed=6)
+    items = synthetic_pool.queries(60, seed=6)
 
     def right(query: Query, rng: np.random.Generator) -> str:
         return stated(query.gold if rng.random() < 0.7 else wrong(query, rng))
 
-    registry = recorded.pool(tmp_path, items, {"a": right, "b": right, "c": right})
-    runner = recorded.scheduler()
-    outcomes = recorded.profiled(registry, items, runner)
+    registry = synthetic_pool.pool(tmp_path, items, {"a": right, "b": right, "c": right})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
     stacked = StackedVote().fit([AllRouter().fit(outcomes)], outcomes)
     other = BestSingleRouter().fit(outcomes)
     route = AllRouter().fit(outcomes).route(items[:1])[0].model_copy(update={"router": "elsewhere"})

@@ -10,7 +10,7 @@ backend instead of testing kind strings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Self, runtime_checkable
 
@@ -30,6 +30,12 @@ class Capabilities:
     """`generate_group` runs a base model and its adapters' requests in one engine call (vLLM)."""
     recorded: bool = False
     """Outputs are recorded data already on disk: evaluation does not store their text again."""
+    streams: bool = False
+    """`stream` hands text to a callback as it is generated (token by token)."""
+
+
+TextSink = Callable[[str], None]
+"""Receives each piece of a generation's text as it is produced."""
 
 
 @runtime_checkable
@@ -66,6 +72,16 @@ class GroupBackend(Backend, Protocol):
     def generate_group(
         self, requests: Sequence[tuple[ExpertSpec, Prompt]], params: GenerationParams
     ) -> list[Generation]: ...
+
+
+@runtime_checkable
+class StreamingBackend(Backend, Protocol):
+    """A backend that streams: `capabilities.streams` is True."""
+
+    def stream(self, expert: ExpertSpec, prompt: Prompt, params: GenerationParams, on_text: TextSink) -> Generation:
+        """Generate one prompt, handing each piece of text to `on_text` as it comes; the whole Generation
+        at the end (a failure after some text keeps that text, so callers know the stream broke)."""
+        ...
 
 
 class NoLoadMixin:

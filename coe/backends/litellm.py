@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from coe.backends.base import NoLoadMixin
+from coe.backends.base import Capabilities, NoLoadMixin, TextSink
 from coe.errors import BackendError, BackendUnavailableError, GenerationError
 from coe.schema import ExpertSpec, LitellmBackendSpec, is_masked
 from coe.types import Failure, FailureKind, Generation, GenerationParams, Prompt
@@ -53,6 +53,8 @@ RETRY_CAP_S = 8.0
 class LitellmBackend(NoLoadMixin):
     """Calls models through litellm; nothing to load, so loads are free."""
 
+    capabilities = Capabilities(needs_load=False, streams=True)
+
     def generate(self, expert: ExpertSpec, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
         spec = _litellm_spec(expert)
         litellm = _import_litellm(expert.id)
@@ -72,42 +74,88 @@ class LitellmBackend(NoLoadMixin):
         prompt: Prompt,
         params: GenerationParams,
     ) -> Generation:
-        messages = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
-        messages.append({"role": "user", "content": prompt.text})
         started = time.perf_counter()
         for attempt in range(spec.num_retries + 1):
             try:
-                response = litellm.completion(
-                    model=spec.model,
-                    messages=messages,
-                    api_base=spec.api_base,
-                    api_key=api_key,
-                    max_tokens=params.max_tokens,
-                    temperature=params.temperature,
-                    seed=params.seed,
-                    stop=list(params.stop) or None,
-                    timeout=spec.timeout_s,
-                    num_retries=0,
-                    max_retries=0,
-                )
+                response = litellm.completion(**_arguments(spec, api_key, prompt, params))
                 break
             except Exception as error:  # every provider error becomes this prompt's error, not the batch's
                 mapped = map_litellm_error(error, expert.id)
                 if not mapped.retryable or attempt == spec.num_retries:
                     return Generation(text="", latency_s=time.perf_counter() - started, error=mapped.failure())
-                time.sleep(min(RETRY_CAP_S, RETRY_BASE_S * 2**attempt))
+                time.sleep(_backoff_s(attempt))
         latency_s = time.perf_counter() - started
-        usage = getattr(response, "usage", None)
         content = response.choices[0].message.content
         if content is None:
             missing = Failure("the reply has no content (content: null)", kind="bad_output", expert=expert.id)
             return Generation(text="", latency_s=latency_s, error=missing)
-        return Generation(
-            text=content,
-            n_prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            n_completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            latency_s=latency_s,
-        )
+        return _generation(content, getattr(response, "usage", None), latency_s)
+
+    def stream(self, expert: ExpertSpec, prompt: Prompt, params: GenerationParams, on_text: TextSink) -> Generation:
+        """One prompt, streamed: each delta goes to `on_text`. A retryable failure before the first delta
+        is retried like a plain call; a failure midway keeps the text so far."""
+        spec = _litellm_spec(expert)
+        litellm = _import_litellm(expert.id)
+        try:
+            api_key = api_key_of(spec, expert.id)
+        except GenerationError as error:
+            return Generation(text="", error=error.failure())
+        pieces: list[str] = []
+        usage: Any = None
+        started = time.perf_counter()
+        for attempt in range(spec.num_retries + 1):
+            try:
+                chunks = litellm.completion(
+                    **_arguments(spec, api_key, prompt, params), stream=True, stream_options={"include_usage": True}
+                )
+                for chunk in chunks:
+                    usage = getattr(chunk, "usage", None) or usage
+                    piece = chunk.choices[0].delta.content if chunk.choices else None
+                    if piece:
+                        pieces.append(piece)
+                        on_text(piece)
+                break
+            except Exception as error:  # a provider error fails this prompt, keeping what was streamed
+                mapped = map_litellm_error(error, expert.id)
+                if pieces or not mapped.retryable or attempt == spec.num_retries:
+                    failure = mapped.failure()
+                    return Generation(text="".join(pieces), latency_s=time.perf_counter() - started, error=failure)
+                time.sleep(_backoff_s(attempt))
+        return _generation("".join(pieces), usage, time.perf_counter() - started)
+
+
+def _arguments(
+    spec: LitellmBackendSpec, api_key: str | None, prompt: Prompt, params: GenerationParams
+) -> dict[str, Any]:
+    """One call's arguments; litellm's and the OpenAI client's own retries are off (ours are above)."""
+    messages = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
+    messages.append({"role": "user", "content": prompt.text})
+    return {
+        "model": spec.model,
+        "messages": messages,
+        "api_base": spec.api_base,
+        "api_key": api_key,
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "seed": params.seed,
+        "stop": list(params.stop) or None,
+        "timeout": spec.timeout_s,
+        "num_retries": 0,
+        "max_retries": 0,
+    }
+
+
+def _backoff_s(attempt: int) -> float:
+    return min(RETRY_CAP_S, RETRY_BASE_S * 2**attempt)
+
+
+def _generation(text: str, usage: Any, latency_s: float) -> Generation:
+    return Generation(
+        text=text,
+        n_prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        n_completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        latency_s=latency_s,
+    )
 
 
 def map_litellm_error(error: Exception, expert: str) -> GenerationError:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coe.backends.base import COMPLETION_STOPS, Capabilities
+from coe.backends.base import COMPLETION_STOPS, Capabilities, TextSink
 from coe.backends.weights import locate_weights
 from coe.errors import BackendError, BackendUnavailableError
 from coe.schema import EmbeddedBackendSpec, ExpertSpec
@@ -39,7 +39,7 @@ class LlamaCppBackend:
     It keeps what it loaded until told to unload; the scheduler decides how many stay resident.
     """
 
-    capabilities = Capabilities()
+    capabilities = Capabilities(streams=True)
 
     def __init__(self, *, cache_dir: Path, threads: int = 0) -> None:
         self.cache_dir = Path(cache_dir)
@@ -141,55 +141,89 @@ class LlamaCppBackend:
     # ----------------------------------------------------------------------- generation
 
     def generate(self, expert: ExpertSpec, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
+        server, requests = self._requests(expert, prompts, params)
+        return [self._generate_one(server, request) for request in requests]
+
+    def stream(self, expert: ExpertSpec, prompt: Prompt, params: GenerationParams, on_text: TextSink) -> Generation:
+        """One prompt, token by token: llama.cpp calls back with each chunk (returning True stops it)."""
+        server, (request,) = self._requests(expert, [prompt], params)
+        request.update(stream=True, stream_options={"include_usage": True})
+        pieces: list[str] = []
+        last: dict[str, Any] = {}
+
+        def receive(chunk: dict[str, Any]) -> bool:
+            if "error" in chunk:
+                last["error"] = chunk["error"]
+                return True
+            last["usage"] = chunk.get("usage") or last.get("usage", {})
+            for choice in chunk.get("choices", ()):
+                piece = choice["delta"].get("content") if "delta" in choice else choice.get("text")
+                if piece:
+                    pieces.append(piece)
+                    on_text(piece)  # an exception here (a client gone) stops the generation
+            return False
+
+        started = time.perf_counter()
+        handler = server.handle_chat_completions if "messages" in request else server.handle_completions
+        handler(request, receive)
+        return _generation({"choices": [{"text": "".join(pieces)}], **last}, time.perf_counter() - started)
+
+    def _requests(
+        self, expert: ExpertSpec, prompts: Sequence[Prompt], params: GenerationParams
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        """The resident server of `expert` (loading it when needed) and one llama.cpp request per prompt."""
         self.load(expert)
         resident = self._resident[expert.load_key]
         spec = _embedded_spec(expert)
         lora = _lora_selection(resident.adapter_ids, expert.id if expert.is_adapter else None)
-        return [self._generate_one(resident.server, spec, prompt, params, lora) for prompt in prompts]
+        requests = []
+        for prompt in prompts:
+            request: dict[str, Any] = {
+                "max_tokens": params.max_tokens,
+                "temperature": params.temperature,
+                "seed": params.seed,
+                "cache_prompt": False,
+            }
+            if params.temperature == 0:
+                request["top_k"] = 1
+            if lora:
+                request["lora"] = lora
+            if spec.prompt_format == "chat":
+                system = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
+                request["messages"] = [*system, {"role": "user", "content": prompt.text}]
+                request["stop"] = list(params.stop)
+            else:
+                request["prompt"] = prompt.text
+                request["stop"] = list(params.stop or COMPLETION_STOPS)
+            requests.append(request)
+        return resident.server, requests
 
-    def _generate_one(
-        self,
-        server: Any,
-        spec: EmbeddedBackendSpec,
-        prompt: Prompt,
-        params: GenerationParams,
-        lora: list[dict[str, float]],
-    ) -> Generation:
-        request: dict[str, Any] = {
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "seed": params.seed,
-            "cache_prompt": False,
-        }
-        if params.temperature == 0:
-            request["top_k"] = 1
-        if lora:
-            request["lora"] = lora
+    @staticmethod
+    def _generate_one(server: Any, request: dict[str, Any]) -> Generation:
         started = time.perf_counter()
-        if spec.prompt_format == "chat":
-            messages = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
-            request["messages"] = [*messages, {"role": "user", "content": prompt.text}]
-            request["stop"] = list(params.stop)
+        if "messages" in request:
             result = server.handle_chat_completions(request)
         else:
-            request["prompt"] = prompt.text
-            request["stop"] = list(params.stop or COMPLETION_STOPS)
             result = server.handle_completions(request)
-        latency_s = time.perf_counter() - started
-        if "error" in result:
-            error = result["error"]
-            message = str(error.get("message", error) if isinstance(error, dict) else error)
-            kind: FailureKind = "too_long" if "context" in message.lower() else "error"
-            return Generation(text="", latency_s=latency_s, error=Failure(f"llama.cpp: {message}", kind=kind))
-        choice = result["choices"][0]
-        text = choice["message"]["content"] if "message" in choice else choice["text"]
-        usage = result.get("usage", {})
+        return _generation(result, time.perf_counter() - started)
+
+
+def _generation(result: dict[str, Any], latency_s: float) -> Generation:
+    """A llama.cpp response (or a stream's assembled text, usage and error) as a Generation."""
+    choices = result.get("choices") or [{}]
+    choice = choices[0]
+    text = (choice["message"]["content"] if "message" in choice else choice.get("text")) or ""
+    usage = result.get("usage") or {}
+    n_prompt, n_completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    if "error" in result:
+        error = result["error"]
+        message = str(error.get("message", error) if isinstance(error, dict) else error)
+        kind: FailureKind = "too_long" if "context" in message.lower() else "error"
+        failure = Failure(f"llama.cpp: {message}", kind=kind)
         return Generation(
-            text=text or "",
-            n_prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            n_completion_tokens=int(usage.get("completion_tokens", 0)),
-            latency_s=latency_s,
+            text=text, n_prompt_tokens=n_prompt, n_completion_tokens=n_completion, latency_s=latency_s, error=failure
         )
+    return Generation(text=text, n_prompt_tokens=n_prompt, n_completion_tokens=n_completion, latency_s=latency_s)
 
 
 def _lora_selection(adapter_ids: dict[str, int], active: str | None) -> list[dict[str, float]]:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from coe.cli import adapters, ask, demo, evals, registry
+from coe.cli import adapters, ask, demo, evals, registry, serve, ui
 from coe.cli.common import print_error, print_warning, state
 from coe.errors import (
     BackendError,
@@ -37,6 +37,8 @@ app.add_typer(adapters.app, name="adapters")
 ask.register(app)
 demo.register(app)
 evals.register(app)
+serve.register(app)
+ui.register(app)
 
 EXIT_CODES: tuple[tuple[type[CoeError], int], ...] = (
     (ConfigError, 2),

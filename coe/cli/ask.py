@@ -77,6 +77,11 @@ def print_answer(answer: Answer) -> None:
             f"error ({expert_answer.error.kind}): {expert_answer.error}" if expert_answer.error else expert_answer.text
         )
         out.print(Text.assemble((expert_answer.expert, "bold"), f" → {expert_answer.choice or '-'}: {_one_line(said)}"))
+    for fallback in answer.fallbacks:
+        instead = f"replaced by {fallback.replacement}" if fallback.replacement else "no ranked expert left"
+        out.print(
+            Text.assemble(("fallback: ", "yellow"), f"{fallback.expert} failed ({fallback.error.kind}), {instead}")
+        )
     out.print(
         Text.assemble(
             ("answer: ", "bold green"), f"{answer.choice or _one_line(answer.answer)}   ({answer.route.reason})"

@@ -150,6 +150,10 @@ def eval_command(
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue this run where it stopped; failed generations are retried.")
     ] = None,
+    fallback: Annotated[
+        bool | None,
+        typer.Option("--fallback/--no-fallback", help="Replace a failed expert by the router's next-ranked one."),
+    ] = None,
     sweep: Annotated[
         bool, typer.Option("--sweep", help=f"One run per k policy ({', '.join(SWEEP)}) and a report of the curves.")
     ] = False,
@@ -171,6 +175,7 @@ def eval_command(
         "aggregator_expert": aggregator_expert,
         "aggregator_pool": aggregator_pool,
         "chunk_size": chunk_size,
+        "fallback": fallback,
         "kshot": kshot,
         "max_failure_rate": max_failure_rate,
         "encoder": encoder,

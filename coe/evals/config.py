@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from coe.aggregate import AGGREGATORS
-from coe.composer import KPolicy
 from coe.embed import DEFAULT_ENCODER, EncoderName
+from coe.policy import KPolicy
 from coe.routers import ROUTERS
 from coe.splits import check_split_spec
 
@@ -25,7 +25,7 @@ class EvalConfig(BaseModel):
     aggregators: tuple[str, ...] = ("majority", "weighted")
     k: int = Field(default=3, ge=1)
     k_policy: str = "fixed"
-    """How many of the k each query asks (`fixed`, `auto`, `cascade[:START]`, `topp:P`; `coe.composer.KPolicy`)."""
+    """How many of the k each query asks (`fixed`, `auto`, `cascade[:START]`, `topp:P`; `coe.policy.KPolicy`)."""
     seeds: tuple[int, ...] = (0,)
     limit: int | None = Field(default=None, ge=1)
     max_tokens: int = Field(default=512, ge=1)
@@ -35,6 +35,9 @@ class EvalConfig(BaseModel):
     aggregator_pool: str | None = None
     """The pool (file or name) holding the aggregator expert, when it is not in the pool."""
     chunk_size: int = Field(default=2000, ge=1)
+    fallback: bool = False
+    """Replace a picked expert that fails by the router's next-ranked one, as the service does. Off by
+    default: a recorded expert missing an item then abstains, and each router is measured on its picks."""
     kshot: int | None = Field(default=None, ge=1)
     """Fit the `kshot` router on K items per category drawn from the profiling items (default: all of them)."""
     max_failure_rate: float = Field(default=0.1, ge=0, le=1)
@@ -75,7 +78,7 @@ class EvalConfig(BaseModel):
         return value
 
 
-ADDED_FIELDS = {"encoder": "minilm", "k_policy": "fixed"}
+ADDED_FIELDS = {"encoder": "minilm", "fallback": False, "k_policy": "fixed"}
 """Settings added after runs were stored, with the value those runs used, so they still resume."""
 
 

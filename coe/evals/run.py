@@ -27,13 +27,15 @@ from coe.compose import (
     RouterSpec,
     SplitProfile,
 )
-from coe.composer import BatchResult, Composer, KPolicy
+from coe.composer import BatchResult, Composer
 from coe.datasets import is_redacted, stored_error
 from coe.errors import RunError
 from coe.evals.config import ADDED_FIELDS, EvalConfig, seeded_split
 from coe.evals.summary import EvalSummary, summarize
 from coe.outcomes import Outcomes
+from coe.policy import KPolicy
 from coe.profile import expert_fingerprint, measure
+from coe.recovery import Recovery
 from coe.registry import Registry
 from coe.routers import ROUTERS
 from coe.routers.base import Router
@@ -95,8 +97,11 @@ def run_eval(
     scheduler = builder.scheduler
     params = GenerationSpec(max_tokens=config.max_tokens).params()
     by_id = {query.id: query for query in builder.benchmark(config.bench, config.gpqa_subset)}
+    recovery = Recovery(replace=config.fallback)
     policy = KPolicy.parse(config.k_policy)
-    composer = Composer(registry, backends=builder.backends, scheduler=scheduler, params=params, k_policy=policy)
+    composer = Composer(
+        registry, backends=builder.backends, scheduler=scheduler, params=params, recovery=recovery, k_policy=policy
+    )
     bar = builder.progress
     for seed, (source, split) in splits.items():
         test = [by_id[i] for i in split.test_ids]

@@ -88,7 +88,7 @@ class ClassifierRouter(Router):
         if self.fallback is not None and self.fallback not in self.experts_:
             raise UnknownExpertError(self.fallback, self.experts_, "the classifier router's `fallback`")
         self.fallback_ = self.experts_.index(self.fallback) if self.fallback else int(ranked[0])
-        self.generalists_ = [self.fallback_, *(int(i) for i in ranked if i != self.fallback_)]
+        self.generalists_ = np.array([self.fallback_, *(int(i) for i in ranked if i != self.fallback_)])
         training = [q for q in (labelled if labelled is not None else outcomes.items) if q.category]
         self.categories_ = sorted({q.category for q in training if q.category})
         per_category = outcomes.category_accuracy()
@@ -134,12 +134,10 @@ class ClassifierRouter(Router):
         for row in probabilities:
             best = int(np.argmax(row))
             if not self.categories_ or row[best] < self.threshold:
-                picked = self.generalists_[: self.k]
                 name = self.categories_[best] if self.categories_ else "none"
                 reason = f"uncertain category ({name} p={row[best]:.2f} < {self.threshold}): generalist first"
-                routes.append(Pick(picked, self.overall_[picked], reason))
+                routes.append(Pick.ranked(self.generalists_, self.overall_, self.k, reason))
                 continue
-            picked = list(self.table_[best][: self.k])
             reason = f"category {self.categories_[best]} (p={row[best]:.2f}): its best experts"
-            routes.append(Pick(picked, self.accuracy_[best][picked], reason))
+            routes.append(Pick.ranked(self.table_[best], self.accuracy_[best], self.k, reason))
         return routes

@@ -159,10 +159,11 @@ class ClusterRouter(Router):
             return []
         chosen = self.nearest(queries)
         accuracy = self._accuracy(chosen, len(queries))
-        picked = top_k(penalized(accuracy, self.costs_, self.cost_weight), min(self.k, len(self.experts_)))
+        ranking = top_k(penalized(accuracy, self.costs_, self.cost_weight), len(self.experts_))
+        k = min(self.k, len(self.experts_))
         picks = []
-        for i, (row, experts) in enumerate(zip(accuracy, picked, strict=True)):
-            estimates = ", ".join(f"{self.experts_[e]} {row[e]:.2f}" for e in experts)
+        for i, (row, order) in enumerate(zip(accuracy, ranking, strict=True)):
+            estimates = ", ".join(f"{self.experts_[e]} {row[e]:.2f}" for e in order[:k])
             if chosen is not None:
                 clusters = "+".join(str(c) for c in chosen[i])
                 where = f"cluster {clusters} of {self.n_clusters_} (prior strength {self.prior_strength_:g})"
@@ -170,5 +171,5 @@ class ClusterRouter(Router):
                 where = "all profiling items (cross-validation found clusters no better)"
             else:
                 where = "declared priors (no profiling items)"
-            picks.append(Pick(experts, row[experts], f"accuracy in {where}: {estimates}"))
+            picks.append(Pick.ranked(order, row, k, f"accuracy in {where}: {estimates}"))
         return picks

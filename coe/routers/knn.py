@@ -147,7 +147,8 @@ class KnnRouter(Router):
         if not queries:
             return []
         accuracy = self.scores(queries)
-        picked = top_k(penalized(accuracy, self.costs_, self.cost_weight), min(self.k, len(self.experts_)))
+        ranking = top_k(penalized(accuracy, self.costs_, self.cost_weight), len(self.experts_))
+        k = min(self.k, len(self.experts_))
         if self.index_ is None:
             basis = "declared priors (no profiling items)"
         elif np.isinf(self.prior_strength_):
@@ -158,8 +159,7 @@ class KnnRouter(Router):
                 f"prior strength {self.prior_strength_})"
             )
         routes = []
-        for row, chosen in zip(accuracy, picked, strict=True):
-            estimates = ", ".join(f"{self.experts_[i]} {row[i]:.2f}" for i in chosen)
-            reason = f"accuracy on {basis}: {estimates}"
-            routes.append(Pick(chosen, row[chosen], reason))
+        for row, order in zip(accuracy, ranking, strict=True):
+            estimates = ", ".join(f"{self.experts_[i]} {row[i]:.2f}" for i in order[:k])
+            routes.append(Pick.ranked(order, row, k, f"accuracy on {basis}: {estimates}"))
         return routes

@@ -94,13 +94,13 @@ class KShotRouter(Router):
         for query in queries:
             task = query.category if query.category in self.tasks_ else POOLED
             ranking, accuracy, shots = self.tasks_[task]
-            chosen = ranking[: min(self.k, len(ranking))]
-            estimates = ", ".join(f"{self.experts_[i]} {accuracy[i]:.2f}" for i in chosen)
+            k = min(self.k, len(ranking))
+            estimates = ", ".join(f"{self.experts_[i]} {accuracy[i]:.2f}" for i in ranking[:k])
             if shots == 0:
                 basis = "declared priors (no examples)"
             elif task == POOLED:
                 basis = f"all {shots} examples (task {query.category or 'not given'} has none)"
             else:
                 basis = f"{shots} examples of task {task}"
-            picks.append(Pick(chosen, accuracy[chosen], f"K-shot accuracy on {basis}: {estimates}"))
+            picks.append(Pick.ranked(ranking, accuracy, k, f"K-shot accuracy on {basis}: {estimates}"))
         return picks

@@ -159,7 +159,8 @@ class MfRouter(Router):
         if not queries:
             return []
         probability = self.scores(queries)
-        picked = top_k(penalized(probability, self.costs_, self.cost_weight), min(self.k, len(self.experts_)))
+        ranking = top_k(penalized(probability, self.costs_, self.cost_weight), len(self.experts_))
+        k = min(self.k, len(self.experts_))
         if self.factors_ is None:
             basis = "declared priors (no profiling items)"
         elif np.isinf(self.penalty_):
@@ -167,7 +168,7 @@ class MfRouter(Router):
         else:
             basis = f"matrix factorization (dim {self.dim}, penalty {self.penalty_:g})"
         picks = []
-        for row, chosen in zip(probability, picked, strict=True):
-            estimates = ", ".join(f"{self.experts_[i]} {row[i]:.2f}" for i in chosen)
-            picks.append(Pick(chosen, row[chosen], f"predicted correctness by {basis}: {estimates}"))
+        for row, order in zip(probability, ranking, strict=True):
+            estimates = ", ".join(f"{self.experts_[i]} {row[i]:.2f}" for i in order[:k])
+            picks.append(Pick.ranked(order, row, k, f"predicted correctness by {basis}: {estimates}"))
         return picks

@@ -57,12 +57,14 @@ def global_strength(profile: np.ndarray, n_occurrences: int, weighting: Weightin
 
 
 def recruit_weights(local: np.ndarray, strength: np.ndarray) -> np.ndarray:
-    """Per-row draw probabilities: positive local scores × strength; all experts, shifted, when none is."""
+    """Per-row draw probabilities: positive local scores × strength; all experts, shifted, when none is;
+    the local scores alone where no expert has any strength (no priors, no profile)."""
     positive = local > 0
     none = ~positive.any(axis=1, keepdims=True)
     shifted = local - local.min(axis=1, keepdims=True) + 1
     kept = np.where(none, shifted, np.where(positive, local, 0.0))
     weights = kept * strength
+    weights = np.where(weights.sum(axis=1, keepdims=True) > 0, weights, kept)
     return weights / weights.sum(axis=1, keepdims=True)
 
 
@@ -182,5 +184,6 @@ class SkillRouter(Router):
                 f"skills {', '.join(skills[i]) or '(none)'}"
                 f" ({len(known)} profiled); drew {len(picked)} by local × global ({self.weighting})"
             )
-            routes.append(Pick(picked, accuracy[i, picked] * counts, reason))
+            rest = np.setdiff1d(top_k(accuracy[i], len(self.experts_)), picked, assume_unique=True)
+            routes.append(Pick(picked, accuracy[i, picked] * counts, reason, rest, accuracy[i, rest]))
         return routes

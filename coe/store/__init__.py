@@ -1,6 +1,7 @@
 """Persistence with SQLAlchemy 2 (the only package that imports it)."""
 
 from coe.store.database import ImportSummary, Store, StoredExpert, StoredPool
+from coe.store.keys import ApiKey, KeyStore, hash_key
 from coe.store.profiles import (
     AggregatorChoice,
     ProfileItem,
@@ -15,8 +16,10 @@ from coe.store.traffic import RequestLog, ServedRequest
 
 __all__ = [
     "AggregatorChoice",
+    "ApiKey",
     "ImportSummary",
     "ItemTrace",
+    "KeyStore",
     "ProfileItem",
     "ProfileOutcome",
     "ProfileRecord",
@@ -29,6 +32,7 @@ __all__ = [
     "Store",
     "StoredExpert",
     "StoredPool",
+    "hash_key",
     "latest_aggregator_choice",
     "save_aggregator_choice",
     "trace_item",

@@ -206,3 +206,17 @@ class ServedRequestRow(Base):
     n_completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     prompt: Mapped[str | None] = mapped_column(ModelText, nullable=True)
+
+
+class ApiKeyRow(Base):
+    """A key of the service: only its SHA-256 is stored (the key itself is shown once, at creation)."""
+
+    __tablename__ = "api_keys"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    """The key's first characters, to recognise it in `coe keys list` (not enough to use it)."""
+    rate_limit_per_min: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -11,7 +11,7 @@ from sqlalchemy import insert, select
 
 from coe.store.concurrency import retried
 from coe.store.database import Store, now
-from coe.store.tables import ServedRequestRow
+from coe.store.tables import Base, ServedRequestRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +61,8 @@ class RequestLog:
             }
             for r in requests
         ]
-        with self.store.session() as session:
-            session.execute(insert(ServedRequestRow), rows)
+        with self.store.session() as session:  # a Core executemany: the ORM's bulk path costs more per row
+            session.execute(insert(Base.metadata.tables[ServedRequestRow.__tablename__]), rows)
 
     def since(self, start: datetime | None = None, limit: int = 10_000) -> list[ServedRequest]:
         """Logged requests from `start` on (all when None), oldest first, at most `limit` (the newest)."""

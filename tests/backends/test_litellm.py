@@ -1,11 +1,7 @@
 """The litellm backend over real loopback HTTP: the embedded engine's own OpenAI-compatible server, and a
 small one that misbehaves on purpose and records the API key each request carries."""
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
 
 import pytest
 
@@ -14,6 +10,7 @@ from coe.backends.llamacpp import LlamaCppBackend
 from coe.registry import Registry
 from coe.schema import ExpertSpec, LitellmBackendSpec
 from coe.types import GenerationParams, Prompt
+from tests.upstream import ANSWER, Upstream, litellm_expert, serve_upstream
 
 PARAMS = GenerationParams(max_tokens=16)
 
@@ -82,95 +79,67 @@ def test_a_bad_request_fails_alone_and_is_not_retryable(served: ExpertSpec) -> N
     assert outputs[1].ok and outputs[1].text
 
 
-class Misbehaving(BaseHTTPRequestHandler):
-    """An OpenAI-compatible server that behaves as its path says: `/fail500/v1` answers HTTP 500, `/null/v1`
-    a reply whose content is null, `/ok/v1` "ok"; it counts the requests and records the key each carries."""
-
-    calls: ClassVar[list[str]] = []
-    keys: ClassVar[list[str]] = []
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        mode = self.path.split("/")[1]
-        self.calls.append(mode)
-        self.keys.append(self.headers.get("Authorization", ""))
-        if mode == "fail500":
-            self._reply(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
-            return
-        message = {"role": "assistant", "content": "ok" if mode == "ok" else None}
-        choice = {"index": 0, "message": message, "finish_reason": "stop"}
-        usage = {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3}
-        self._reply(
-            200,
-            {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice], "usage": usage},
-        )
-
-    def _reply(self, status: int, body: dict) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        return None
-
-
 @pytest.fixture(scope="module")
-def misbehaving() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Misbehaving)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def upstream() -> Iterator[Upstream]:
+    with serve_upstream() as server:
+        yield server
 
 
-def keyed(server: str, **key: str) -> ExpertSpec:
-    """An expert on the server's `/ok/v1`, its key given as `key` (api_key_env or api_key); no keys seen yet."""
-    Misbehaving.keys.clear()
-    backend = LitellmBackendSpec(model="openai/m", api_base=f"{server}/ok/v1", num_retries=0, timeout_s=10, **key)
-    return ExpertSpec(id="keyed", base="m", backend=backend)
+def api_expert(upstream: Upstream, model: str, num_retries: int, **backend: str | None) -> ExpertSpec:
+    return ExpertSpec.model_validate(litellm_expert(upstream, model, "flaky-api", num_retries=num_retries, **backend))
 
 
-def test_api_key_env_is_read_at_call_time(misbehaving: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    expert, backend = keyed(misbehaving, api_key_env="COE_TEST_API_KEY"), LitellmBackend()
+def test_api_key_env_is_read_at_call_time(upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    expert, backend = api_expert(upstream, "ok", 0, api_key_env="COE_TEST_API_KEY"), LitellmBackend()
+    monkeypatch.delenv("COE_TEST_API_KEY", raising=False)
+    upstream.keys.clear()
     [missing] = backend.generate(expert, [Prompt("hi")], PARAMS)
     assert missing.error is not None and missing.error.kind == "auth" and not missing.error.retryable
     assert "COE_TEST_API_KEY" in str(missing.error) and "not set" in str(missing.error)
     monkeypatch.setenv("COE_TEST_API_KEY", "sk-first-0000000001")
-    assert backend.generate(expert, [Prompt("hi")], PARAMS)[0].text == "ok"
+    assert backend.generate(expert, [Prompt("hi")], PARAMS)[0].text == ANSWER
     monkeypatch.setenv("COE_TEST_API_KEY", "sk-rotated-0000000002")
-    assert backend.generate(expert, [Prompt("hi")], PARAMS)[0].text == "ok"
-    assert Misbehaving.keys == ["Bearer sk-first-0000000001", "Bearer sk-rotated-0000000002"]
+    assert backend.generate(expert, [Prompt("hi")], PARAMS)[0].text == ANSWER
+    assert upstream.keys == ["Bearer sk-first-0000000001", "Bearer sk-rotated-0000000002"]
 
 
-def test_a_masked_key_read_back_from_the_database_fails_without_a_call(misbehaving: str) -> None:
-    stored = ExpertSpec.model_validate_json(keyed(misbehaving, api_key="sk-literal-0000000123").model_dump_json())
+def test_a_masked_key_read_back_from_the_database_fails_without_a_call(upstream: Upstream) -> None:
+    literal = api_expert(upstream, "ok", 0, api_key_env=None, api_key="sk-literal-0000000123")
+    stored = ExpertSpec.model_validate_json(literal.model_dump_json())
     assert "sk-…123" in stored.model_dump_json() and "literal" not in stored.model_dump_json()
+    upstream.keys.clear()
     [output] = LitellmBackend().generate(stored, [Prompt("hi")], PARAMS)
     assert output.error is not None and output.error.kind == "auth"
     assert "masked" in str(output.error) and "api_key_env" in str(output.error)
-    assert Misbehaving.keys == []
-    literal = keyed(misbehaving, api_key="sk-literal-0000000123")  # in memory, from the file: still usable
-    assert LitellmBackend().generate(literal, [Prompt("hi")], PARAMS)[0].text == "ok"
-    assert Misbehaving.keys == ["Bearer sk-literal-0000000123"]
+    assert upstream.keys == []
+    assert LitellmBackend().generate(literal, [Prompt("hi")], PARAMS)[0].text == ANSWER  # in memory: still usable
+    assert upstream.keys == ["Bearer sk-literal-0000000123"]
 
 
-def api_expert(api_base: str, num_retries: int) -> ExpertSpec:
-    spec = LitellmBackendSpec(model="openai/m", api_base=api_base, api_key="sk-x", num_retries=num_retries)
-    return ExpertSpec(id="flaky-api", base="m", backend=spec)
-
-
-def test_retries_happen_in_one_layer_with_backoff(misbehaving: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_retries_happen_in_one_layer_with_backoff(upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("coe.backends.litellm.RETRY_BASE_S", 0.01)
-    Misbehaving.calls.clear()
-    (output,) = LitellmBackend().generate(api_expert(f"{misbehaving}/fail500/v1", 2), [Prompt("hi")], PARAMS)
-    assert Misbehaving.calls == ["fail500"] * 3  # the first call and num_retries=2 more: no hidden layers
+    before = upstream.calls["down"]
+    (output,) = LitellmBackend().generate(api_expert(upstream, "down", 2), [Prompt("hi")], PARAMS)
+    assert upstream.calls["down"] - before == 3  # the first call and num_retries=2 more: no hidden layers
     assert output.error is not None and (output.error.kind, output.error.retryable) == ("server", True)
 
 
-def test_a_reply_without_content_is_a_failure_not_an_empty_answer(misbehaving: str) -> None:
-    (output,) = LitellmBackend().generate(api_expert(f"{misbehaving}/null/v1", 2), [Prompt("hi")], PARAMS)
+def test_a_reply_without_content_is_a_failure_not_an_empty_answer(upstream: Upstream) -> None:
+    (output,) = LitellmBackend().generate(api_expert(upstream, "null", 2), [Prompt("hi")], PARAMS)
     assert output.error is not None and output.error.kind == "bad_output" and not output.ok
     assert "content: null" in output.error.message
+
+
+def test_a_stream_hands_each_piece_on_and_retries_only_before_the_first(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("coe.backends.litellm.RETRY_BASE_S", 0.01)
+    pieces: list[str] = []
+    whole = LitellmBackend().stream(api_expert(upstream, "ok", 2), Prompt("hi"), PARAMS, pieces.append)
+    assert pieces == ["The", " answer", " is", " (B)."] and whole.text == ANSWER and whole.ok
+    assert whole.n_completion_tokens == 6
+    before = upstream.calls["cut"]
+    pieces.clear()
+    broken = LitellmBackend().stream(api_expert(upstream, "cut", 2), Prompt("hi"), PARAMS, pieces.append)
+    assert upstream.calls["cut"] - before == 1  # text already went out: no retry
+    assert broken.text == "The answer" and pieces == ["The", " answer"] and broken.error is not None

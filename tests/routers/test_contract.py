@@ -74,6 +74,21 @@ def test_one_route_per_query_with_known_experts(router: Router, outcomes: Outcom
         assert json.loads(route.model_dump_json())["params"] == route.params
 
 
+def test_every_route_ranks_every_expert_once(router: Router, outcomes: Outcomes) -> None:
+    """The picks, then the fallbacks (who replaces a picked expert that fails), cover the pool once."""
+    for route in router.fit(outcomes).route(QUERIES):
+        ranked = route.expert_ids + [choice.expert for choice in route.fallbacks]
+        assert sorted(ranked) == sorted(e.id for e in EXPERTS)
+
+
+def test_a_pool_with_no_priors_and_no_profile_is_routed(router: Router) -> None:
+    """Experts that declare no skills and were never profiled (what `coe serve --profile priors` gives a
+    pool without priors): every router still ranks every expert, instead of dividing by zero."""
+    for route in router.fit(Outcomes.from_priors(EXPERTS)).route(QUERIES):
+        ranked = route.expert_ids + [choice.expert for choice in route.fallbacks]
+        assert sorted(ranked) == sorted(e.id for e in EXPERTS) and route.experts
+
+
 def test_same_seed_same_routes(router: Router, outcomes: Outcomes) -> None:
     first = router.fit(outcomes).route(QUERIES)
     second = make_router(router.name, **router.get_params()).fit(outcomes).route(QUERIES)

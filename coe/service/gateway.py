@@ -1,0 +1,322 @@
+"""What the service does with a request, apart from HTTP: decide which composition answers it, queue it
+for the next micro-batch, run each batch through the Composer (its fallbacks and the cool-down
+included), and keep the metrics and the request log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from coe.compose import CompositionSpec
+from coe.errors import CoeError
+from coe.schema import Answer, Query
+from coe.service.batcher import Batcher, Job
+from coe.service.compositions import SERVED_ROUTERS, Compositions
+from coe.service.config import ServiceConfig
+from coe.service.cooldown import Cooldown
+from coe.service.errors import ServiceError, bad_request, failure_error, from_coe_error
+from coe.service.metrics import Metrics
+from coe.service.protocol import ChatCompletionRequest, ChatMessage, CoeOptions, message_text
+from coe.service.recorder import Recorder
+from coe.store import RequestLog, ServedRequest
+from coe.types import BatchStats, Failure, GenerationParams
+
+logger = logging.getLogger(__name__)
+
+_REQUEST_IDS = random.Random()
+"""Request ids: unique, not secret; seeded once from the system, since a system draw per request (a
+syscall) costs more than the rest of `decide`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """One chat request, decided: the composition, the question, the generation settings."""
+
+    request_id: str
+    model: str
+    spec: CompositionSpec
+    query: Query
+    params: GenerationParams
+    experts: frozenset[str] | None
+    free_form: bool
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A request's answer, with what its batch cost."""
+
+    answer: Answer
+    stats: BatchStats
+    batch_size: int
+    queue_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A piece of a streamed answer."""
+
+    expert: str
+    text: str
+
+
+class Gateway:
+    def __init__(self, config: ServiceConfig, compositions: Compositions, log: RequestLog) -> None:
+        self.config = config
+        self.compositions = compositions
+        self.metrics = Metrics()
+        self.cooldown = Cooldown(after=config.cooldown_after, seconds=config.cooldown_s)
+        self.recorder = Recorder(log)
+        self.batcher: Batcher[Ask] = Batcher(
+            self._run,
+            max_queue=config.max_queue,
+            max_batch=config.max_batch,
+            window_s=config.batch_window_s,
+            on_depth=self.metrics.queue_depth.set,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        self.ready = False
+
+    # ----------------------------------------------------------------------- life cycle
+
+    def start(self) -> None:
+        """Build the service's composition (fit its router) and start the workers; call from the loop."""
+        self.compositions.composer(self.compositions.spec)
+        self.recorder.start()
+        self.batcher.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Finish every queued request, write the log, unload the models."""
+        self.ready = False
+        await self.batcher.stop()
+        self.recorder.stop()
+        builder = self.compositions.builder
+        await asyncio.to_thread(builder.scheduler.close)
+        for backend in builder.backends.values():
+            await asyncio.to_thread(backend.close)
+
+    # ----------------------------------------------------------------------- requests
+
+    def decide(self, body: ChatCompletionRequest) -> Ask:
+        """Which composition answers, with which settings; a 400 or 404 naming the field otherwise."""
+        options = body.coe or CoeOptions()
+        spec, experts = self.composition(body.model, options)
+        if body.n not in (None, 1):
+            raise bad_request("only n = 1 is supported (the composition gives one answer)", "n")
+        text = question_text(body.messages)
+        if len(text) > self.config.max_prompt_chars:
+            raise ServiceError(
+                413,
+                f"the question has {len(text)} characters; at most {self.config.max_prompt_chars} are served",
+                param="messages",
+                code="request_too_large",
+            )
+        max_tokens = body.max_completion_tokens or body.max_tokens or spec.generation.max_tokens
+        if max_tokens > self.config.max_tokens_limit:
+            field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+            raise bad_request(
+                f"{field} is {max_tokens}; this service allows at most {self.config.max_tokens_limit}", field
+            )
+        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        params = GenerationParams(
+            max_tokens=max_tokens,
+            temperature=spec.generation.temperature if body.temperature is None else body.temperature,
+            seed=spec.generation.seed if body.seed is None else body.seed,
+            stop=stop,
+        )
+        if options.max_cost_usd is not None:
+            experts = self._affordable(experts, options.max_cost_usd, len(text), max_tokens, options.k or spec.k)
+        request_id = f"chatcmpl-{_REQUEST_IDS.getrandbits(96):024x}"
+        choices = tuple(options.choices) if options.choices else None
+        return Ask(
+            request_id=request_id,
+            model=body.model,
+            spec=spec,
+            query=Query(id=options.query_id or request_id, text=text, choices=choices),
+            params=params,
+            experts=experts,
+            free_form=choices is None and options.aggregator is None,
+            stream=bool(body.stream),
+        )
+
+    def composition(self, model: str, options: CoeOptions) -> tuple[CompositionSpec, frozenset[str] | None]:
+        """The composition a request names (`coe`, `coe/<router>`, an expert id) with its options."""
+        pool = set(self.compositions.registry)
+        if options.experts is not None:
+            unknown = sorted(set(options.experts) - pool)
+            if unknown:
+                raise bad_request(
+                    f"unknown expert(s) {', '.join(unknown)}; known: {', '.join(sorted(pool))}", "coe.experts"
+                )
+        experts = frozenset(options.experts) if options.experts is not None else None
+        if model in pool:
+            if experts is not None and model not in experts:
+                raise bad_request(f"model {model!r} is an expert outside `coe.experts`", "coe.experts")
+            return self.compositions.proxy(model), frozenset({model})
+        router = options.router
+        if model.startswith("coe/") and router is None:
+            router = model.removeprefix("coe/")
+            if router not in SERVED_ROUTERS:
+                raise _unknown_model(model)
+        elif model != "coe" and not model.startswith("coe/"):
+            raise _unknown_model(model)
+        if router is not None and router not in SERVED_ROUTERS:
+            raise bad_request(f"unknown router {router!r}; served: {', '.join(SERVED_ROUTERS)}", "coe.router")
+        if options.k is not None and options.k > len(pool):
+            raise bad_request(f"k is {options.k} but the pool has {len(pool)} experts", "coe.k")
+        return self.compositions.variant(router=router, k=options.k, aggregator=options.aggregator), experts
+
+    def _affordable(
+        self, experts: frozenset[str] | None, budget: float, n_chars: int, max_tokens: int, k: int
+    ) -> frozenset[str]:
+        """The experts whose worst-case cost for this request (about 4 characters a token), times k,
+        fits the budget."""
+        registry = self.compositions.registry
+        candidates = experts if experts is not None else frozenset(registry)
+        worst = {e: (n_chars / 4 + max_tokens) * registry[e].cost_per_mtok / 1e6 for e in candidates}
+        allowed = frozenset(e for e, cost in worst.items() if cost * k <= budget)
+        if not allowed:
+            cheapest = min(worst.values())
+            raise bad_request(
+                f"no expert fits max_cost_usd={budget}: the cheapest may cost {cheapest:.6f} USD per call, "
+                f"{k} calls per question",
+                "coe.max_cost_usd",
+            )
+        return allowed
+
+    def submit(self, ask: Ask) -> Job[Ask]:
+        job = Job(ask, asyncio.get_running_loop())
+        self.batcher.submit(job)
+        return job
+
+    async def next_event(self, job: Job[Ask], deadline: float) -> Piece | Outcome:
+        """The job's next event (a piece of text, or its outcome); its error raised; 504 past the deadline."""
+        try:
+            event = await asyncio.wait_for(job.events.get(), max(deadline - time.perf_counter(), 0.001))
+        except TimeoutError:
+            job.abandoned = True
+            raise ServiceError(
+                504,
+                f"no answer within {self.config.request_timeout_s:g} s",
+                kind="timeout",
+                code="timeout",
+            ) from None
+        if isinstance(event, ServiceError):
+            raise event
+        if isinstance(event, BaseException):
+            raise event
+        return event
+
+    # ----------------------------------------------------------------------- the batch worker
+
+    def _run(self, jobs: list[Job[Ask]]) -> None:
+        """One micro-batch, on the worker thread: each group of requests on one composition is one
+        `Composer.run` (routed, scheduled and fused together)."""
+        started = time.perf_counter()
+        groups: dict[tuple[Any, ...], list[Job[Ask]]] = {}
+        for job in jobs:
+            job.started_at = started
+            ask = job.work
+            key = (self.compositions.key(ask.spec), ask.params, ask.experts, ask.free_form)
+            groups.setdefault(key, []).append(job)
+        avoid = self.cooldown.avoid()
+        self.metrics.cooling.set(len(avoid))
+        for group in groups.values():
+            self._run_group(group, avoid, len(jobs))
+
+    def _run_group(self, jobs: list[Job[Ask]], avoid: dict[str, Failure], batch_size: int) -> None:
+        first = jobs[0].work
+        try:
+            _, composer = self.compositions.answering(first.spec, free_form=first.free_form)
+            sinks = {i: _sink(job) for i, job in enumerate(jobs) if job.work.stream}
+            result = composer.run(
+                [job.work.query for job in jobs], params=first.params, experts=first.experts, avoid=avoid, stream=sinks
+            )
+        except CoeError as error:
+            mapped = from_coe_error(error)
+            for job in jobs:
+                job.emit(mapped)
+            return
+        self.metrics.observe_batch(result.answers, result.stats)
+        self.cooldown.record(result.answers)
+        for job, answer in zip(jobs, result.answers, strict=True):
+            queue_s = (job.started_at or job.enqueued_at) - job.enqueued_at
+            if any(a.error is None for a in answer.expert_answers):
+                job.emit(Outcome(answer=answer, stats=result.stats, batch_size=batch_size, queue_s=queue_s))
+            else:
+                failures = [a.error for a in answer.expert_answers if a.error] + [f.error for f in answer.fallbacks]
+                refused = failure_error(failures)
+                refused.answer = answer
+                job.emit(refused)
+
+    # ----------------------------------------------------------------------- records
+
+    def record(
+        self,
+        *,
+        model: str,
+        status: int,
+        latency_s: float,
+        key_name: str | None,
+        answer: Answer | None = None,
+        error_kind: str | None = None,
+        prompt: str | None = None,
+    ) -> None:
+        """One served (or refused) request, in the metrics and the request log."""
+        self.metrics.requests.labels(model, str(status)).inc()
+        self.metrics.latency.labels(model).observe(latency_s)
+        if error_kind:
+            self.metrics.errors.labels(error_kind).inc()
+        self.recorder.add(
+            ServedRequest(
+                model=model,
+                status=status,
+                router=answer.route.router if answer else None,
+                aggregator=answer.aggregator if answer else None,
+                experts=tuple(a.expert for a in answer.expert_answers if a.error is None) if answer else (),
+                fallbacks=tuple((f.expert, f.replacement or "") for f in answer.fallbacks) if answer else (),
+                error_kind=error_kind,
+                latency_s=latency_s,
+                n_prompt_tokens=answer.n_prompt_tokens if answer else 0,
+                n_completion_tokens=answer.n_completion_tokens if answer else 0,
+                cost_usd=answer.cost_usd if answer else 0.0,
+                key_name=key_name,
+                prompt=prompt if self.config.log_prompts else None,
+            )
+        )
+
+
+def question_text(messages: list[ChatMessage]) -> str:
+    """The question the experts are asked: the user's message, or the conversation as a transcript."""
+    texts = []
+    for index, message in enumerate(messages):
+        text = message_text(message.content)
+        if text is None:
+            raise bad_request("only text content is served", f"messages[{index}].content")
+        texts.append((message.role, text))
+    if messages[-1].role != "user":
+        raise bad_request("the last message must come from the user", f"messages[{len(messages) - 1}].role")
+    if len(texts) == 1:
+        return texts[0][1]
+    return "\n\n".join(f"{role.capitalize()}: {text}" for role, text in texts)
+
+
+def _unknown_model(model: str) -> ServiceError:
+    return ServiceError(
+        404,
+        f"the model {model!r} does not exist: use coe, coe/<router> or an expert id (GET /v1/models)",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def _sink(job: Job[Ask]) -> Any:
+    def on_text(expert: str, text: str) -> None:
+        job.emit(Piece(expert, text))
+
+    return on_text

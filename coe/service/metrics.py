@@ -1,0 +1,62 @@
+"""Prometheus metrics of one service (its own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from coe.schema import Answer
+from coe.types import BatchStats
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "coe_requests", "Requests answered, by model and HTTP status.", ["model", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "coe_request_seconds",
+            "Request latency, arrival to response.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "coe_overhead_seconds", "Request time not spent in experts.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.expert_calls = Counter(
+            "coe_expert_calls", "Expert generations, by outcome.", ["expert", "outcome"], registry=r
+        )
+        self.expert_latency = Histogram(
+            "coe_expert_seconds", "Expert generation latency.", ["expert"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.model_loads = Counter("coe_model_loads", "Models loaded by the scheduler.", registry=r)
+        self.fallbacks = Counter(
+            "coe_fallbacks", "Picked experts replaced at answer time, by why.", ["expert", "kind"], registry=r
+        )
+        self.errors = Counter("coe_errors", "Error responses and expert failures, by kind.", ["kind"], registry=r)
+        self.queue_depth = Gauge("coe_queue_depth", "Requests waiting for a batch.", registry=r)
+        self.batch_size = Histogram("coe_batch_size", "Requests per micro-batch.", buckets=BATCH_BUCKETS, registry=r)
+        self.cooling = Gauge("coe_experts_cooling", "Experts in cool-down after repeated failures.", registry=r)
+
+    def observe_batch(self, answers: Sequence[Answer], stats: BatchStats) -> None:
+        """What one composed batch did: expert calls, failures, replacements, loads."""
+        self.model_loads.inc(stats.n_loads)
+        for answer in answers:
+            for expert_answer in answer.expert_answers:
+                outcome = "ok" if expert_answer.error is None else "error"
+                self.expert_calls.labels(expert_answer.expert, outcome).inc()
+                self.expert_latency.labels(expert_answer.expert).observe(expert_answer.latency_s)
+                if expert_answer.error is not None:
+                    self.errors.labels(f"expert_{expert_answer.error.kind}").inc()
+            for fallback in answer.fallbacks:
+                self.fallbacks.labels(fallback.expert, fallback.error.kind).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,123 @@
+"""Every refusal is OpenAI's error object with the right status, naming the field at fault; never a
+traceback."""
+
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coe.compose import CompositionSpec
+from coe.settings import Settings
+from tests.service.conftest import REF8, running, upstream_pool
+from tests.upstream import Upstream
+
+USER = [{"role": "user", "content": "Which is larger, 2 or 3?"}]
+
+
+def _error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert "Traceback" not in response.text and body["error"]["message"]
+    return body["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "coe"}, "messages"),
+        ({"model": "coe", "messages": []}, "messages"),
+        ({"model": "coe", "messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+        ({"model": "coe", "messages": USER, "temperature": 7}, "temperature"),
+        ({"model": "coe", "messages": USER, "coe": {"k": 0}}, "coe.k"),
+        ({"model": "coe", "messages": USER, "coe": {"k": 9}}, "coe.k"),
+        ({"model": "coe", "messages": USER, "coe": {"colour": "red"}}, "coe.colour"),
+        ({"model": "coe", "messages": USER, "coe": {"choices": ["only one"]}}, "coe.choices"),
+        ({"model": "coe", "messages": USER, "coe": {"router": "smart"}}, "coe.router"),
+        ({"model": "coe", "messages": USER, "coe": {"experts": ["gpt-9"]}}, "coe.experts"),
+        ({"model": "coe", "messages": USER, "coe": {"max_cost_usd": 0}}, "coe.max_cost_usd"),
+        ({"model": "coe", "messages": USER, "n": 2}, "n"),
+        ({"model": "coe", "messages": USER, "max_tokens": 10**6}, "max_tokens"),
+        ({"model": "coe", "messages": [*USER, {"role": "assistant", "content": "3"}]}, "messages[1].role"),
+        (
+            {"model": "coe", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages[0].content",
+        ),
+    ],
+)
+def test_a_bad_request_is_a_400_naming_the_field(replay_url: str, body: dict, param: str) -> None:
+    error = _error(httpx.post(f"{replay_url}/v1/chat/completions", json=body), 400)
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+
+
+def test_malformed_json_unknown_models_and_paths(replay_url: str) -> None:
+    response = httpx.post(
+        f"{replay_url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    _error(response, 400)
+    for model in ("gpt-4o", "coe/oracle", "coe/smart"):
+        error = _error(httpx.post(f"{replay_url}/v1/chat/completions", json={"model": model, "messages": USER}), 404)
+        assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert _error(httpx.get(f"{replay_url}/v1/nothing"), 404)["code"] == "not_found"
+    assert _error(httpx.get(f"{replay_url}/v1/chat/completions"), 405)["code"] == "method_not_allowed"
+
+
+def test_too_large_requests_are_413(module_settings: Settings) -> None:
+    spec = CompositionSpec(pool=REF8, router="best-single", profile="priors")
+    with running(spec, module_settings, max_body_bytes=4096, max_prompt_chars=500) as url:
+        big = [{"role": "user", "content": "x" * 5000}]
+        assert _error(httpx.post(f"{url}/v1/chat/completions", json={"model": "coe", "messages": big}), 413)
+        chunked = httpx.post(
+            f"{url}/v1/chat/completions", content=iter([b'{"model": "coe", "messages": "', b"x" * 5000])
+        )
+        assert _error(chunked, 413)["code"] == "request_too_large"
+        long = [{"role": "user", "content": "y" * 1000}]
+        error = _error(httpx.post(f"{url}/v1/chat/completions", json={"model": "coe", "messages": long}), 413)
+        assert error["param"] == "messages"
+
+
+def test_no_recorded_answer_anywhere_is_a_503(replay_url: str) -> None:
+    error = _error(httpx.post(f"{replay_url}/v1/chat/completions", json={"model": "coe", "messages": USER}), 503)
+    assert error["code"] == "no_expert_available" and "no recorded response" in error["message"]
+
+
+def test_a_full_queue_answers_429_with_retry_after(
+    tmp_path: Path, module_settings: Settings, upstream: Upstream
+) -> None:
+    pool = upstream_pool(tmp_path, upstream, {"slow": 0.9})
+    spec = CompositionSpec.model_validate({"pool": pool, "router": "best-single", "profile": "priors"})
+    with running(spec, module_settings, max_queue=1, max_batch=1) as url:
+        results: list[httpx.Response] = []
+
+        def ask() -> None:
+            results.append(
+                httpx.post(f"{url}/v1/chat/completions", json={"model": "coe", "messages": USER}, timeout=30)
+            )
+
+        threads = [threading.Thread(target=ask) for _ in range(5)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    statuses = sorted(r.status_code for r in results)
+    assert statuses.count(200) >= 2 and 429 in statuses
+    refused = next(r for r in results if r.status_code == 429)
+    assert _error(refused, 429)["code"] == "queue_full" and int(refused.headers["retry-after"]) >= 1
+
+
+def test_a_request_past_its_deadline_is_a_504(tmp_path: Path, module_settings: Settings, upstream: Upstream) -> None:
+    pool = upstream_pool(tmp_path, upstream, {"slow": 0.9})
+    spec = CompositionSpec.model_validate({"pool": pool, "router": "best-single", "profile": "priors"})
+    with running(spec, module_settings, request_timeout_s=0.5) as url:
+        error = _error(httpx.post(f"{url}/v1/chat/completions", json={"model": "coe", "messages": USER}), 504)
+    assert error["type"] == "timeout"
+
+
+def test_a_non_loopback_service_refuses_to_start_without_keys(module_settings: Settings) -> None:
+    from coe.errors import ConfigError
+    from coe.service import ServiceConfig, create_app
+
+    spec = CompositionSpec(pool=REF8, router="best-single", profile="priors")
+    with pytest.raises(ConfigError, match="needs API keys: create one with `coe keys create NAME`"):
+        create_app(ServiceConfig(composition=spec, host="0.0.0.0"), settings=module_settings)
