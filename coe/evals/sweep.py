@@ -128,7 +128,7 @@ def _plot(points: list[SweepPoint], summaries: Sequence[EvalSummary], axis: str,
     ax.set_xlabel("expert calls per query" if axis == "calls" else "cost per query (USD)")
     ax.set_ylabel("accuracy (mean over seeds)")
     ax.set_title(f"accuracy against {'expert calls' if axis == 'calls' else 'cost'} per query, by k policy")
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.legend(fontsize=7, loc="center right", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
