@@ -3,8 +3,6 @@ inference cost. Answers are extracted by coe's own extraction, exactly like live
 
 A file is `.jsonl.gz` of {"question_id": int, "response": str} lines (TIGER-Lab's MMLU-Pro outputs);
 a question with no record gives an explicit no-answer (an error the aggregator skips), never a crash.
-Token counts are estimated from the prompt's and the response's length, so cost-aware routing and
-accuracy-against-cost curves work on replayed pools (the recordings' own few-shot prompts were longer).
 """
 
 from __future__ import annotations
@@ -32,17 +30,17 @@ class ReplayBackend(NoLoadMixin):
         self._tables: dict[Path, dict[str, str]] = {}
         self._lock = threading.Lock()
 
+    def __reduce__(self) -> tuple[type[ReplayBackend], tuple[()]]:
+        """A pickled copy (what a Ray actor receives) reads its files again where it runs."""
+        return type(self), ()
+
     def generate(self, expert: ExpertSpec, prompts: Sequence[Prompt], params: GenerationParams) -> list[Generation]:
         table = self.responses(expert)
         missing = Failure(NO_RECORD, kind="no_record", expert=expert.id)
         outputs = []
         for prompt in prompts:
             text = table.get(prompt.query_id)
-            if text is None:
-                outputs.append(Generation(text="", error=missing))
-            else:
-                n_prompt, n_completion = estimated_tokens(prompt.text), estimated_tokens(text)
-                outputs.append(Generation(text=text, n_prompt_tokens=n_prompt, n_completion_tokens=n_completion))
+            outputs.append(Generation(text=text) if text is not None else Generation(text="", error=missing))
         return outputs
 
     def responses(self, expert: ExpertSpec) -> dict[str, str]:
@@ -57,15 +55,6 @@ class ReplayBackend(NoLoadMixin):
 
     def close(self) -> None:
         self._tables.clear()
-
-
-CHARS_PER_TOKEN = 4
-"""A recording keeps no token counts: English text runs about four characters per token."""
-
-
-def estimated_tokens(text: str) -> int:
-    """Tokens a recorded text would have cost, so replayed experts carry a price (`cost_per_mtok`)."""
-    return -(-len(text) // CHARS_PER_TOKEN)
 
 
 def read_responses(path: Path, expert: str | None = None) -> dict[str, str]:

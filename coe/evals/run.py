@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from coe.answers import question_prompt
 from coe.backends import Backend
 from coe.compose import (
     AggregatorSpec,
@@ -40,7 +41,7 @@ from coe.registry import Registry
 from coe.routers import ROUTERS
 from coe.routers.base import Router
 from coe.scheduler import MemoryCache, Scheduler
-from coe.schema import Query
+from coe.schema import Answer, Query
 from coe.settings import Settings
 from coe.splits import Split, stratified_sample
 from coe.store import RunStore, Store
@@ -171,6 +172,7 @@ def _rows(
     """The database rows of one chunk: each generation once, each route once, each fused answer."""
     redact = is_redacted(bench)
     category = {query.id: query.category for query in chunk}
+    prompt_chars = {query.id: len(question_prompt(query).text) for query in chunk}
     generations: dict[tuple[str, str], dict[str, Any]] = {}
     routes: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
@@ -197,7 +199,7 @@ def _rows(
                     "choice": answer.choice,
                     "correct": bool(answer.correct),
                     "n_calls": len(answer.experts),
-                    "cost_usd": answer.cost_usd,
+                    "cost_usd": answer.cost_usd or _estimated_cost(answer, prompt_chars[answer.query_id], registry),
                     "latency_s": answer.timings.get("total_s", 0.0),
                 }
             )
@@ -217,6 +219,20 @@ def _rows(
                         "error": stored_error(expert_answer.error, redact),
                     }
     return {"generations": list(generations.values()), "routes": routes, "results": rows}
+
+
+CHARS_PER_TOKEN = 4
+
+
+def _estimated_cost(answer: Answer, prompt_chars: int, registry: Registry) -> float:
+    """What an answer would have cost when its experts report no tokens (recorded responses): four
+    characters a token of the prompt and of each response, at each expert's registry price, so replay
+    evaluations can trace accuracy against cost."""
+    return sum(
+        (prompt_chars + len(a.text)) / CHARS_PER_TOKEN * registry[a.expert].cost_per_mtok / 1e6
+        for a in answer.expert_answers
+        if a.error is None and a.n_prompt_tokens + a.n_completion_tokens == 0
+    )
 
 
 def _chunks(items: Sequence[Query], size: int) -> Iterator[Sequence[Query]]:

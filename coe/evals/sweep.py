@@ -73,7 +73,7 @@ def write_sweep_report(summaries: Sequence[EvalSummary], folder: Path) -> Path:
         "",
         f"Runs {', '.join(s.run_id for s in summaries)}; seeds {first.seeds}, {first.n_test} test items per seed. "
         "Accuracy is the mean over seeds ± the sample standard deviation; cost is USD per query at the registry's "
-        "prices (replayed experts' tokens estimated from text length).",
+        "prices (replayed answers: four characters a token of the prompt and the response).",
         "",
         "| router | aggregator | k policy | calls / query | cost / query (USD) | accuracy |",
         "|---|---|---|---|---|---|",

@@ -46,9 +46,6 @@ def test_recorded_responses_by_query_id_and_explicit_no_answer(tmp_path: Path) -
         False,
     )
     assert outputs[0].ok and outputs[2].ok
-    # a recording keeps no token counts: estimated at four characters a token, so replay carries a price
-    assert (outputs[2].n_prompt_tokens, outputs[2].n_completion_tokens) == (1, 5)
-    assert outputs[1].n_completion_tokens == 0
 
 
 def test_missing_or_malformed_file_is_a_clear_error(tmp_path: Path) -> None:
