@@ -26,16 +26,16 @@ from coe.settings import Settings
 from coe.types import GenerationParams, Prompt
 
 
-def direct(
-    path: Path, spec: EmbeddedBackendSpec, prompts: list[Prompt], max_tokens: int, threads: int
-) -> tuple[float, float]:
+def direct(path: Path, expert: ExpertSpec, prompts: list[Prompt], max_tokens: int, threads: int) -> tuple[float, float]:
     """(load seconds, completion tokens per second) with xllamacpp alone."""
     import xllamacpp as xlc
 
+    spec = expert.backend
+    assert isinstance(spec, EmbeddedBackendSpec)
     started = time.perf_counter()
     params = xlc.CommonParams()
     params.model.path = str(path)
-    params.n_ctx = spec.n_ctx
+    params.n_ctx = expert.context
     params.n_parallel = 1
     params.cache_prompt = False
     params.verbosity = 0
@@ -88,7 +88,7 @@ def main() -> None:
             order = ["direct", "coe"] if round_ % 2 == 0 else ["coe", "direct"]
             for side in order:
                 if side == "direct":
-                    runs[side].append(direct(path, expert.backend, prompts, args.max_tokens, threads))
+                    runs[side].append(direct(path, expert, prompts, args.max_tokens, threads))
                 else:
                     runs[side].append(through_coe(expert, prompts, args.max_tokens, settings.cache_dir, threads))
         medians = {

@@ -33,8 +33,8 @@ def main() -> None:
     folder = export_hf_folder(
         locate_weights("smollm2-135m-instruct-q4_1", CACHE), CACHE / "hf" / "smollm2-135m-instruct"
     )
-    spec = VllmBackendSpec(model=str(folder), max_model_len=1024, kv_cache_gib=1, enforce_eager=True)
-    expert = ExpertSpec(id="smollm2-vllm", base="HuggingFaceTB/SmolLM2-135M-Instruct", backend=spec)
+    spec = VllmBackendSpec(model=str(folder), kv_cache_gib=1, enforce_eager=True)
+    expert = ExpertSpec(id="smollm2-vllm", base="HuggingFaceTB/SmolLM2-135M-Instruct", backend=spec, context=1024)
     params = GenerationParams(max_tokens=MAX_TOKENS)
     rows = []
     with VllmBackend() as backend:

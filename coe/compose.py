@@ -26,6 +26,7 @@ from coe.composer import Composer
 from coe.datasets import BENCHMARKS, is_redacted, load_benchmark, load_examples
 from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError
+from coe.executors.base import ExecutorKind
 from coe.outcomes import Outcomes
 from coe.policy import KPolicy, calibrate
 from coe.recovery import Recovery
@@ -144,7 +145,9 @@ class CompositionSpec(Frozen):
     generation: GenerationSpec = GenerationSpec()
     recovery: Recovery = Recovery()
     """Failed generations: the route's next-ranked expert replaces them (backends retry, the Composer does not)."""
-    executor: Literal["local"] = "local"
+    executor: ExecutorKind = "local"
+    """Where the scheduler runs the experts: `local` (this process) or `ray` (one Ray actor per model;
+    the cluster is `Settings.ray_address`, COE_RAY_ADDRESS, or a private local one)."""
     encoder: EncoderName = DEFAULT_ENCODER
     """The query encoder of the knn, skill and classifier routers and of skill annotation."""
 
@@ -245,6 +248,7 @@ class CompositionBuilder:
         self._scheduler = scheduler
         self._store = store
         self.progress = progress or _no_progress
+        self._schedulers: dict[str, Scheduler] = {}
         self._benchmarks: dict[tuple[str, str], list[Query]] = {}
         self._encoders: dict[str, Encoder] = {}
         self._annotators: dict[tuple[str, str], SkillAnnotator] = {}
@@ -267,7 +271,18 @@ class CompositionBuilder:
 
     @cached_property
     def scheduler(self) -> Scheduler:
+        """The given scheduler, or a local one."""
         return self._scheduler or Scheduler(self.backends)
+
+    def scheduler_for(self, executor: ExecutorKind) -> Scheduler:
+        """The shared scheduler whose groups run on `executor` (a Ray one joins `settings.ray_address`)."""
+        if executor == self.scheduler.executor.kind:
+            return self.scheduler
+        if executor not in self._schedulers:
+            self._schedulers[executor] = Scheduler(
+                self.backends, executor=executor, ray_address=self.settings.ray_address
+            )
+        return self._schedulers[executor]
 
     def encoder(self, name: str = DEFAULT_ENCODER) -> Encoder:
         """The named encoder (one per name), caching its embeddings under the settings' cache dir."""
@@ -311,6 +326,7 @@ class CompositionBuilder:
         *,
         annotate: bool = True,
         encoder: str = DEFAULT_ENCODER,
+        scheduler: Scheduler | None = None,
     ) -> Profile:
         """Measure the pool on the split's profiling items, or reuse the stored profile of equal inputs."""
         from coe.profile import profile
@@ -326,7 +342,7 @@ class CompositionBuilder:
                 bench=source.bench,
                 split=split.spec,
                 items=items,
-                scheduler=self.scheduler,
+                scheduler=scheduler or self.scheduler,
                 params=params,
                 annotator=self.annotator(source.bench, encoder) if annotate else None,
                 keep_text=not is_redacted(source.bench),
@@ -341,14 +357,16 @@ class CompositionBuilder:
         *,
         annotate: bool = True,
         encoder: str = DEFAULT_ENCODER,
+        scheduler: Scheduler | None = None,
     ) -> tuple[Outcomes, str | None]:
         """The outcomes a router fits on, and the benchmark they were measured on (None for priors)."""
         if source == "priors":
             return Outcomes.from_priors(registry.experts), None
         if isinstance(source, SplitProfile):
-            return self.profile(source, registry, params, annotate=annotate, encoder=encoder).outcomes, source.bench
+            measured = self.profile(source, registry, params, annotate=annotate, encoder=encoder, scheduler=scheduler)
+            return measured.outcomes, source.bench
         if isinstance(source, KShotProfile):
-            return self.kshot_outcomes(source, registry, params), source.bench
+            return self.kshot_outcomes(source, registry, params, scheduler=scheduler), source.bench
         from coe.profile import check_profile_covers, find_profile, stored_outcomes
 
         assert isinstance(source, StoredProfile)
@@ -374,7 +392,9 @@ class CompositionBuilder:
             raise ConfigError(f"no profiling item of category {source.category!r} in {source.bench} {source.split}")
         return drawn
 
-    def kshot_outcomes(self, source: KShotProfile, registry: Registry, params: GenerationParams) -> Outcomes:
+    def kshot_outcomes(
+        self, source: KShotProfile, registry: Registry, params: GenerationParams, *, scheduler: Scheduler | None = None
+    ) -> Outcomes:
         """Every expert of the pool on the K examples, now (expert-batched: adapters of a base share one load)."""
         from coe.profile import measure
 
@@ -382,7 +402,7 @@ class CompositionBuilder:
         with self.progress(
             f"{len(examples)} K-shot examples × {len(registry)} experts", len(examples) * len(registry)
         ) as on_progress:
-            correct, _ = measure(registry, examples, self.scheduler, params, on_progress)
+            correct, _ = measure(registry, examples, scheduler or self.scheduler, params, on_progress)
         return Outcomes(tuple(registry.experts), tuple(examples), correct)
 
     def router(
@@ -416,6 +436,7 @@ class CompositionBuilder:
         registry: Registry,
         bench: str | None,
         *,
+        scheduler: Scheduler | None = None,
         routers: Sequence[Router] = (),
         outcomes: Outcomes | None = None,
         params: GenerationParams | None = None,
@@ -433,7 +454,7 @@ class CompositionBuilder:
             stored = latest_aggregator_choice(self.store, pool=registry.source, bench=bench)
             expert = stored.expert_id if stored else None
         holder = self.pool(spec.pool) if spec.pool else registry
-        return make_aggregator("llm", registry=holder, scheduler=self.scheduler, expert=expert)
+        return make_aggregator("llm", registry=holder, scheduler=scheduler or self.scheduler, expert=expert)
 
     def stacked(
         self, routers: Sequence[Router], outcomes: Outcomes | None, params: GenerationParams, seed: int
@@ -457,8 +478,14 @@ class CompositionBuilder:
         """A fitted, ready Composer."""
         registry = self.pool(spec.pool)
         params = spec.generation.params()
+        scheduler = self.scheduler_for(spec.executor)
         outcomes, bench = self.outcomes(
-            spec.profile, registry, params, annotate=spec.router.name == "skill", encoder=spec.encoder
+            spec.profile,
+            registry,
+            params,
+            annotate=spec.router.name == "skill",
+            encoder=spec.encoder,
+            scheduler=scheduler,
         )
         router = self.router(spec.router, outcomes, k=spec.k, seed=spec.seed, bench=bench, encoder=spec.encoder)
         policy = KPolicy.parse(spec.k_policy)
@@ -466,10 +493,17 @@ class CompositionBuilder:
             registry,
             router=router,
             aggregator=self.aggregator(
-                spec.aggregator, registry, bench, routers=[router], outcomes=outcomes, params=params, seed=spec.seed
+                spec.aggregator,
+                registry,
+                bench,
+                scheduler=scheduler,
+                routers=[router],
+                outcomes=outcomes,
+                params=params,
+                seed=spec.seed,
             ),
             backends=self.backends,
-            scheduler=self.scheduler,
+            scheduler=scheduler,
             params=params,
             recovery=spec.recovery,
             k_policy=policy,

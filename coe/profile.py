@@ -38,8 +38,8 @@ class Profile:
 
 
 def expert_fingerprint(expert: ExpertSpec) -> str:
-    """The model identity a profile belongs to: the hash of the expert's full spec."""
-    return hashlib.sha256(expert.model_dump_json().encode()).hexdigest()[:16]
+    """The model identity a profile belongs to: the hash of the expert's full spec, less where it runs."""
+    return hashlib.sha256(expert.model_dump_json(exclude={"resources"}).encode()).hexdigest()[:16]
 
 
 def profile_key(bench: str, items: Sequence[Query], experts: Sequence[ExpertSpec], params: GenerationParams) -> str:

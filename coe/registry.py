@@ -83,8 +83,33 @@ def resolve_adapters(experts: Sequence[ExpertSpec], where: str = "the registry")
                     f"{where}: expert {expert.id!r}: an adapter runs on its base's backend; "
                     f"drop `backend` or make it equal to {base.id!r}'s"
                 )
+            if expert.resources is None:
+                expert = expert.model_copy(update={"resources": base.resources})
+            if "context" not in expert.model_fields_set:
+                expert = expert.model_copy(update={"context": base.context})
+            elif expert.context != base.context:
+                raise RegistryError(
+                    f"{where}: expert {expert.id!r}: an adapter runs on its base's model, so with its context: "
+                    f"context {expert.context} here, but base {base.id!r} runs with {base.context}; drop `context`"
+                )
         resolved.append(expert)
+    _check_shared_resources(resolved, where)
     return resolved
+
+
+def _check_shared_resources(experts: Sequence[ExpertSpec], where: str) -> None:
+    """Experts on one model (a base, its adapters, its prompt variants) share one Ray actor, so the
+    ones that declare `resources` declare the same."""
+    declared: dict[tuple[str, str], ExpertSpec] = {}
+    for expert in experts:
+        if expert.resources is None or expert.backend is None:
+            continue
+        first = declared.setdefault((expert.backend_kind, expert.load_key), expert)
+        if first.resources != expert.resources:
+            raise RegistryError(
+                f"{where}: experts {first.id!r} and {expert.id!r} run on one model, so on one Ray actor, "
+                "but declare different `resources`; declare them once, equal, or on one of them"
+            )
 
 
 def _resolve_paths(expert: ExpertSpec, folder: Path, data_dir: Path | None) -> ExpertSpec:

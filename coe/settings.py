@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     """CPU threads per embedded model; 0 picks the number of cores (measured best on 2 cores)."""
     offline: bool = True
     """Keep third-party libraries from reaching the network (hub downloads, litellm's cost map)."""
+    ray_address: str | None = None
+    """The Ray cluster the `ray` executor joins (`auto`, `HOST:PORT`, `ray://HOST:PORT`); unset, it starts
+    a private local one for the run."""
     log_level: str = "WARNING"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -65,6 +68,7 @@ OFFLINE_ENVIRONMENT = {
     "HF_DATASETS_OFFLINE": "1",
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     "TOKENIZERS_PARALLELISM": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
 }
 
 

@@ -99,6 +99,27 @@ class BatchStats:
     n_errors: int = 0
     requests_per_expert: dict[str, int] = field(default_factory=dict)
     loads: list[LoadReport] = field(default_factory=list)
+    n_actor_starts: int = 0
+    """Ray: actor processes started for this batch (0 when every model's actor was already running)."""
+    actor_start_s: float = 0.0
+    """Ray: time groups waited for their actors to start."""
+    transfer_s: float = 0.0
+    """Ray: round-trip time beyond the actors' own work (serialization, scheduling, transfer)."""
+    n_restarts: int = 0
+    """Ray: groups run again because their actor died under them."""
+
+    def add_group(
+        self, loads: list[LoadReport], generate_s: float, actor_start_s: float, transfer_s: float, restarts: int
+    ) -> None:
+        """Count one group's loads and times (times add up even where groups ran concurrently)."""
+        self.loads.extend(loads)
+        self.n_loads += len(loads)
+        self.load_s += sum(load.seconds for load in loads)
+        self.generate_s += generate_s
+        self.n_actor_starts += actor_start_s > 0
+        self.actor_start_s += actor_start_s
+        self.transfer_s += transfer_s
+        self.n_restarts += restarts
 
     def merge(self, other: BatchStats) -> None:
         self.n_requests += other.n_requests
@@ -109,6 +130,10 @@ class BatchStats:
         self.n_prompt_tokens += other.n_prompt_tokens
         self.n_completion_tokens += other.n_completion_tokens
         self.n_errors += other.n_errors
+        self.n_actor_starts += other.n_actor_starts
+        self.actor_start_s += other.actor_start_s
+        self.transfer_s += other.transfer_s
+        self.n_restarts += other.n_restarts
         for expert, n in other.requests_per_expert.items():
             self.requests_per_expert[expert] = self.requests_per_expert.get(expert, 0) + n
         self.loads.extend(other.loads)

@@ -24,6 +24,7 @@ def test_import_coe_leaves_heavy_packages_out() -> None:
         "sqlalchemy",
         "vllm",
         "streamlit",
+        "ray",
         "fastapi",
         "uvicorn",
     ]

@@ -40,7 +40,7 @@ def test_a_valid_file_loads_and_adapters_inherit_their_base_backend(tmp_path: Pa
     assert (
         by_id["small-law"].load_key
         == by_id["small"].load_key
-        == "embedded:smollm2-135m-instruct-q4_1:ctx=4096:threads=auto"
+        == "embedded:smollm2-135m-instruct-q4_1:threads=auto:ctx=4096"
     )
     assert isinstance(by_id["small-law"].backend, EmbeddedBackendSpec)
     assert by_id["small-law"].adapter == (tmp_path / "adapters/law.gguf").resolve()
@@ -171,6 +171,24 @@ def test_registry_lookup_of_unknown_id_names_known_ids(tmp_path: Path) -> None:
     with pytest.raises(UnknownExpertError, match=r"unknown expert 'big'.*known: api, small, small-law"):
         registry["big"]
     assert list(registry.subset(["small-law"])) == ["small-law", "small"]
+
+
+VLLM_8192 = "{kind: vllm, model: /models/m, max_model_len: 8192}"
+
+
+def test_an_expert_context_is_its_only_context_setting(tmp_path: Path) -> None:
+    """The registry's `context` is what the backend runs with: an adapter inherits its base's (it runs
+    on the base's server), may not differ from it, and the backends have no second setting."""
+    based = GOOD.replace("    params_b: 0.135", "    params_b: 0.135\n    context: 2048")
+    by_id = {e.id: e for e in load_registry_file(write(tmp_path, based))}
+    assert by_id["small-law"].context == by_id["small"].context == 2048
+    assert by_id["small-law"].load_key == by_id["small"].load_key
+    with pytest.raises(RegistryError, match=r"'small-law'.*context 1024.*base 'small' runs with 2048"):
+        load_registry_file(write(tmp_path, based + "    context: 1024\n"))
+    embedded = "{kind: embedded, weights: smollm2-135m-instruct-q4_1}"
+    for name, backend in (("n_ctx", embedded.replace("}", ", n_ctx: 8192}")), ("max_model_len", VLLM_8192)):
+        with pytest.raises(RegistryError, match=f"{name}.*set the expert's `context`"):
+            load_registry_file(write(tmp_path, GOOD.replace(embedded, backend)))
 
 
 def test_the_shipped_pools_validate() -> None:

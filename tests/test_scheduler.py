@@ -7,7 +7,7 @@ import pytest
 
 from coe.backends.litellm import LitellmBackend
 from coe.backends.llamacpp import LlamaCppBackend
-from coe.errors import UnknownNameError
+from coe.errors import SchedulerError, UnknownNameError
 from coe.registry import Registry
 from coe.scheduler import Request, Scheduler
 from coe.schema import EmbeddedBackendSpec, ExpertSpec, LitellmBackendSpec
@@ -59,6 +59,12 @@ def test_max_resident_evicts_the_least_recently_used(backends: dict, embedded_po
     scheduler.run(interleaved(embedded_pool, 2), PARAMS)
     loaded = [e for e in ("smollm2-135m", "gemma3-270m") if backends["embedded"].is_loaded(embedded_pool[e])]
     assert len(loaded) == 1
+    scheduler.max_resident = 2  # raised on a live scheduler (what the service does): both stay after one load
+    _, raised = scheduler.run(interleaved(embedded_pool, 2), PARAMS)
+    _, again = scheduler.run(interleaved(embedded_pool, 2), PARAMS)
+    assert (raised.n_loads, again.n_loads) == (1, 0)
+    with pytest.raises(SchedulerError, match="at least 1"):
+        scheduler.max_resident = 0
     scheduler.close()
     assert not any(backends["embedded"].is_loaded(embedded_pool[e]) for e in ("smollm2-135m", "gemma3-270m"))
 

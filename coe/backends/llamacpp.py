@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,10 @@ class LlamaCppBackend:
         self.cache_dir = Path(cache_dir)
         self.threads = threads
         self._resident: dict[str, _Resident] = {}
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        """A pickled copy (what a Ray actor receives) is the configuration, with nothing loaded."""
+        return partial(type(self), cache_dir=self.cache_dir, threads=self.threads), ()
 
     # ----------------------------------------------------------------------- loading
 
@@ -82,7 +87,7 @@ class LlamaCppBackend:
         spec = _embedded_spec(expert)
         params = xlc.CommonParams()
         params.model.path = str(path)
-        params.n_ctx = min(spec.n_ctx, expert.context)
+        params.n_ctx = expert.context  # the registry's, the one context setting
         params.n_parallel = 1
         params.cache_prompt = False
         params.verbosity = 0

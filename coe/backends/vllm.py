@@ -54,6 +54,10 @@ class VllmBackend:
     def __init__(self) -> None:
         self._engine: _Engine | None = None
 
+    def __reduce__(self) -> tuple[type[VllmBackend], tuple[()]]:
+        """A pickled copy (what a Ray actor receives) starts with no engine."""
+        return type(self), ()
+
     # ----------------------------------------------------------------------- loading
 
     def is_loaded(self, expert: ExpertSpec) -> bool:
@@ -74,7 +78,7 @@ class VllmBackend:
         vllm = import_vllm(expert.id)
         started = time.perf_counter()
         with vllm_errors(expert.id, f"start an engine for {spec.model!r}"):
-            llm = vllm.LLM(**engine_arguments(spec, enable_lora=bool(wanted)))
+            llm = vllm.LLM(**engine_arguments(expert, enable_lora=bool(wanted)))
         self._engine = _Engine(key=key, llm=llm, lora_enabled=bool(wanted))
         return LoadReport(key=key, seconds=time.perf_counter() - started, n_bytes=_folder_bytes(spec.model))
 
@@ -131,8 +135,8 @@ class VllmBackend:
         tokenizer = engine.llm.get_tokenizer()
         token_ids = [render(tokenizer, vllm_spec(expert), prompt) for expert, prompt in requests]
         spec = vllm_spec(base)
-        runnable = [i for i, ids in enumerate(token_ids) if len(ids) < spec.max_model_len]
-        results = [_too_long(len(ids), spec.max_model_len) for ids in token_ids]  # replaced where run
+        runnable = [i for i, ids in enumerate(token_ids) if len(ids) < base.context]
+        results = [_too_long(len(ids), base.context) for ids in token_ids]  # replaced where run
         if not runnable:
             return results
         sampling = vllm.SamplingParams(
@@ -155,13 +159,13 @@ class VllmBackend:
         return results
 
 
-def _too_long(n_tokens: int, max_model_len: int) -> Generation:
+def _too_long(n_tokens: int, context: int) -> Generation:
     return Generation(
         text="",
         n_prompt_tokens=n_tokens,
         error=Failure(
-            f"vLLM: the prompt has {n_tokens} tokens, more than `max_model_len` {max_model_len} leaves "
-            "room for; shorten it or raise `max_model_len` in the registry",
+            f"vLLM: the prompt has {n_tokens} tokens, more than the expert's `context` {context} leaves "
+            "room for; shorten it or raise `context` in the registry",
             kind="too_long",
         ),
     )
@@ -189,18 +193,24 @@ def render(tokenizer: Any, spec: VllmBackendSpec, prompt: Prompt) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))  # the template wrote them already
 
 
-def engine_arguments(spec: VllmBackendSpec, *, enable_lora: bool) -> dict[str, Any]:
-    """`vllm.LLM` keyword arguments from the registry's backend settings."""
+def engine_arguments(expert: ExpertSpec, *, enable_lora: bool) -> dict[str, Any]:
+    """`vllm.LLM` keyword arguments from the expert's registry entry (its `context` is max_model_len)."""
+    spec = vllm_spec(expert)
     arguments: dict[str, Any] = {
         "model": spec.model,
         "dtype": spec.dtype,
-        "max_model_len": spec.max_model_len,
+        "max_model_len": expert.context,
         "gpu_memory_utilization": spec.gpu_memory_utilization,
         "enforce_eager": spec.enforce_eager,
         "seed": 0,
     }
     if spec.kv_cache_gib is not None:
         arguments["kv_cache_memory_bytes"] = int(spec.kv_cache_gib * 2**30)
+    if spec.n_shards > 1:
+        arguments["tensor_parallel_size"] = spec.tensor_parallel_size
+        arguments["pipeline_parallel_size"] = spec.pipeline_parallel_size
+    if spec.distributed_executor_backend is not None:
+        arguments["distributed_executor_backend"] = spec.distributed_executor_backend
     if enable_lora:
         arguments |= {"enable_lora": True, "max_loras": spec.max_loras, "max_lora_rank": spec.max_lora_rank}
         if spec.max_cpu_loras is not None:
@@ -259,7 +269,7 @@ def map_vllm_error(error: Exception, expert: str, action: str, *, generating: bo
     detail = f"vLLM could not {action}: {kind}: {error}"
     if isinstance(error, MemoryError) or "OutOfMemory" in kind or "out of memory" in str(error).lower():
         return BackendError(
-            detail + "; lower `gpu_memory_utilization`, `max_model_len` or `max_loras`, or set `kv_cache_gib`",
+            detail + "; lower `gpu_memory_utilization`, the expert's `context` or `max_loras`, or set `kv_cache_gib`",
             expert=expert,
         )
     if kind in _NOT_FOUND or isinstance(error, OSError):

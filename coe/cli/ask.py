@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from coe.answers import check_options
-from coe.cli.common import builder, out, progress, settings
+from coe.cli.common import ExecutorOption, RayAddressOption, builder, join_ray, out, progress, settings
 from coe.compose import CompositionSpec, GenerationSpec, parse_profile_source
 from coe.embed import EncoderName
 from coe.errors import GenerationError, QueryError
@@ -52,11 +52,14 @@ def ask(
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Generation budget per expert (default 384).")] = None,
     encoder: Annotated[EncoderName | None, typer.Option(help="Query encoder of the embedding routers.")] = None,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Answer one question with a composition (default: every expert of the pool, majority vote)."""
     query = Query(id="q0", text=question, choices=parse_options(choices, choice))
-    spec = composition_spec(composition, pool, router, k, aggregator, profile, max_tokens, encoder)
+    spec = composition_spec(composition, pool, router, k, aggregator, profile, max_tokens, encoder, executor)
+    join_ray(spec.executor, ray_address)
     with builder().compose(spec) as composer, progress("asking experts", total=len(composer.registry)) as advance:
         result = composer.run([query], advance)
     answer = result.answers[0]
@@ -115,6 +118,7 @@ def composition_spec(
     profile: str | None,
     max_tokens: int | None,
     encoder: str | None = None,
+    executor: str | None = None,
 ) -> CompositionSpec:
     """A composition file (or the defaults) with the command line's options laid over it."""
     current = settings()
@@ -132,6 +136,7 @@ def composition_spec(
         "profile": parse_profile_source(profile) if profile else None,
         "generation": {**data["generation"], "max_tokens": max_tokens} if max_tokens else None,
         "encoder": encoder,
+        "executor": executor,
     }
     return CompositionSpec.model_validate({**data, **{key: value for key, value in given.items() if value is not None}})
 

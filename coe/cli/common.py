@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -21,6 +23,8 @@ from rich.progress import (
 from rich.text import Text
 
 from coe.compose import CompositionBuilder
+from coe.errors import ConfigError
+from coe.executors.base import ExecutorKind
 from coe.registry import Registry
 from coe.settings import Settings
 from coe.types import ProgressCallback
@@ -69,6 +73,31 @@ def builder() -> CompositionBuilder:
     if state.builder is None:
         state.builder = CompositionBuilder(settings(), progress=progress)
     return state.builder
+
+
+ExecutorOption = Annotated[
+    ExecutorKind | None,
+    typer.Option(help="Where experts run: local (this process) or ray (one Ray actor per model; default local)."),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster to join with --executor ray: auto, HOST:PORT or ray://HOST:PORT "
+        "(default COE_RAY_ADDRESS, else a private local one)."
+    ),
+]
+
+
+def join_ray(executor: ExecutorKind | None, ray_address: str | None) -> Settings:
+    """This command's settings with `--ray-address`, which only the ray executor uses; call it before
+    the builder is made, which reads the address from the settings."""
+    current = settings()
+    if ray_address is None:
+        return current
+    if executor != "ray":
+        raise ConfigError(f"--ray-address {ray_address} joins a Ray cluster: add --executor ray")
+    state.settings = current.model_copy(update={"ray_address": ray_address})
+    return state.settings
 
 
 def load_pool(pool: str | Path | None) -> Registry:

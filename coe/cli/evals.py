@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from coe.aggregate import AGGREGATORS
-from coe.cli.common import builder, load_pool, out, progress, settings
+from coe.cli.common import ExecutorOption, RayAddressOption, builder, join_ray, load_pool, out, progress, settings
 from coe.compose import SplitProfile
 from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError, RunError
@@ -20,6 +20,7 @@ from coe.evals.config import ADDED_FIELDS, EvalConfig
 from coe.evals.run import run_eval
 from coe.evals.summary import EvalSummary
 from coe.evals.sweep import SWEEP, sweep_points, write_sweep_report
+from coe.executors.base import ExecutorKind
 from coe.outcomes import Outcomes
 from coe.routers import ROUTERS
 from coe.routers.skill import skill_profile
@@ -54,14 +55,21 @@ def profile_command(
     max_tokens: Annotated[int, typer.Option(help="Generation budget per expert.")] = 512,
     annotate: Annotated[bool, typer.Option(help="Tag profiling items with taxonomy skills (embeddings).")] = True,
     encoder: Annotated[EncoderName, typer.Option(help=ENCODER_HELP)] = DEFAULT_ENCODER,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Run every expert of a pool over the profiling items and store the measured profile."""
     from coe.profile import profile_name
 
+    join_ray(executor, ray_address)
     registry = load_pool(pool)
     source = SplitProfile.model_validate({"bench": bench, "split": split})
     params = GenerationParams(max_tokens=max_tokens, seed=settings().seed)
-    measured = builder().profile(source, registry, params, annotate=annotate, encoder=encoder)
+    scheduler = builder().scheduler_for(executor or "local")
+    try:
+        measured = builder().profile(source, registry, params, annotate=annotate, encoder=encoder, scheduler=scheduler)
+    finally:
+        scheduler.close()
     outcomes = measured.outcomes
     state = "reused the stored profile" if measured.reused else "stored"
     record = measured.record
@@ -154,12 +162,14 @@ def eval_command(
         bool | None,
         typer.Option("--fallback/--no-fallback", help="Replace a failed expert by the router's next-ranked one."),
     ] = None,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
     sweep: Annotated[
         bool, typer.Option("--sweep", help=f"One run per k policy ({', '.join(SWEEP)}) and a report of the curves.")
     ] = False,
 ) -> None:
     """Evaluate routers × aggregators against baselines over seeds; resumable."""
-    current = settings()
+    current = join_ray(executor, ray_address)
     store = Store(current.database_url)
     given = {
         "pool": str(Path(pool).resolve()) if pool and Path(pool).is_file() else pool,
@@ -194,8 +204,10 @@ def eval_command(
     if sweep:
         if resume or k is not None:
             raise ConfigError("--sweep runs its own k policies: leave out --k and --resume (resume each run by its id)")
-        return sweep_command(config, current, store, json_file)
-    summary = run_eval(config, settings=current, store=store, run_id=resume, progress=progress)
+        return sweep_command(config, current, store, json_file, executor or "local")
+    summary = run_eval(
+        config, settings=current, store=store, run_id=resume, progress=progress, executor=executor or "local"
+    )
     print_summary(summary)
     if json_file:
         json_file.write_text(json.dumps(json_summary(summary), indent=2))
@@ -203,13 +215,17 @@ def eval_command(
     check_failures(summary, config)
 
 
-def sweep_command(config: EvalConfig, current: Settings, store: Store, json_file: Path | None) -> None:
+def sweep_command(
+    config: EvalConfig, current: Settings, store: Store, json_file: Path | None, executor: ExecutorKind
+) -> None:
     """One run per k policy of the sweep, then the curves' report (and JSON: every point)."""
     summaries = []
     for policy in SWEEP:
         fixed = policy.isdigit()
         update = {"k": int(policy), "k_policy": "fixed"} if fixed else {"k_policy": policy}
-        summary = run_eval(config.model_copy(update=update), settings=current, store=store, progress=progress)
+        summary = run_eval(
+            config.model_copy(update=update), settings=current, store=store, progress=progress, executor=executor
+        )
         print_summary(summary)
         check_failures(summary, config)
         summaries.append(summary)

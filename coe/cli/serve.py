@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from coe.cli.ask import PoolOption, composition_spec
-from coe.cli.common import builder, out, settings
+from coe.cli.common import ExecutorOption, RayAddressOption, builder, join_ray, out, settings
 from coe.compose import CompositionSpec, StoredProfile
 from coe.errors import ProfileError
 from coe.store import KeyStore, Store
@@ -55,6 +55,8 @@ def serve(
     log_prompts: Annotated[bool, typer.Option(help="Keep questions in the request log (off by default).")] = False,
     require_keys: Annotated[bool, typer.Option(help="Demand an API key even on loopback.")] = False,
     access_log: Annotated[bool, typer.Option(help="uvicorn's access log (method, path, status).")] = True,
+    executor: ExecutorOption = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Serve the pool as one OpenAI-compatible model: POST /v1/chat/completions with model=coe."""
     import uvicorn
@@ -63,8 +65,16 @@ def serve(
 
     current = settings()
     spec = composition_spec(
-        composition, pool, router or (None if composition else "knn"), k, aggregator, profile, max_tokens
+        composition,
+        pool,
+        router or (None if composition else "knn"),
+        k,
+        aggregator,
+        profile,
+        max_tokens,
+        executor=executor,
     )
+    join_ray(spec.executor, ray_address)
     if profile is None and composition is None:
         spec = with_newest_profile(spec)
     config = ServiceConfig(

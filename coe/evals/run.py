@@ -33,6 +33,7 @@ from coe.datasets import is_redacted, stored_error
 from coe.errors import RunError
 from coe.evals.config import ADDED_FIELDS, EvalConfig, seeded_split
 from coe.evals.summary import EvalSummary, summarize
+from coe.executors.base import ExecutorKind
 from coe.outcomes import Outcomes
 from coe.policy import KPolicy
 from coe.profile import expert_fingerprint, measure
@@ -60,15 +61,33 @@ def run_eval(
     store: Store | None = None,
     run_id: str | None = None,
     progress: ProgressFactory | None = None,
+    executor: ExecutorKind = "local",
 ) -> EvalSummary:
     """Run (or resume, with `run_id`) an evaluation and return its summary. Everything that can be
     checked (pool, benchmark, splits, k, aggregators) is checked before a new run is stored; a resumed
-    run must have the same settings and experts, and asks again the items whose generations failed."""
-    store = store or Store(settings.database_url)
-    runs = RunStore(store)
-    cache = MemoryCache()
+    run must have the same settings and experts, and asks again the items whose generations failed.
+    `executor="ray"` runs the experts on Ray actors (the cluster at `settings.ray_address`, or a
+    private local one), with the same results; the run's models are freed when it ends."""
     backends = CompositionBuilder(settings).backends if backends is None else backends
-    builder = CompositionBuilder(settings, scheduler=Scheduler(backends, cache=cache), store=store, progress=progress)
+    scheduler = Scheduler(backends, cache=MemoryCache(), executor=executor, ray_address=settings.ray_address)
+    try:
+        return _run_eval(config, settings, scheduler, store or Store(settings.database_url), run_id, progress)
+    finally:
+        scheduler.close()
+
+
+def _run_eval(
+    config: EvalConfig,
+    settings: Settings,
+    scheduler: Scheduler,
+    store: Store,
+    run_id: str | None,
+    progress: ProgressFactory | None,
+) -> EvalSummary:
+    runs = RunStore(store)
+    cache = scheduler.cache
+    assert isinstance(cache, MemoryCache)
+    builder = CompositionBuilder(settings, scheduler=scheduler, store=store, progress=progress)
     registry = builder.pool(config.pool)
     fingerprint = pool_fingerprint(registry)
     picking = [name for name in config.routers if ROUTERS[name].picks_k]
@@ -95,7 +114,6 @@ def run_eval(
             for expert, item, text, n_prompt, n_completion, latency in runs.stored_texts(run_id)
         }
     )
-    scheduler = builder.scheduler
     params = GenerationSpec(max_tokens=config.max_tokens).params()
     by_id = {query.id: query for query in builder.benchmark(config.bench, config.gpqa_subset)}
     recovery = Recovery(replace=config.fallback)

@@ -43,7 +43,7 @@ def create_app(
     compositions = Compositions(builder, config.composition, synthesizer=config.synthesizer)
     registry = compositions.registry  # builds the service's composition
     local = {e.load_key for e in registry.experts if builder.scheduler.backend_for(e).capabilities.needs_load}
-    builder.scheduler.max_resident = config.max_resident or max(len(local), builder.scheduler.max_resident)
+    builder.scheduler.max_resident = config.max_resident or max(len(local), builder.scheduler.max_resident or 1)
     gateway = Gateway(config, compositions, RequestLog(builder.store))
     gate = Gatekeeper(KeyStore(builder.store), required=config.keys_required, refresh_s=config.key_refresh_s)
     gate.refresh()

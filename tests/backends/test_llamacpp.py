@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from coe.backends.llamacpp import LlamaCppBackend
@@ -74,11 +75,24 @@ def test_two_models_give_different_answers(embedded_backend: LlamaCppBackend, em
     )
 
 
+def test_the_registry_context_is_the_context_llama_cpp_runs_with(embedded_backend: LlamaCppBackend) -> None:
+    """One source of truth: `context:` of the registry entry is llama.cpp's n_ctx, above 4096 too."""
+    expert = ExpertSpec(
+        id="long-ctx", base="smollm2", backend=EmbeddedBackendSpec(weights="smollm2-135m-instruct-q4_1"), context=6144
+    )
+    try:
+        served = httpx.get(f"{embedded_backend.address(expert)}/props", timeout=30).json()
+        assert served["default_generation_settings"]["n_ctx"] == 6144
+    finally:
+        embedded_backend.unload(expert)
+
+
 def test_prompt_longer_than_context_fails_alone(embedded_backend: LlamaCppBackend, tmp_path: Path) -> None:
     expert = ExpertSpec(
         id="tiny-ctx",
         base="smollm2",
-        backend=EmbeddedBackendSpec(weights="smollm2-135m-instruct-q4_1", n_ctx=128),
+        backend=EmbeddedBackendSpec(weights="smollm2-135m-instruct-q4_1"),
+        context=128,
     )
     outputs = embedded_backend.generate(expert, [Prompt("word " * 400), Prompt("Hi")], PARAMS)
     assert outputs[0].error is not None and "context" in outputs[0].error.message
@@ -106,7 +120,7 @@ from pathlib import Path
 from coe.backends.llamacpp import LlamaCppBackend
 from coe.schema import EmbeddedBackendSpec, ExpertSpec
 expert = ExpertSpec(
-    id="quick", base="smollm2", backend=EmbeddedBackendSpec(weights="smollm2-135m-instruct-q4_1", n_ctx=512)
+    id="quick", base="smollm2", backend=EmbeddedBackendSpec(weights="smollm2-135m-instruct-q4_1"), context=512
 )
 with LlamaCppBackend(cache_dir=Path(sys.argv[1])) as backend:
     for _ in range(10):

@@ -42,15 +42,15 @@ PROMPTS = [
 ]
 
 
-def vllm_expert(model: Path | str, **settings: Any) -> ExpertSpec:
+def vllm_expert(model: Path | str, context: int = 512, **settings: Any) -> ExpertSpec:
     """SmolLM2 on vLLM, sized for a 2-core, 24 GiB machine."""
-    sized = {"max_model_len": 512, "kv_cache_gib": 0.5, "enforce_eager": True, "max_loras": 2, "max_lora_rank": 8}
+    sized = {"kv_cache_gib": 0.5, "enforce_eager": True, "max_loras": 2, "max_lora_rank": 8}
     backend = VllmBackendSpec(model=str(model), **(sized | settings))
-    return ExpertSpec(id="smollm2-vllm", base="HuggingFaceTB/SmolLM2-135M-Instruct", backend=backend)
+    return ExpertSpec(id="smollm2-vllm", base="HuggingFaceTB/SmolLM2-135M-Instruct", backend=backend, context=context)
 
 
 def adapter_expert(base: ExpertSpec, folder: Path, expert_id: str = "smollm2-vllm-lora") -> ExpertSpec:
-    return ExpertSpec(id=expert_id, base=base.id, adapter=folder, backend=base.backend)
+    return ExpertSpec(id=expert_id, base=base.id, adapter=folder, backend=base.backend, context=base.context)
 
 
 def vllm_spec_of(expert: ExpertSpec) -> VllmBackendSpec:
@@ -85,13 +85,16 @@ def test_missing_vllm_names_the_extra(tmp_path: Path) -> None:
 
 def test_engine_arguments_follow_the_registry() -> None:
     spec = VllmBackendSpec(model="/models/m", kv_cache_gib=1.5, max_loras=3, max_cpu_loras=6, max_lora_rank=32)
-    plain = engine_arguments(spec, enable_lora=False)
+    expert = ExpertSpec(id="m", base="m", backend=spec, context=2048)
+    plain = engine_arguments(expert, enable_lora=False)
+    assert plain["max_model_len"] == 2048  # the registry's `context`, the only context setting
     assert plain["kv_cache_memory_bytes"] == 3 * 2**29
     assert "enable_lora" not in plain and "max_loras" not in plain
-    with_lora = engine_arguments(spec, enable_lora=True)
+    with_lora = engine_arguments(expert, enable_lora=True)
     assert (with_lora["enable_lora"], with_lora["max_loras"], with_lora["max_cpu_loras"]) == (True, 3, 6)
     assert with_lora["max_lora_rank"] == 32
-    assert "kv_cache_memory_bytes" not in engine_arguments(VllmBackendSpec(model="m"), enable_lora=False)
+    other = ExpertSpec(id="n", base="n", backend=VllmBackendSpec(model="m"))
+    assert "kv_cache_memory_bytes" not in engine_arguments(other, enable_lora=False)
 
 
 def test_adapters_are_checked_before_an_engine_sees_them(tmp_path: Path) -> None:
@@ -216,11 +219,11 @@ def _shared_prefix(texts: list[str], others: list[str]) -> int:
 
 
 @needs_vllm
-def test_a_prompt_longer_than_max_model_len_fails_alone(
+def test_a_prompt_longer_than_the_context_fails_alone(
     backend: VllmBackend, experts: tuple[ExpertSpec, ExpertSpec]
 ) -> None:
     outputs = backend.generate(experts[0], [Prompt("word " * 600), PROMPTS[0]], PARAMS)
-    assert outputs[0].error is not None and "max_model_len` 512" in outputs[0].error.message
+    assert outputs[0].error is not None and "`context` 512" in outputs[0].error.message
     assert outputs[0].error.kind == "too_long"
     assert outputs[0].n_prompt_tokens > 512
     assert outputs[1].ok and "Paris" in outputs[1].text
@@ -233,7 +236,7 @@ def test_vllm_errors_become_coe_errors(tmp_path: Path, smollm2_folder: Path) -> 
             other.load(vllm_expert("nobody/no-such-model"))  # a hub id, and no hub here
         assert missing.value.expert == "smollm2-vllm" and missing.value.__cause__ is not None
         with pytest.raises(BackendError, match="check the expert's vllm backend settings") as invalid:
-            other.load(vllm_expert(smollm2_folder, max_model_len=100_000))
+            other.load(vllm_expert(smollm2_folder, context=100_000))
         assert "max_model_len" in str(invalid.value) and not other.is_loaded(vllm_expert(smollm2_folder))
 
 
