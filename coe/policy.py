@@ -96,7 +96,7 @@ class KPolicy:
         if self.kind != "cascade" or remaining <= 0:
             return True
         if self.budget is not None and self.threshold is None:
-            raise ConfigError(f"k policy {self}: calibrate it for the router first (`coe.composer.calibrate`)")
+            raise ConfigError(f"k policy {self}: calibrate it for the router first (`coe.policy.calibrate`)")
         if self.threshold is not None:
             if reliability is None:
                 raise ConfigError(f"k policy {self}: a threshold needs the pool's measured reliability (a profile)")

@@ -73,7 +73,7 @@ class EvalSummary(_Model):
     seeds: list[int]
     n_test: int
     k_policy: str = "fixed"
-    """How many of the k experts each query asked (`coe.composer.KPolicy`); calls/query is what it spent."""
+    """How many of the k experts each query asked (`coe.policy.KPolicy`); calls/query is what it spent."""
     kshot: int | None = None
     """The kshot router's K per category (None: it saw every profiling item)."""
     results: list[ResultSummary]

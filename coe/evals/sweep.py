@@ -17,7 +17,7 @@ from coe.errors import RunError
 from coe.evals.summary import EvalSummary
 
 SWEEP = ("1", "calls:1.5", "calls:2", "auto", "3")
-"""The k policies of `coe eval --sweep`: N is a fixed k of N (`coe.composer.KPolicy` for the others)."""
+"""The k policies of `coe eval --sweep`: N is a fixed k of N (`coe.policy.KPolicy` for the others)."""
 REFERENCES = ("best-single", "all", "oracle", "random")
 """Routers drawn as reference points, not curves."""
 
