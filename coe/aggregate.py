@@ -159,7 +159,8 @@ def _digest(text: str) -> str:
     return "fuse:" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-AGGREGATORS = ("majority", "weighted", "llm")
+AGGREGATORS = ("majority", "weighted", "stacked", "llm")
+"""`stacked` (coe.stacked) is trained on a router's profiling routes: the composition builder makes it."""
 
 
 def make_aggregator(
@@ -181,4 +182,6 @@ def make_aggregator(
                 "(or run `coe aggregators probe` to choose and store one)"
             )
         return LlmSynthesis(registry[expert], scheduler)
+    if name == "stacked":
+        raise ConfigError("the stacked aggregator is fitted for a router: build it with the composition builder")
     raise UnknownNameError("aggregator", name, AGGREGATORS)

@@ -11,14 +11,14 @@ costly between them (database, backends, scheduler, encoder, skill annotators, l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from coe.aggregate import Aggregator, make_aggregator
 from coe.backends import Backend, default_backends
@@ -28,6 +28,7 @@ from coe.embed import DEFAULT_ENCODER, EncoderName
 from coe.errors import ConfigError
 from coe.executors.base import ExecutorKind
 from coe.outcomes import Outcomes
+from coe.policy import KPolicy, calibrate
 from coe.recovery import Recovery
 from coe.registry import Registry, describe_validation_error, load_pool
 from coe.resources import bundled_compositions
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from coe.embed import Encoder
     from coe.profile import Profile
     from coe.skills import SkillAnnotator
+    from coe.stacked import StackedVote
     from coe.store import Store
 
 ProgressFactory = Callable[[str, int], AbstractContextManager[ProgressCallback]]
@@ -67,7 +69,7 @@ class RouterSpec(Frozen):
 
 
 class AggregatorSpec(Frozen):
-    name: Literal["majority", "weighted", "llm"] = "majority"
+    name: Literal["majority", "weighted", "stacked", "llm"] = "majority"
     expert: str | None = None
     """The `llm` aggregator's expert; default: the one `coe aggregators probe` stored for the pool."""
     pool: str | None = None
@@ -132,7 +134,12 @@ class CompositionSpec(Frozen):
     profile: ProfileSource = "priors"
     aggregator: AggregatorSpec = AggregatorSpec()
     k: int = Field(default=3, ge=1)
-    """Experts per query, for the routers that pick k (the router is fitted for this k)."""
+    """Experts per query, for the routers that pick k (the router is fitted for this k); with a
+    `k_policy` other than `fixed`, the most a query asks."""
+    k_policy: str = "fixed"
+    """How many of the k each query asks: `fixed` (all), `auto` or `cascade[:START]` (ask START, default
+    2, then one more while the vote could still change), `topp:P` (the fewest whose scores reach P of
+    the route's); see `coe.policy.KPolicy`."""
     seed: int = 0
     """The router's random state (random draws, cross-validation folds)."""
     generation: GenerationSpec = GenerationSpec()
@@ -143,6 +150,11 @@ class CompositionSpec(Frozen):
     the cluster is `Settings.ray_address`, COE_RAY_ADDRESS, or a private local one)."""
     encoder: EncoderName = DEFAULT_ENCODER
     """The query encoder of the knn, skill and classifier routers and of skill annotation."""
+
+    @field_validator("k_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        return str(KPolicy.parse(value))
 
     @model_validator(mode="before")
     @classmethod
@@ -419,8 +431,20 @@ class CompositionBuilder:
         return router.fit(outcomes)
 
     def aggregator(
-        self, spec: AggregatorSpec, registry: Registry, bench: str | None, *, scheduler: Scheduler | None = None
+        self,
+        spec: AggregatorSpec,
+        registry: Registry,
+        bench: str | None,
+        *,
+        scheduler: Scheduler | None = None,
+        routers: Sequence[Router] = (),
+        outcomes: Outcomes | None = None,
+        params: GenerationParams | None = None,
+        seed: int = 0,
     ) -> Aggregator:
+        """The named aggregator; `stacked` is trained for `routers` on the profiling `outcomes`."""
+        if spec.name == "stacked":
+            return self.stacked(routers, outcomes, params or GenerationParams(), seed)
         if spec.name != "llm":
             return make_aggregator(spec.name)
         expert = spec.expert
@@ -431,6 +455,24 @@ class CompositionBuilder:
             expert = stored.expert_id if stored else None
         holder = self.pool(spec.pool) if spec.pool else registry
         return make_aggregator("llm", registry=holder, scheduler=scheduler or self.scheduler, expert=expert)
+
+    def stacked(
+        self, routers: Sequence[Router], outcomes: Outcomes | None, params: GenerationParams, seed: int
+    ) -> StackedVote:
+        """The stacked aggregator, cross-fitted for each router on the profiling items (recorded experts'
+        letters are read again from their recordings: a profile keeps no text for them)."""
+        from coe.stacked import StackedVote
+
+        return StackedVote(random_state=seed).fit(routers, self.answered(outcomes, params, "the stacked aggregator"))
+
+    def answered(self, outcomes: Outcomes | None, params: GenerationParams, needed_by: str) -> Outcomes:
+        """The profiling outcomes with every expert's letters (recorded experts' read again from their
+        recordings, at no cost: a profile keeps no text for them)."""
+        if outcomes is None or outcomes.is_empty:
+            raise ConfigError(f"{needed_by} learns from profiling items: give a profile, not priors")
+        from coe.profile import with_recorded_answers
+
+        return with_recorded_answers(outcomes, self.scheduler, params)
 
     def compose(self, spec: CompositionSpec) -> Composer:
         """A fitted, ready Composer."""
@@ -445,15 +487,43 @@ class CompositionBuilder:
             encoder=spec.encoder,
             scheduler=scheduler,
         )
-        return Composer(
+        router = self.router(spec.router, outcomes, k=spec.k, seed=spec.seed, bench=bench, encoder=spec.encoder)
+        policy = KPolicy.parse(spec.k_policy)
+        composer = Composer(
             registry,
-            router=self.router(spec.router, outcomes, k=spec.k, seed=spec.seed, bench=bench, encoder=spec.encoder),
-            aggregator=self.aggregator(spec.aggregator, registry, bench, scheduler=scheduler),
+            router=router,
+            aggregator=self.aggregator(
+                spec.aggregator,
+                registry,
+                bench,
+                scheduler=scheduler,
+                routers=[router],
+                outcomes=outcomes,
+                params=params,
+                seed=spec.seed,
+            ),
             backends=self.backends,
             scheduler=scheduler,
             params=params,
             recovery=spec.recovery,
+            k_policy=policy,
         )
+        self.fit_policy(composer, [router], outcomes, params)
+        return composer
+
+    def fit_policy(
+        self, composer: Composer, routers: Sequence[Router], outcomes: Outcomes, params: GenerationParams
+    ) -> None:
+        """Give the composer what its k policy reads: the experts' measured reliability for a threshold,
+        and each router's threshold for a budget of calls (`coe.policy.calibrate`)."""
+        policy = composer.k_policy
+        if policy.threshold is None and policy.budget is None:
+            return
+        answered = self.answered(outcomes, params, f"the k policy {policy}")
+        from coe.stacked import measure_reliability
+
+        composer.reliability = measure_reliability(answered)
+        composer.calibrated = {r.name: calibrate(policy, r, answered, composer.reliability) for r in routers}
 
 
 @contextmanager

@@ -6,6 +6,10 @@ expert-batched, and fuses each router's picks with each aggregator: what evaluat
 comparison need, with every generation computed once (give the scheduler a cache to reuse them
 across calls).
 
+How many of a route's experts a query asks is the composer's k policy (`coe.policy.KPolicy`): a
+cascade asks them round by round, each round one expert-batched scheduler run, while the answers so far
+are not enough.
+
 Failures are handled here, once, for every face: a picked expert whose generation fails is replaced by
 the next expert its route ranks (`Route.fallbacks`), and each replacement is recorded on the Answer
 (`Answer.fallbacks`). The Composer never calls the same expert again for the same query: retrying is
@@ -24,11 +28,13 @@ from coe.answers import check_options, is_correct, question_prompt, read_choice
 from coe.backends import Backend, default_backends
 from coe.errors import UnknownExpertError
 from coe.outcomes import Outcomes
+from coe.policy import KPolicy
 from coe.recovery import ExpertSink, Lineup, Recovery, StreamSinks, restricted
 from coe.registry import Registry
 from coe.routers import AllRouter, Router
 from coe.scheduler import Request, Scheduler
 from coe.schema import Answer, ExpertAnswer, ExpertSpec, Query, Route
+from coe.stacked import Reliability
 from coe.types import BatchStats, Failure, Generation, GenerationParams
 
 QueryLike = Query | str
@@ -56,6 +62,8 @@ class Composer:
         params: GenerationParams | None = None,
         recovery: Recovery | None = None,
         cache_dir: Path | None = None,
+        k_policy: KPolicy | None = None,
+        reliability: Reliability | None = None,
     ) -> None:
         self.registry = experts if isinstance(experts, Registry) else Registry(experts, source="the given experts")
         self.router = router or AllRouter().fit(Outcomes.from_priors(self.registry.experts))
@@ -64,6 +72,11 @@ class Composer:
         self.scheduler = scheduler or Scheduler(self.backends)
         self.params = params or GenerationParams()
         self.recovery = recovery or Recovery()
+        self.k_policy = k_policy or KPolicy()
+        self.reliability = reliability
+        """What a cascade with a threshold reads: each expert's measured reliability (`coe.stacked`)."""
+        self.calibrated: dict[str, KPolicy] = {}
+        """Per router name, its budget policy made concrete (`coe.policy.calibrate`); others use `k_policy`."""
 
     def ask(self, question: QueryLike, choices: Sequence[str] | None = None) -> Answer:
         """Answer one question (with `choices`, as multiple choice)."""
@@ -125,12 +138,14 @@ class Composer:
             if experts is not None:
                 routes = [restricted(route, set(experts)) for route in routes]
             timed_routes[name] = (routes, time.perf_counter() - started)
+        policies = {name: self.calibrated.get(router.name, self.k_policy) for name, router in routers.items()}
         lineups = {
-            name: [Lineup(route, avoid or {}, self.recovery.replace) for route in routes]
+            name: [Lineup(route, avoid or {}, self.recovery.replace, policies[name].first(route)) for route in routes]
             for name, (routes, _) in timed_routes.items()
         }
         sinks = StreamSinks(stream or {}, lineups)
-        generations, stats = self._settle(batch, lineups, params or self.params, sinks, on_progress)
+        growing = {name: policies[name] for name in lineups if policies[name].kind == "cascade" and not stream}
+        generations, stats = self._settle(batch, lineups, params or self.params, sinks, on_progress, growing)
         results = {}
         for router_name, (routes, route_s) in timed_routes.items():
             shared = {"route_s": route_s / n, "load_s": stats.load_s / n}
@@ -146,14 +161,22 @@ class Composer:
         params: GenerationParams,
         sinks: StreamSinks,
         on_progress: Callable[[int], None] | None,
+        growing: Mapping[str, KPolicy],
     ) -> tuple[dict[tuple[str, int], Generation], BatchStats]:
-        """Generate every lineup's experts; replace the failed ones and generate again until settled."""
+        """Generate every lineup's experts; replace the failed ones, ask one more pick where a cascade
+        (`growing`, per router) finds the answers so far not enough, and generate again until settled."""
         generations: dict[tuple[str, int], Generation] = {}
         stats = BatchStats()
         while True:
-            for per_query in lineups.values():
+            for name, per_query in lineups.items():
                 for index, lineup in enumerate(per_query):
                     lineup.settle(index, generations, sinks.emitted)
+                    if (
+                        name in growing
+                        and lineup.remaining
+                        and self._wants_more(growing[name], lineup, batch, index, generations)
+                    ):
+                        lineup.ask_next()
             needed = list(
                 dict.fromkeys(
                     (expert, index)
@@ -168,6 +191,20 @@ class Composer:
             fresh, more = self._generate(batch, needed, params, sinks, on_progress)
             generations.update(fresh)
             stats.merge(more)
+
+    def _wants_more(
+        self,
+        policy: KPolicy,
+        lineup: Lineup,
+        batch: Sequence[Query],
+        index: int,
+        generations: Mapping[tuple[str, int], Generation],
+    ) -> bool:
+        """Whether a query's answers so far (all of them generated) leave its cascade unsettled."""
+        if any((expert, index) not in generations for expert in lineup.called):
+            return False
+        so_far = [_expert_answer(batch[index], e, generations[e, index]) for e in lineup.called]
+        return not policy.settled(so_far, lineup.remaining, batch[index].category, self.reliability)
 
     def _generate(
         self,

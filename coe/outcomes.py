@@ -25,13 +25,20 @@ class Outcomes:
     """float array (n_items, n_experts): 1 correct, 0 wrong (or failed), NaN not run."""
     failed: np.ndarray | None = None
     """bool array like `correct`: the expert failed to answer (counted as wrong in `correct`)."""
+    letters: np.ndarray | None = None
+    """str array like `correct`: the letter each expert answered ("" for none); what a learned
+    aggregator fits on, with `guessed`."""
+    guessed: np.ndarray | None = None
+    """bool array like `correct`: the letter was only guessed (a stray letter the response never states)."""
 
     def __post_init__(self) -> None:
         expected = (len(self.items), len(self.experts))
         if self.correct.shape != expected:
             raise ValueError(f"correct has shape {self.correct.shape}, expected {expected}")
-        if self.failed is not None and self.failed.shape != expected:
-            raise ValueError(f"failed has shape {self.failed.shape}, expected {expected}")
+        for name in ("failed", "letters", "guessed"):
+            array = getattr(self, name)
+            if array is not None and array.shape != expected:
+                raise ValueError(f"{name} has shape {array.shape}, expected {expected}")
 
     @classmethod
     def from_priors(cls, experts: Sequence[ExpertSpec]) -> Outcomes:
@@ -75,8 +82,8 @@ class Outcomes:
 
     def subset(self, item_indices: Sequence[int] | np.ndarray) -> Outcomes:
         index = np.asarray(item_indices, dtype=int)
-        failed = None if self.failed is None else self.failed[index]
-        return Outcomes(self.experts, tuple(self.items[i] for i in index), self.correct[index], failed)
+        rows = [None if array is None else array[index] for array in (self.failed, self.letters, self.guessed)]
+        return Outcomes(self.experts, tuple(self.items[i] for i in index), self.correct[index], *rows)
 
 
 def _nanmean(values: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -206,13 +206,37 @@ def stored_outcomes(store: Store, record: ProfileRecord, registry: Registry, ite
     row = {item.id: i for i, item in enumerate(items)}
     correct = np.full((len(items), len(column)), np.nan)
     failed = np.zeros(correct.shape, dtype=bool)
+    letters = np.full(correct.shape, "", dtype=object)
+    guessed = np.zeros(correct.shape, dtype=bool)
     for outcome in profiles.outcomes(record.id):
         if outcome.item_id not in row or outcome.expert_id not in column:
             continue
         cell = row[outcome.item_id], column[outcome.expert_id]
+        letters[cell] = outcome.choice or ""
+        if outcome.text is not None and outcome.choice:
+            guessed[cell] = read_choice(outcome.text, len(items[cell[0]].choices or ())).guessed
         if outcome.error is not None:
             correct[cell], failed[cell] = 0.0, True
         elif outcome.correct is not None:
             correct[cell] = float(outcome.correct)
     annotated = tuple(item.model_copy(update={"skills": skills.get(item.id, item.skills)}) for item in items)
-    return Outcomes(tuple(registry.experts), annotated, correct, failed)
+    return Outcomes(tuple(registry.experts), annotated, correct, failed, letters, guessed)
+
+
+def with_recorded_answers(outcomes: Outcomes, scheduler: Scheduler, params: GenerationParams) -> Outcomes:
+    """The outcomes with recorded experts' letters read again from their recordings (at no inference
+    cost): a profile keeps no text for them, so whether a letter was guessed is known only this way."""
+    recorded = [j for j, e in enumerate(outcomes.experts) if scheduler.backend_for(e).capabilities.recorded]
+    if not recorded or outcomes.is_empty:
+        return outcomes
+    letters = np.full(outcomes.correct.shape, "", dtype=object) if outcomes.letters is None else outcomes.letters.copy()
+    guessed = np.zeros(letters.shape, dtype=bool) if outcomes.guessed is None else outcomes.guessed.copy()
+    pairs = [(i, j) for i in range(len(outcomes.items)) for j in recorded]
+    requests = [Request(outcomes.experts[j], question_prompt(outcomes.items[i])) for i, j in pairs]
+    generations, _ = scheduler.run(requests, params)
+    for (i, j), generation in zip(pairs, generations, strict=True):
+        n_choices = len(outcomes.items[i].choices or ())
+        reading = read_choice(generation.text, n_choices) if generation.ok and n_choices else None
+        letters[i, j] = (reading.letter or "") if reading else ""
+        guessed[i, j] = reading.guessed if reading else False
+    return replace(outcomes, letters=letters, guessed=guessed)

@@ -39,7 +39,7 @@ class Lineup:
     """Who answers one query for one router: the route's picks in order, each one that fails (or is
     avoided) followed by its replacement, the next expert the route ranks."""
 
-    def __init__(self, route: Route, avoid: Mapping[str, Failure], replace: bool) -> None:
+    def __init__(self, route: Route, avoid: Mapping[str, Failure], replace: bool, asked: int | None = None) -> None:
         self.called: list[str] = []
         """The experts asked, in route order (a replacement right after the expert it replaces)."""
         self.fallbacks: list[Fallback] = []
@@ -47,13 +47,29 @@ class Lineup:
         self._avoid = avoid
         self._replace = replace
         self._settled: set[str] = set()
-        for expert in route.expert_ids:
-            if expert not in avoid:
-                self.called.append(expert)
-                continue
-            replacement = self._replacement()
-            self.fallbacks.append(Fallback(expert=expert, error=avoid[expert], replacement=replacement))
-            self.called.extend([replacement] if replacement else [])
+        picks = route.expert_ids
+        self._later = list(picks[asked:]) if asked is not None else []
+        """Picks a k policy has not asked yet (`ask_next` asks them one at a time)."""
+        for expert in picks[:asked]:
+            self._ask(expert)
+
+    @property
+    def remaining(self) -> int:
+        """Picks not asked yet."""
+        return len(self._later)
+
+    def ask_next(self) -> None:
+        """Ask the next pick not asked yet (a k policy found the answers so far not enough)."""
+        if self._later:
+            self._ask(self._later.pop(0))
+
+    def _ask(self, expert: str) -> None:
+        if expert not in self._avoid:
+            self.called.append(expert)
+            return
+        replacement = self._replacement()
+        self.fallbacks.append(Fallback(expert=expert, error=self._avoid[expert], replacement=replacement))
+        self.called.extend([replacement] if replacement else [])
 
     def settle(
         self,
@@ -83,7 +99,7 @@ class Lineup:
 
     def route_of_answers(self, route: Route) -> Route:
         """The route as the aggregator should weigh it: the experts that were asked, with their scores."""
-        if not self.fallbacks:
+        if self.called == list(route.expert_ids):
             return route
         scores = {choice.expert: choice for choice in (*route.experts, *route.fallbacks)}
         return route.model_copy(update={"experts": tuple(scores[expert] for expert in self.called)})

@@ -81,10 +81,12 @@ def test_no_letter_and_open_questions_take_the_top_ranked_answer() -> None:
 
 def test_make_aggregator_names_what_is_missing() -> None:
     assert make_aggregator("majority").name == "majority"
-    with pytest.raises(UnknownNameError, match="unknown aggregator 'mean'; known: llm, majority, weighted"):
+    with pytest.raises(UnknownNameError, match="unknown aggregator 'mean'; known: llm, majority, stacked, weighted"):
         make_aggregator("mean")
     with pytest.raises(ConfigError, match="coe aggregators probe"):
         make_aggregator("llm")
+    with pytest.raises(ConfigError, match="composition builder"):
+        make_aggregator("stacked")
 
 
 def test_llm_synthesis_calls_the_model_only_when_experts_disagree(

@@ -153,3 +153,22 @@ def test_compose_takes_a_bundled_composition_by_name(settings: Settings) -> None
     with compose("embedded", settings=settings) as composer:
         assert list(composer.registry) == ["smollm2-135m", "gemma3-270m"]
         assert composer.router.name == "all" and composer.aggregator.name == "majority"
+
+
+def test_a_composition_with_the_stacked_aggregator_and_a_budget_of_calls(builder: CompositionBuilder) -> None:
+    """`aggregator: stacked` is trained for the composition's router on its profile; `k_policy: calls:1.5`
+    gets that router's threshold, so a batch spends about that many calls per query, never more than k."""
+    spec = ref8_spec("best-single").model_copy(update={"router": RouterSpec(name="classifier")})
+    spec = CompositionSpec.model_validate({**spec.model_dump(), "aggregator": "stacked", "k_policy": "calls:1.5"})
+    composer = builder.compose(spec)
+    assert composer.aggregator.name == "stacked" and "classifier" in composer.aggregator.models_
+    threshold = composer.calibrated["classifier"].threshold
+    assert threshold is not None and 0.3 <= threshold <= 1.0
+    answers = composer.ask_batch(load_mmlu_pro("test", DATA_DIR)[3000:3200])
+    calls = [len(answer.experts) for answer in answers]
+    assert max(calls) <= 3 and 1.0 <= np.mean(calls) <= 2.0
+    assert all(answer.aggregator == "stacked" for answer in answers)
+    with pytest.raises(ConfigError, match="k policy 'sometimes'"):
+        CompositionSpec(pool="replay-mmlu-pro-ref8", k_policy="sometimes")
+    with pytest.raises(ConfigError, match="learns from profiling items"):
+        builder.compose(spec.model_copy(update={"profile": "priors"}))

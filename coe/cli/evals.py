@@ -19,9 +19,12 @@ from coe.errors import ConfigError, RunError
 from coe.evals.config import ADDED_FIELDS, EvalConfig
 from coe.evals.run import run_eval
 from coe.evals.summary import EvalSummary
+from coe.evals.sweep import SWEEP, sweep_points, write_sweep_report
+from coe.executors.base import ExecutorKind
 from coe.outcomes import Outcomes
 from coe.routers import ROUTERS
 from coe.routers.skill import skill_profile
+from coe.settings import Settings
 from coe.store import ItemTrace, RunStore, Store
 from coe.types import GenerationParams
 
@@ -133,7 +136,11 @@ def eval_command(
     split: Annotated[str | None, typer.Option("--split", help="random:N:SEED, ids:FILE or symbolic-moe.")] = None,
     routers: Annotated[str | None, typer.Option(help="Comma-separated routers.")] = None,
     aggregators: Annotated[str | None, typer.Option(help="Comma-separated aggregators.")] = None,
-    k: Annotated[int | None, typer.Option("--k", help="Experts per query.")] = None,
+    k: Annotated[
+        str | None,
+        typer.Option("--k", help="Experts per query (N), or a policy: auto, cascade[:START], topp:P (up to --max-k)."),
+    ] = None,
+    max_k: Annotated[int | None, typer.Option("--max-k", help="The most experts a k policy asks (default 3).")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2.")] = None,
     limit: Annotated[int | None, typer.Option(help="At most N test items per seed (stratified).")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Generation budget per expert.")] = None,
@@ -157,6 +164,9 @@ def eval_command(
     ] = None,
     executor: ExecutorOption = None,
     ray_address: RayAddressOption = None,
+    sweep: Annotated[
+        bool, typer.Option("--sweep", help=f"One run per k policy ({', '.join(SWEEP)}) and a report of the curves.")
+    ] = False,
 ) -> None:
     """Evaluate routers × aggregators against baselines over seeds; resumable."""
     current = join_ray(executor, ray_address)
@@ -167,7 +177,8 @@ def eval_command(
         "split": split,
         "routers": _names("--routers", routers, ROUTERS),
         "aggregators": _names("--aggregators", aggregators, AGGREGATORS),
-        "k": k,
+        "k": int(k) if k and k.isdigit() else max_k,
+        "k_policy": None if k is None else "fixed" if k.isdigit() else k,
         "seeds": _integers("--seeds", seeds) if seeds else None,
         "limit": limit,
         "max_tokens": max_tokens,
@@ -190,6 +201,10 @@ def eval_command(
         config = EvalConfig.model_validate(given)
     if resume and (failed := len(RunStore(store).failed_items(resume))):
         out.print(f"asking again the {failed} item(s) whose generations failed")
+    if sweep:
+        if resume or k is not None:
+            raise ConfigError("--sweep runs its own k policies: leave out --k and --resume (resume each run by its id)")
+        return sweep_command(config, current, store, json_file, executor or "local")
     summary = run_eval(
         config, settings=current, store=store, run_id=resume, progress=progress, executor=executor or "local"
     )
@@ -197,6 +212,32 @@ def eval_command(
     if json_file:
         json_file.write_text(json.dumps(json_summary(summary), indent=2))
         out.print(f"wrote {json_file}")
+    check_failures(summary, config)
+
+
+def sweep_command(
+    config: EvalConfig, current: Settings, store: Store, json_file: Path | None, executor: ExecutorKind
+) -> None:
+    """One run per k policy of the sweep, then the curves' report (and JSON: every point)."""
+    summaries = []
+    for policy in SWEEP:
+        fixed = policy.isdigit()
+        update = {"k": int(policy), "k_policy": "fixed"} if fixed else {"k_policy": policy}
+        summary = run_eval(
+            config.model_copy(update=update), settings=current, store=store, progress=progress, executor=executor
+        )
+        print_summary(summary)
+        check_failures(summary, config)
+        summaries.append(summary)
+    path = write_sweep_report(summaries, (store.folder or current.cache_dir) / "reports")
+    out.print(f"wrote {path.resolve()} and its plots beside it")
+    if json_file:
+        points = [point.model_dump(mode="json") for point in sweep_points(summaries)]
+        json_file.write_text(json.dumps({"runs": [s.run_id for s in summaries], "points": points}, indent=2))
+        out.print(f"wrote {json_file}")
+
+
+def check_failures(summary: EvalSummary, config: EvalConfig) -> None:
     if summary.failure_rate > config.max_failure_rate:
         raise RunError(
             f"{summary.failure_rate:.0%} of the run's generations failed (more than --max-failure-rate "
@@ -232,6 +273,7 @@ def json_summary(summary: EvalSummary) -> dict:
         "split": data["split"],
         "seeds": data["seeds"],
         "n_test": data["n_test"],
+        "k_policy": data["k_policy"],
         "results": data["results"],
         "best_single": data["best_single"],
         "oracle": data["oracle"],
@@ -244,6 +286,8 @@ def json_summary(summary: EvalSummary) -> dict:
 
 def print_summary(summary: EvalSummary) -> None:
     title = f"{summary.bench}, pool {Path(summary.pool).name}, split {summary.split}, seeds {summary.seeds}"
+    if summary.k_policy != "fixed":
+        title += f", k policy {summary.k_policy}"
     table = Table(title=f"{title}, {summary.n_test} test items per seed")
     columns = ("router", "aggregator", "accuracy", "Δ pts [95% CI]", "wins", "calls/query", "loads", "time (s)")
     for column in columns:
@@ -286,21 +330,27 @@ def print_summary(summary: EvalSummary) -> None:
 
 
 def report_command(
-    run_id: Annotated[str, typer.Argument(help="A run id (see the end of `coe eval`).")],
+    run_ids: Annotated[
+        list[str], typer.Argument(help="A run id (see the end of `coe eval`); several: the curves of a sweep.")
+    ],
     output: Annotated[
         Path | None, typer.Option(help="Folder for the Markdown and plots (default: `reports/` beside the database).")
     ] = None,
 ) -> None:
-    """Write a run's Markdown report and plots."""
+    """Write a run's Markdown report and plots; for several runs (k policies of one setting), the
+    accuracy-against-calls and accuracy-against-cost curves."""
     from coe.evals.report import write_report
 
     current = settings()
     store = Store(current.database_url)
-    record = RunStore(store).get(run_id)
-    if record.summary is None:
-        raise RunError(f"run {run_id!r} has not finished; finish it with `coe eval --resume {run_id}`")
+    summaries = []
+    for run_id in run_ids:
+        record = RunStore(store).get(run_id)
+        if record.summary is None:
+            raise RunError(f"run {run_id!r} has not finished; finish it with `coe eval --resume {run_id}`")
+        summaries.append(EvalSummary.model_validate(record.summary))
     folder = output or (store.folder or current.cache_dir) / "reports"
-    path = write_report(EvalSummary.model_validate(record.summary), folder)
+    path = write_report(summaries[0], folder) if len(summaries) == 1 else write_sweep_report(summaries, folder)
     out.print(f"wrote {path.resolve()} and its plots beside it")
 
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from coe.aggregate import AGGREGATORS
 from coe.embed import DEFAULT_ENCODER, EncoderName
+from coe.policy import KPolicy
 from coe.routers import ROUTERS
 from coe.splits import check_split_spec
 
@@ -23,6 +24,8 @@ class EvalConfig(BaseModel):
     routers: tuple[str, ...] = ("knn", "skill", "classifier", "best-single", "random", "all", "oracle")
     aggregators: tuple[str, ...] = ("majority", "weighted")
     k: int = Field(default=3, ge=1)
+    k_policy: str = "fixed"
+    """How many of the k each query asks (`fixed`, `auto`, `cascade[:START]`, `topp:P`; `coe.policy.KPolicy`)."""
     seeds: tuple[int, ...] = (0,)
     limit: int | None = Field(default=None, ge=1)
     max_tokens: int = Field(default=512, ge=1)
@@ -62,6 +65,11 @@ class EvalConfig(BaseModel):
             raise ValueError("a name appears twice")
         return value
 
+    @field_validator("k_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        return str(KPolicy.parse(value))
+
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
@@ -70,7 +78,7 @@ class EvalConfig(BaseModel):
         return value
 
 
-ADDED_FIELDS = {"encoder": "minilm", "fallback": False}
+ADDED_FIELDS = {"encoder": "minilm", "fallback": False, "k_policy": "fixed"}
 """Settings added after runs were stored, with the value those runs used, so they still resume."""
 
 

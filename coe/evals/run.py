@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from coe.answers import question_prompt
 from coe.backends import Backend
 from coe.compose import (
     AggregatorSpec,
@@ -34,13 +35,14 @@ from coe.evals.config import ADDED_FIELDS, EvalConfig, seeded_split
 from coe.evals.summary import EvalSummary, summarize
 from coe.executors.base import ExecutorKind
 from coe.outcomes import Outcomes
+from coe.policy import KPolicy
 from coe.profile import expert_fingerprint, measure
 from coe.recovery import Recovery
 from coe.registry import Registry
 from coe.routers import ROUTERS
 from coe.routers.base import Router
 from coe.scheduler import MemoryCache, Scheduler
-from coe.schema import Query
+from coe.schema import Answer, Query
 from coe.settings import Settings
 from coe.splits import Split, stratified_sample
 from coe.store import RunStore, Store
@@ -115,7 +117,10 @@ def _run_eval(
     params = GenerationSpec(max_tokens=config.max_tokens).params()
     by_id = {query.id: query for query in builder.benchmark(config.bench, config.gpqa_subset)}
     recovery = Recovery(replace=config.fallback)
-    composer = Composer(registry, backends=builder.backends, scheduler=scheduler, params=params, recovery=recovery)
+    policy = KPolicy.parse(config.k_policy)
+    composer = Composer(
+        registry, backends=builder.backends, scheduler=scheduler, params=params, recovery=recovery, k_policy=policy
+    )
     bar = builder.progress
     for seed, (source, split) in splits.items():
         test = [by_id[i] for i in split.test_ids]
@@ -134,18 +139,23 @@ def _run_eval(
             )
             for name in fitted_on
         }
-        if "oracle" in routers:
-            with bar(f"seed {seed}: every expert on the test items (oracle)", len(test) * len(registry)) as advance:
-                correct, _ = measure(registry, test, scheduler, params, advance)
-            routers["oracle"].fit(Outcomes(tuple(registry.experts), tuple(test), correct))
+        builder.fit_policy(composer, [r for r in routers.values() if r.name != "oracle"], outcomes, params)
         aggregators = {
             name: builder.aggregator(
                 AggregatorSpec(name=name, expert=config.aggregator_expert, pool=config.aggregator_pool),
                 registry,
                 bench,
+                routers=[router for router in routers.values() if router.name != "oracle"],
+                outcomes=outcomes,
+                params=params,
+                seed=seed,
             )
             for name in config.aggregators
         }
+        if "oracle" in routers:
+            with bar(f"seed {seed}: every expert on the test items (oracle)", len(test) * len(registry)) as advance:
+                correct, _ = measure(registry, test, scheduler, params, advance)
+            routers["oracle"].fit(Outcomes(tuple(registry.experts), tuple(test), correct))
         done = runs.finished_items(run_id, seed)
         todo = [query for query in test if query.id not in done]
         with bar(f"seed {seed}: evaluating {len(todo)} test items", len(todo)) as advance:
@@ -180,6 +190,7 @@ def _rows(
     """The database rows of one chunk: each generation once, each route once, each fused answer."""
     redact = is_redacted(bench)
     category = {query.id: query.category for query in chunk}
+    prompt_chars = {query.id: len(question_prompt(query).text) for query in chunk}
     generations: dict[tuple[str, str], dict[str, Any]] = {}
     routes: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
@@ -206,7 +217,7 @@ def _rows(
                     "choice": answer.choice,
                     "correct": bool(answer.correct),
                     "n_calls": len(answer.experts),
-                    "cost_usd": answer.cost_usd,
+                    "cost_usd": answer.cost_usd or _estimated_cost(answer, prompt_chars[answer.query_id], registry),
                     "latency_s": answer.timings.get("total_s", 0.0),
                 }
             )
@@ -226,6 +237,20 @@ def _rows(
                         "error": stored_error(expert_answer.error, redact),
                     }
     return {"generations": list(generations.values()), "routes": routes, "results": rows}
+
+
+CHARS_PER_TOKEN = 4
+
+
+def _estimated_cost(answer: Answer, prompt_chars: int, registry: Registry) -> float:
+    """What an answer would have cost when its experts report no tokens (recorded responses): four
+    characters a token of the prompt and of each response, at each expert's registry price, so replay
+    evaluations can trace accuracy against cost."""
+    return sum(
+        (prompt_chars + len(a.text)) / CHARS_PER_TOKEN * registry[a.expert].cost_per_mtok / 1e6
+        for a in answer.expert_answers
+        if a.error is None and a.n_prompt_tokens + a.n_completion_tokens == 0
+    )
 
 
 def _chunks(items: Sequence[Query], size: int) -> Iterator[Sequence[Query]]:

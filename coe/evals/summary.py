@@ -72,6 +72,8 @@ class EvalSummary(_Model):
     split: str
     seeds: list[int]
     n_test: int
+    k_policy: str = "fixed"
+    """How many of the k experts each query asked (`coe.policy.KPolicy`); calls/query is what it spent."""
     kshot: int | None = None
     """The kshot router's K per category (None: it saw every profiling item)."""
     results: list[ResultSummary]
@@ -153,6 +155,7 @@ def summarize(run_id: str, config: EvalConfig, runs: RunStore, load_keys: Mappin
         seeds=seeds,
         kshot=config.kshot if "kshot" in config.routers else None,
         n_test=int(np.mean(list(n_test.values()))) if n_test else 0,
+        k_policy=config.k_policy,
         results=results,
         best_single=BestSingle(
             expert=Counter(chosen).most_common(1)[0][0] if chosen else "",

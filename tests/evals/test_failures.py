@@ -96,7 +96,7 @@ def test_resume_refuses_a_pool_whose_experts_changed(env: dict[str, str], tmp_pa
         (["--seeds", "garbage"], "--seeds: expected comma-separated integers"),
         (["--routers", ""], "--routers: name at least one; known: all, best-single"),
         (["--routers", "knn,smart"], "routers: unknown 'smart'; known: all, best-single"),
-        (["--aggregators", "vote"], "aggregators: unknown 'vote'; known: llm, majority, weighted"),
+        (["--aggregators", "vote"], "aggregators: unknown 'vote'; known: llm, majority, stacked, weighted"),
         (["--limit", "-1"], "limit: Input should be greater than or equal to 1"),
         (["--k", "0"], "k: Input should be greater than or equal to 1"),
         (["--chunk-size", "0"], "chunk_size: Input should be greater than or equal to 1"),

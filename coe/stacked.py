@@ -1,0 +1,232 @@
+"""A learned aggregator: which of a query's candidate letters is right, predicted from the answers and
+the profiling data instead of counted.
+
+A vote of three loses to the strongest expert alone when two weaker experts agree on a wrong letter,
+and a fixed weight for a guessed letter (one the response never states) suits one pool and hurts
+another. `StackedVote` describes each candidate letter by who voted for it and how far those voters
+can be trusted: the rank slots of its voters in the route (stated or guessed), the summed log-odds of
+their measured reliability (overall, and in the query's category), their share of the router's score
+and of the votes. A logistic regression trained on the profiling items scores each candidate; the
+most probable one wins. Reliabilities are measured per expert on profiling items: how often its
+stated letter is right and how often its guessed letter is (so an expert that often fails is judged
+by its answers, and a gap is no vote). Training is cross-fitted: each fold of profiling items is
+routed by a clone of the router fitted on the other folds and described with the other folds'
+reliabilities, so no item scores itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import numpy as np
+
+from coe.aggregate import MajorityVote, Verdict, Vote
+from coe.errors import ConfigError, NotFittedError
+from coe.outcomes import Outcomes
+from coe.routers.base import Router
+from coe.schema import ExpertAnswer, Query, Route
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
+GUESS_PRIOR = 0.1
+"""A guessed letter's reliability before any is measured: about chance on ten options."""
+PSEUDO_ITEMS = 10.0
+"""How many profiling items a prior counts for (category reliabilities shrink toward the overall one)."""
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """Per expert, measured on profiling items: P(right | stated letter), P(right | guessed letter),
+    and the stated one per category (shrunk toward the overall one)."""
+
+    experts: tuple[str, ...]
+    stated: np.ndarray
+    guessed: np.ndarray
+    by_category: dict[str, np.ndarray]
+
+    def of(self, expert: int, guessed: bool, category: str | None) -> tuple[float, float]:
+        """(overall, category) reliability of one answer of the expert in column `expert`."""
+        if guessed:
+            return float(self.guessed[expert]), float(self.guessed[expert])
+        local = self.by_category.get(category or "", self.stated)
+        return float(self.stated[expert]), float(local[expert])
+
+    def confidence(self, answers: Sequence[ExpertAnswer], category: str | None) -> float:
+        """How likely the answers so far are right when they all state one letter: the highest category
+        reliability among them; 0 when they disagree, guess or fail (what a cascade's threshold reads)."""
+        usable = [a for a in answers if a.error is None and a.choice is not None]
+        if not usable or len({a.choice for a in usable}) > 1 or any(a.guessed for a in usable):
+            return 0.0
+        column = {expert: j for j, expert in enumerate(self.experts)}
+        return max((self.of(column[a.expert], False, category)[1] for a in usable if a.expert in column), default=0.0)
+
+
+def measure_reliability(outcomes: Outcomes) -> Reliability:
+    """How far each expert's stated and guessed letters can be trusted, from outcomes with letters."""
+    if outcomes.letters is None or outcomes.guessed is None:
+        raise ConfigError("the stacked aggregator needs the experts' letters on the profiling items")
+    right = np.nan_to_num(outcomes.correct) == 1
+    answered = outcomes.letters != ""
+    stated, guessed = answered & ~outcomes.guessed, answered & outcomes.guessed
+    stated_rate = (np.sum(right & stated, axis=0) + 1.0) / (np.sum(stated, axis=0) + 2.0)
+    guessed_rate = (np.sum(right & guessed, axis=0) + PSEUDO_ITEMS * GUESS_PRIOR) / (
+        np.sum(guessed, axis=0) + PSEUDO_ITEMS
+    )
+    categories = np.array([item.category or "" for item in outcomes.items])
+    by_category = {
+        name: (np.sum(right & stated & (categories == name)[:, None], axis=0) + PSEUDO_ITEMS * stated_rate)
+        / (np.sum(stated & (categories == name)[:, None], axis=0) + PSEUDO_ITEMS)
+        for name in sorted(set(categories))
+    }
+    return Reliability(tuple(outcomes.expert_ids), stated_rate, guessed_rate, by_category)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 0.01), 0.99)
+    return float(np.log(p / (1 - p)))
+
+
+@dataclass(frozen=True, slots=True)
+class Ballot:
+    """One expert's usable answer on one query: its column, its rank in the route, its router score."""
+
+    expert: int
+    rank: int
+    score: float
+    letter: str
+    guessed: bool
+
+
+def candidate_features(
+    ballots: Sequence[Ballot], reliability: Reliability, category: str | None, n_slots: int
+) -> tuple[list[str], np.ndarray]:
+    """The candidate letters of one query and a feature row for each (see the module docstring)."""
+    letters = sorted({b.letter for b in ballots})
+    total_score = sum(max(b.score, 0.0) for b in ballots) or 1.0
+    rows = np.zeros((len(letters), 2 * n_slots + 5))
+    for row, letter in zip(rows, letters, strict=True):
+        voters = [b for b in ballots if b.letter == letter]
+        for b in voters:
+            if b.rank < n_slots:
+                row[2 * b.rank + int(b.guessed)] = 1.0
+            overall, local = reliability.of(b.expert, b.guessed, category)
+            row[2 * n_slots] += _logit(overall)
+            row[2 * n_slots + 1] += _logit(local)
+        row[2 * n_slots + 2] = sum(max(b.score, 0.0) for b in voters) / total_score
+        row[2 * n_slots + 3] = len(voters) / len(ballots)
+        row[2 * n_slots + 4] = len(ballots)
+    return letters, rows
+
+
+def ballots_of(route: Route, answers: Sequence[ExpertAnswer], column: Mapping[str, int]) -> list[Ballot]:
+    """The usable answers of a query (a failure or an unreadable answer is no vote), in route order."""
+    rank = {choice.expert: (i, choice.score) for i, choice in enumerate(route.experts)}
+    return [
+        Ballot(column[a.expert], *rank[a.expert], a.choice, a.guessed)
+        for a in answers
+        if a.error is None and a.choice is not None and a.expert in rank and a.expert in column
+    ]
+
+
+def _profiled_ballots(route: Route, outcomes: Outcomes, item: int, column: Mapping[str, int]) -> list[Ballot]:
+    assert outcomes.letters is not None and outcomes.guessed is not None
+    ballots = []
+    for rank, choice in enumerate(route.experts):
+        j = column[choice.expert]
+        if outcomes.letters[item, j]:
+            ballots.append(Ballot(j, rank, choice.score, outcomes.letters[item, j], bool(outcomes.guessed[item, j])))
+    return ballots
+
+
+class StackedVote(Vote):
+    """Picks the candidate letter a model trained on profiling items finds most likely right; one model
+    per router it was fitted for (a route is read by its router's name). A route from a router it was
+    not fitted for, or a query without a usable answer, falls back to the majority vote."""
+
+    name: ClassVar[str] = "stacked"
+
+    def __init__(self, *, n_folds: int = 5, random_state: int = 0, regularization: float = 1.0) -> None:
+        self.n_folds = n_folds
+        self.random_state = random_state
+        self.regularization = regularization
+
+    def fit(self, routers: Sequence[Router], outcomes: Outcomes) -> Self:
+        """Cross-fit one model per router on the profiling `outcomes` (with the experts' letters)."""
+        self.reliability_ = measure_reliability(outcomes)
+        self.column_ = {expert: j for j, expert in enumerate(outcomes.expert_ids)}
+        folds = np.random.default_rng(self.random_state).permutation(len(outcomes.items)) % self.n_folds
+        self.models_: dict[str, tuple[Pipeline | None, int]] = {}
+        for router in routers:
+            rows: list[np.ndarray] = []
+            labels: list[bool] = []
+            routed: list[tuple[int, Route, Reliability]] = []
+            for fold in range(self.n_folds):
+                train, held = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+                if len(train) == 0 or len(held) == 0:
+                    continue
+                clone = type(router)(**router.get_params()).fit(outcomes.subset(train))
+                reliability = measure_reliability(outcomes.subset(train))
+                routes = clone.route([outcomes.items[i] for i in held])
+                routed.extend((int(i), route, reliability) for i, route in zip(held, routes, strict=True))
+            n_slots = max((len(route.experts) for _, route, _ in routed), default=1)
+            for i, route, reliability in routed:
+                item = outcomes.items[i]
+                ballots = _profiled_ballots(route, outcomes, i, self.column_)
+                if len({b.letter for b in ballots}) > 1 and item.gold is not None:  # as in fuse: disagreement
+                    letters, features = candidate_features(ballots, reliability, item.category, n_slots)
+                    rows.append(features)
+                    labels.extend(letter == item.gold for letter in letters)
+            self.models_[router.name] = (_train(rows, labels, self.regularization), n_slots)
+        return self
+
+    def fuse(self, query: Query, route: Route, answers: Sequence[ExpertAnswer]) -> Verdict:
+        return self.fuse_batch([query], [route], [answers])[0]
+
+    def fuse_batch(
+        self, queries: Sequence[Query], routes: Sequence[Route], answers: Sequence[Sequence[ExpertAnswer]]
+    ) -> list[Verdict]:
+        if not hasattr(self, "models_"):
+            raise NotFittedError(self.name)
+        majority = MajorityVote()
+        verdicts: list[Verdict | None] = []
+        pending: list[tuple[int, list[str], np.ndarray, Pipeline]] = []
+        for index, (query, route, answers_of) in enumerate(zip(queries, routes, answers, strict=True)):
+            model, n_slots = self.models_.get(route.router, (None, 0))
+            ballots = ballots_of(route, answers_of, self.column_)
+            if model is None or len({b.letter for b in ballots}) < 2:
+                verdicts.append(majority.fuse(query, route, answers_of))
+                continue
+            letters, features = candidate_features(ballots, self.reliability_, query.category, n_slots)
+            pending.append((index, letters, features, model))
+            verdicts.append(None)
+        for model in {id(m): m for *_, m in pending}.values():
+            mine = [p for p in pending if p[3] is model]
+            probabilities = model.predict_proba(np.vstack([p[2] for p in mine]))[:, 1]
+            start = 0
+            for index, letters, _, _ in mine:
+                scores = probabilities[start : start + len(letters)]
+                start += len(letters)
+                winner = letters[int(np.argmax(scores))]
+                text = next(a.text for a in answers[index] if a.error is None and a.choice == winner)
+                votes = {letter: float(p) for letter, p in zip(letters, scores, strict=True)}
+                verdicts[index] = Verdict(text=text, choice=winner, votes=votes)
+        return [v for v in verdicts if v is not None]
+
+    def get_params(self) -> dict[str, Any]:
+        return {"n_folds": self.n_folds, "random_state": self.random_state, "regularization": self.regularization}
+
+
+def _train(rows: list[np.ndarray], labels: list[bool], regularization: float) -> Pipeline | None:
+    """A standardized logistic regression on the candidates' rows; None when there is nothing to learn
+    (no candidates, or every candidate right or every one wrong)."""
+    if not rows or len(set(labels)) < 2:
+        return None
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=regularization, max_iter=2000))
+    return model.fit(np.vstack(rows), np.array(labels))

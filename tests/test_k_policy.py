@@ -1,0 +1,148 @@
+"""k policies on recorded pools where the right answer is known: a cascade asks a third expert only
+when the first two could be outvoted, and then gives the fixed-k vote's answer on every item; a
+threshold stops after one expert where it is measured reliable; topp follows the router's scores."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coe.aggregate import MajorityVote
+from coe.composer import Composer
+from coe.errors import ConfigError
+from coe.policy import KPolicy, calibrate
+from coe.routers import AllRouter
+from coe.schema import ExpertChoice, Query, Route
+from coe.stacked import measure_reliability
+from tests import synthetic_pool
+from tests.synthetic_pool import guessed, stated, wrong
+
+
+def noisy(p_right: float, guess_share: float = 0.0):
+    def rule(query: Query, rng: np.random.Generator) -> str:
+        letter = query.gold if rng.random() < p_right else wrong(query, rng)
+        return guessed(letter) if rng.random() < guess_share else stated(letter)
+
+    return rule
+
+
+@pytest.mark.parametrize(
+    ("text", "policy"),
+    [
+        ("fixed", KPolicy()),
+        ("auto", KPolicy(kind="cascade", start=2)),
+        ("cascade:1", KPolicy(kind="cascade", start=1)),
+        ("cascade:1:0.7", KPolicy(kind="cascade", start=1, threshold=0.7)),
+        ("topp:0.8", KPolicy(kind="topp", mass=0.8)),
+        ("calls:2", KPolicy(kind="cascade", start=1, budget=2.0)),
+    ],
+)
+def test_policies_parse_and_print_back(text: str, policy: KPolicy) -> None:
+    assert KPolicy.parse(text) == policy
+    assert KPolicy.parse(str(policy)) == policy
+
+
+@pytest.mark.parametrize(
+    "text", ["", "cascade:0", "cascade:2:1.5", "topp:0", "topp:x", "auto:3", "calls:0.5", "sometimes"]
+)
+def test_unknown_policies_are_one_clear_error(text: str) -> None:
+    with pytest.raises(ConfigError, match="expected fixed, auto"):
+        KPolicy.parse(text)
+
+
+def test_topp_asks_the_fewest_experts_whose_scores_reach_the_share() -> None:
+    route = Route(
+        query_id="q",
+        experts=tuple(ExpertChoice(expert=e, score=s) for e, s in (("a", 0.5), ("b", 0.3), ("c", 0.2))),
+        reason="t",
+        router="t",
+    )
+    assert [KPolicy.parse(f"topp:{p}").first(route) for p in (0.5, 0.6, 0.8, 0.81, 1)] == [1, 2, 2, 3, 3]
+
+
+def test_cascade_asks_a_third_only_on_disagreement_and_keeps_the_fixed_vote(tmp_path: Path) -> None:
+    items, test = synthetic_pool.queries(100, seed=1), synthetic_pool.queries(300, seed=2)
+    rules = {"a": noisy(0.7, guess_share=0.1), "b": noisy(0.6, guess_share=0.1), "c": noisy(0.5)}
+    registry = synthetic_pool.pool(tmp_path, items + test, rules)
+    runner = synthetic_pool.scheduler()
+    router = AllRouter().fit(synthetic_pool.profiled(registry, items, runner))
+    fixed = Composer(registry, router=router, backends=runner.backends, scheduler=runner).run(test)
+    cascade = Composer(
+        registry, router=router, backends=runner.backends, scheduler=runner, k_policy=KPolicy.parse("auto")
+    ).run(test)
+    for full, short in zip(fixed.answers, cascade.answers, strict=True):
+        first_two = full.expert_answers[:2]
+        agree = first_two[0].choice == first_two[1].choice and not any(a.guessed for a in first_two)
+        assert len(short.experts) == (2 if agree else 3)
+        assert short.choice == full.choice
+    calls = [len(a.experts) for a in cascade.answers]
+    assert 2 < np.mean(calls) < 3
+    assert cascade.stats.n_requests == sum(calls)
+
+
+def test_a_threshold_stops_after_one_expert_where_it_is_reliable(tmp_path: Path) -> None:
+    """`a` is always right on math and at chance on law: math queries ask it alone, law ones ask on."""
+
+    def a(query: Query, rng: np.random.Generator) -> str:
+        return stated(query.gold if query.category == "math" or rng.random() < 0.25 else wrong(query, rng))
+
+    items, test = synthetic_pool.queries(200, seed=3), synthetic_pool.queries(200, seed=4)
+    registry = synthetic_pool.pool(tmp_path, items + test, {"a": a, "b": noisy(0.55), "c": noisy(0.5)})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
+    router = AllRouter().fit(outcomes)
+    composer = Composer(
+        registry,
+        router=router,
+        aggregator=MajorityVote(),
+        backends=runner.backends,
+        scheduler=runner,
+        k_policy=KPolicy.parse("cascade:1:0.9"),
+        reliability=measure_reliability(outcomes),
+    )
+    answers = composer.run(test).answers
+    by_category = {
+        c: [len(x.experts) for x, q in zip(answers, test, strict=True) if q.category == c] for c in ("math", "law")
+    }
+    assert set(by_category["math"]) == {1}
+    assert min(by_category["law"]) >= 2
+    assert np.mean([x.correct for x, q in zip(answers, test, strict=True) if q.category == "math"]) == 1.0
+
+
+def test_a_threshold_without_a_profile_is_a_clear_error(tmp_path: Path) -> None:
+    items = synthetic_pool.queries(10, seed=5)
+    registry = synthetic_pool.pool(tmp_path, items, {"a": noisy(0.5), "b": noisy(0.5)})
+    runner = synthetic_pool.scheduler()
+    router = AllRouter().fit(synthetic_pool.profiled(registry, items, runner))
+    composer = Composer(
+        registry, router=router, backends=runner.backends, scheduler=runner, k_policy=KPolicy.parse("cascade:1:0.5")
+    )
+    with pytest.raises(ConfigError, match="reliability"):
+        composer.run(items)
+
+
+def test_a_budget_of_calls_chooses_the_highest_threshold_within_it_on_profiling_items(tmp_path: Path) -> None:
+    """Expert `a` is reliable on math only: a budget of 2 calls buys the law queries more experts."""
+
+    def a(query: Query, rng: np.random.Generator) -> str:
+        return stated(query.gold if query.category == "math" or rng.random() < 0.5 else wrong(query, rng))
+
+    items, test = synthetic_pool.queries(300, seed=7), synthetic_pool.queries(300, seed=8)
+    registry = synthetic_pool.pool(tmp_path, items + test, {"a": a, "b": noisy(0.6), "c": noisy(0.5)})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
+    router = AllRouter().fit(outcomes)
+    reliability = measure_reliability(outcomes)
+    policies = {
+        budget: calibrate(KPolicy.parse(f"calls:{budget}"), router, outcomes, reliability) for budget in (2.0, 3)
+    }
+    assert policies[2.0].threshold is not None and policies[3].threshold == 1.0
+    assert policies[2.0].threshold < reliability.by_category["math"][0]  # math stops after `a`
+    composer = Composer(registry, router=router, backends=runner.backends, scheduler=runner)
+    composer.k_policy, composer.reliability = KPolicy.parse("calls:2.0"), reliability
+    with pytest.raises(ConfigError, match="calibrate"):
+        composer.run(test[:5])
+    composer.calibrated = {router.name: policies[2.0]}
+    calls = [len(answer.experts) for answer in composer.run(test).answers]
+    assert 1.5 < np.mean(calls) <= 2.1
+    assert all(n == 1 for n, q in zip(calls, test, strict=True) if q.category == "math")

@@ -1,0 +1,113 @@
+"""The stacked aggregator on recorded pools where the right answer is known: it learns from profiling
+items when to overrule agreeing weaker experts and what a guessed letter is worth, per expert."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coe.aggregate import MajorityVote, WeightedVote
+from coe.composer import Composer
+from coe.errors import ConfigError, NotFittedError
+from coe.routers import AllRouter, BestSingleRouter
+from coe.schema import ExpertAnswer, Query
+from coe.stacked import StackedVote, measure_reliability
+from tests import synthetic_pool
+from tests.synthetic_pool import guessed, stated, wrong
+
+
+def accuracy(composer: Composer, router, aggregators: dict, test: list[Query]) -> dict[str, float]:
+    results = composer.compare(test, {"r": router}, aggregators)
+    return {name: float(np.mean([a.correct for a in results["r", name].answers])) for name in aggregators}
+
+
+def test_stacked_overrules_two_weaker_experts_that_agree_on_wrong_letters(tmp_path: Path) -> None:
+    """`strong` is right 80% of the time; `weak1` and `weak2` are both right half the time and always
+    agree, so a vote follows them (50%) while the profiling items show `strong` should win."""
+    shared: dict[str, str] = {}
+
+    def weak(query: Query, rng: np.random.Generator) -> str:
+        if query.id not in shared:
+            shared[query.id] = query.gold if rng.random() < 0.5 else wrong(query, rng)
+        return stated(shared[query.id])
+
+    def strong(query: Query, rng: np.random.Generator) -> str:
+        return stated(query.gold if rng.random() < 0.8 else wrong(query, rng))
+
+    items, test = synthetic_pool.queries(400, seed=1), synthetic_pool.queries(300, seed=2)
+    registry = synthetic_pool.pool(tmp_path, items + test, {"weak1": weak, "weak2": weak, "strong": strong})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
+    router = AllRouter().fit(outcomes)
+    stacked = StackedVote().fit([router], outcomes)
+    composer = Composer(registry, router=router, backends=runner.backends, scheduler=runner)
+    scores = accuracy(composer, router, {"majority": MajorityVote(), "weighted": WeightedVote(), "s": stacked}, test)
+    assert scores["majority"] < 0.6 and scores["weighted"] < 0.6
+    assert scores["s"] > 0.72
+
+
+def test_stacked_measures_what_each_experts_guessed_letters_are_worth(tmp_path: Path) -> None:
+    """`guesser` never states an answer but its stray letter is right 90% of the time; the two others
+    state answers right 40% of the time. A guess's constant tenth of a vote ignores the guesser."""
+
+    def guesser(query: Query, rng: np.random.Generator) -> str:
+        return guessed(query.gold if rng.random() < 0.9 else wrong(query, rng))
+
+    def stater(query: Query, rng: np.random.Generator) -> str:
+        return stated(query.gold if rng.random() < 0.4 else wrong(query, rng))
+
+    items, test = synthetic_pool.queries(400, seed=3), synthetic_pool.queries(300, seed=4)
+    registry = synthetic_pool.pool(tmp_path, items + test, {"a": stater, "b": stater, "guesser": guesser})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
+    reliability = measure_reliability(outcomes)
+    assert reliability.guessed[2] > 0.8 and reliability.stated[0] < 0.5
+    router = AllRouter().fit(outcomes)
+    composer = Composer(registry, router=router, backends=runner.backends, scheduler=runner)
+    stacked = StackedVote().fit([router], outcomes)
+    scores = accuracy(composer, router, {"weighted": WeightedVote(), "stacked": stacked}, test)
+    assert scores["stacked"] > scores["weighted"] + 0.2
+
+
+def test_reliability_counts_a_failing_expert_by_its_answers(tmp_path: Path) -> None:
+    """An expert with no record on half the items but right whenever it answers is fully reliable:
+    a gap is no answer, not a wrong one (while the correctness matrix charges it)."""
+
+    def sometimes(query: Query, rng: np.random.Generator) -> str | None:
+        return stated(query.gold) if int(query.id) % 2 else None
+
+    def always(query: Query, rng: np.random.Generator) -> str:
+        return stated(query.gold if rng.random() < 0.5 else wrong(query, rng))
+
+    items = synthetic_pool.queries(200, seed=5)
+    registry = synthetic_pool.pool(tmp_path, items, {"sometimes": sometimes, "always": always})
+    outcomes = synthetic_pool.profiled(registry, items, synthetic_pool.scheduler())
+    reliability = measure_reliability(outcomes)
+    assert outcomes.accuracy()[0] == pytest.approx(0.5)
+    assert reliability.stated[0] > 0.98 and 0.4 < reliability.stated[1] < 0.6
+
+
+def test_stacked_falls_back_to_majority_for_a_router_it_was_not_fitted_for(tmp_path: Path) -> None:
+    items = synthetic_pool.queries(60, seed=6)
+
+    def right(query: Query, rng: np.random.Generator) -> str:
+        return stated(query.gold if rng.random() < 0.7 else wrong(query, rng))
+
+    registry = synthetic_pool.pool(tmp_path, items, {"a": right, "b": right, "c": right})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
+    stacked = StackedVote().fit([AllRouter().fit(outcomes)], outcomes)
+    other = BestSingleRouter().fit(outcomes)
+    route = AllRouter().fit(outcomes).route(items[:1])[0].model_copy(update={"router": "elsewhere"})
+    answers = [ExpertAnswer(expert=e, text=stated(x), choice=x) for e, x in (("a", "B"), ("b", "B"), ("c", "C"))]
+    assert stacked.fuse(items[0], route, answers).choice == MajorityVote().fuse(items[0], route, answers).choice == "B"
+    assert other.name not in stacked.models_
+
+
+def test_stacked_needs_fitting_and_letters() -> None:
+    with pytest.raises(NotFittedError):
+        StackedVote().fuse_batch([], [], [])
+    from coe.outcomes import Outcomes
+
+    with pytest.raises(ConfigError, match="letters"):
+        measure_reliability(Outcomes((), (), np.zeros((0, 0))))
