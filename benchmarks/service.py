@@ -8,9 +8,10 @@ The questions are MMLU-Pro test questions (multiple choice, with their ids, so t
 answer them); knn embeds them with the composition's encoder (the default, `static`). Each side gets
 them twice: first new (their embeddings are computed, as a service sees new questions), then again
 (embeddings cached: what is left is routing, HTTP and JSON). Both sides start from a copy of one
-cache holding the encoder and the profiling items' embeddings. The clients are a small keep-alive
-HTTP/1.1 client on asyncio in this process (lighter than any SDK, so the client costs the 2 cores
-little); the service is a real `coe serve` process.
+cache holding the encoder and the profiling items' embeddings, and both first answer the same 256
+other questions, untimed (the warm-up: recordings read, every code path run once). The clients are a
+small keep-alive HTTP/1.1 client on asyncio in this process (lighter than any SDK, so the client
+costs the 2 cores little); the service is a real `coe serve` process.
 
 The table gives throughput, client-side latency percentiles, errors and the micro-batch sizes seen,
 then where a request's time goes: wall time by stage, and CPU time per request (the service process,
@@ -45,6 +46,9 @@ from coe.settings import Settings, apply_offline_environment
 
 POOL = "registry/replay-mmlu-pro-ref8.yaml"
 SPLIT = "random:1400:0"
+WARM_UP = 256
+"""Questions (other test questions than the measured ones) each side answers first, untimed: the
+replayed experts' recordings are read and every code path has run once before the clock starts."""
 
 
 @dataclass
@@ -75,10 +79,12 @@ def spec() -> CompositionSpec:
     )
 
 
-def questions(builder: CompositionBuilder, n: int) -> list[Query]:
+def questions(builder: CompositionBuilder, n: int) -> tuple[list[Query], list[Query]]:
+    """The n questions measured, and the warm-up questions after them."""
     split = builder.split(SplitProfile(bench="mmlu-pro", split=SPLIT))
     by_id = {query.id: query for query in builder.benchmark("mmlu-pro")}
-    return [by_id[i] for i in split.test_ids[:n]]
+    chosen = [by_id[i] for i in split.test_ids[: n + WARM_UP]]
+    return chosen[:n], chosen[n:]
 
 
 @dataclass
@@ -91,9 +97,10 @@ class InProcess:
     embed_s: float
 
 
-def in_process(settings: Settings, cache: Path, asked: list[Query]) -> InProcess:
+def in_process(settings: Settings, cache: Path, asked: list[Query], warm_up: list[Query]) -> InProcess:
     builder = CompositionBuilder(settings.model_copy(update={"cache_dir": cache}))
     with builder.compose(spec()) as composer:
+        composer.ask_batch(warm_up)
         started, cpu = time.perf_counter(), time.process_time()
         composer.ask_batch(asked)
         new, new_cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -209,13 +216,14 @@ def main() -> None:
             shutil.copytree(distilled, base / "encoders" / STATIC)
         builder = CompositionBuilder(settings.model_copy(update={"cache_dir": base}))
         builder.compose(spec())  # profiles the pool once (stored) and embeds the profiling items into `base`
-        asked = questions(builder, args.requests)
+        asked, warm_up = questions(builder, args.requests)
         for side in ("inprocess", "service"):
             shutil.copytree(base, Path(folder) / side)
-        inprocess = in_process(settings, Path(folder) / "inprocess", asked)
+        inprocess = in_process(settings, Path(folder) / "inprocess", asked, warm_up)
         port = free_port()
         server = serve(settings, Path(folder) / "service", port)
         try:
+            asyncio.run(load(port, server.pid, warm_up, args.clients, "warm-up"))
             passes = [
                 asyncio.run(load(port, server.pid, asked, args.clients, name)) for name in ("new questions", "cached")
             ]

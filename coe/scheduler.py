@@ -3,10 +3,11 @@
 Requests are grouped by the model that must be resident to serve them (an adapter's base, a prompt
 variant's weights); each group is loaded once and all of its requests (its adapters' too) run in one
 go. An executor runs the groups: `local` in this process, at most `max_resident` models loaded (least
-recently used goes first), groups of backends that need no load (APIs, recorded answers) concurrently
-beside the local ones; `ray` on a Ray cluster, one actor per model that keeps it resident across
-batches, the groups of different models concurrently (see `coe.executors.ray`). Output order equals
-input order; a failed request comes back as a typed `Failure` naming its expert.
+recently used goes first), groups of backends that need no load beside the local ones (APIs
+concurrently in threads, recorded answers looked up on the calling thread); `ray` on a Ray cluster,
+one actor per model that keeps it resident across batches, the groups of different models
+concurrently (see `coe.executors.ray`). Output order equals input order; a failed request comes back
+as a typed `Failure` naming its expert.
 
 `mode="naive"` loads the model for every request, as an unbatched system would: for comparison only.
 """

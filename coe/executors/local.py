@@ -2,7 +2,8 @@
 
 Groups whose backend needs a load run one after another (resident models first, since they cost no
 load), keeping at most `max_resident` models loaded (the least recently used goes first); groups
-whose backend needs none (APIs, recorded answers) run concurrently beside them in threads.
+whose backend needs none run concurrently beside them: APIs in threads, recorded answers (look-ups)
+on the calling thread.
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ class LocalExecutor:
     def run(
         self, jobs: Sequence[GroupJob], params: GenerationParams, *, naive: bool, on_progress: ProgressCallback
     ) -> list[GroupResult]:
-        remote = [job for job in jobs if not self.backends[job.kind].capabilities.needs_load]
+        capabilities = {job.kind: self.backends[job.kind].capabilities for job in jobs}
+        # Recorded answers are look-ups: they run on this thread, since a thread each costs more than they do.
+        recorded = [job for job in jobs if capabilities[job.kind].recorded]
+        remote = [job for job in jobs if not capabilities[job.kind].needs_load and not capabilities[job.kind].recorded]
         local = sorted(
-            (job for job in jobs if self.backends[job.kind].capabilities.needs_load),
+            (job for job in jobs if capabilities[job.kind].needs_load),
             key=lambda job: job.key not in self._resident,  # resident models first: they cost no load
         )
         with ThreadPoolExecutor(max_workers=self.max_remote_groups) as pool:
@@ -41,8 +45,12 @@ class LocalExecutor:
                 pool.submit(run_group, self.backends[job.kind], job, params, naive=naive, on_progress=on_progress)
                 for job in remote
             ]
+            looked_up = [
+                run_group(self.backends[job.kind], job, params, naive=naive, on_progress=on_progress)
+                for job in recorded
+            ]
             results = [self._run_resident(job, params, naive, on_progress) for job in local]
-            return results + [future.result() for future in futures]
+            return looked_up + results + [future.result() for future in futures]
 
     def _run_resident(
         self, job: GroupJob, params: GenerationParams, naive: bool, on_progress: ProgressCallback

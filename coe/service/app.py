@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic_core import to_json
 from starlette.exceptions import HTTPException
 
 from coe.compose import CompositionBuilder
@@ -24,6 +25,7 @@ from coe.schema import Answer
 from coe.service.auth import Gatekeeper, KeyCheck
 from coe.service.compositions import Compositions
 from coe.service.config import ServiceConfig
+from coe.service.direct import DirectChat
 from coe.service.errors import ServiceError, from_coe_error
 from coe.service.gateway import Ask, Gateway, Outcome, Piece
 from coe.service.limits import BodyLimit
@@ -68,8 +70,6 @@ def create_app(
         # configured; its metrics are Prometheus'): off, they cost nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    app.add_middleware(KeyCheck, gate=gate, on_refused=lambda error, seconds: _refused(gateway, error, seconds))
 
     # ----------------------------------------------------------------------- errors
 
@@ -87,6 +87,14 @@ def create_app(
         return JSONResponse(
             error_body(error.message, error.kind, error.code, error.param), error.status, headers=error.headers
         )
+
+    def handled(request: Request, error: Exception) -> JSONResponse | None:
+        """The response to an error the service knows (DirectChat's, as the handlers below); None otherwise."""
+        if isinstance(error, ServiceError):
+            return refuse(request, error)
+        if isinstance(error, CoeError):
+            return refuse(request, from_coe_error(error))
+        return None
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
@@ -166,6 +174,11 @@ def create_app(
     @app.post("/v1/chat/completions", responses=_ERRORS)
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
         """OpenAI's chat completions: `model` = coe, coe/<router> or an expert id; options in `coe`."""
+        return await complete(request, body)
+
+    async def complete(request: Request, body: ChatCompletionRequest) -> Response:
+        """A chat completion (the route's and DirectChat's): queued for the next batch, then answered
+        whole or streamed."""
         key = request.state.key_name
         started = request.state.started
         request.state.model = body.model
@@ -188,7 +201,14 @@ def create_app(
         )
         gateway.metrics.overhead.observe(_overhead_s(answer, total_s))
         content = chat_completion(ask.request_id, ask.model, answer, _finish(answer, ask), _coe(ask, first, total_s))
-        return JSONResponse(content, headers=_headers(ask, first, started))
+        return Response(
+            to_json(content, inf_nan_mode="null"), media_type="application/json", headers=_headers(ask, first, started)
+        )
+
+    # The last added is the outermost: the key check, then the body limit, then DirectChat.
+    app.add_middleware(DirectChat, answer=complete, refuse=handled)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(KeyCheck, gate=gate, on_refused=lambda error, seconds: _refused(gateway, error, seconds))
 
     return app
 

@@ -35,6 +35,18 @@ class Job(Generic[T]):
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 
+def emit_all(events: list[tuple[Job[Any], Any]]) -> None:
+    """Hand each job its event, from any thread: one wake-up of the event loop for them all (a batch's
+    outcomes), not one per request."""
+    if events:
+        events[0][0].loop.call_soon_threadsafe(_put_all, events)
+
+
+def _put_all(events: list[tuple[Job[Any], Any]]) -> None:
+    for job, event in events:
+        job.events.put_nowait(event)
+
+
 class Batcher(Generic[T]):
     def __init__(
         self,
@@ -45,6 +57,7 @@ class Batcher(Generic[T]):
         window_s: float = 0.0,
         on_depth: Callable[[int], None] = lambda depth: None,
         on_batch: Callable[[int], None] = lambda size: None,
+        on_worker_start: Callable[[], None] | None = None,
     ) -> None:
         self._run = run
         self.max_queue = max_queue
@@ -54,7 +67,7 @@ class Batcher(Generic[T]):
         self._on_batch = on_batch
         self._queue: asyncio.Queue[Job[T] | None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coe-batch")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coe-batch", initializer=on_worker_start)
         self._closed = False
         self._running = 0
         self._batch_s = 0.05

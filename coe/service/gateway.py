@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from coe.compose import CompositionSpec
+from coe.embed import single_threaded_search
 from coe.errors import CoeError
 from coe.schema import Answer, Query
-from coe.service.batcher import Batcher, Job
+from coe.service.batcher import Batcher, Job, emit_all
 from coe.service.compositions import SERVED_ROUTERS, Compositions
 from coe.service.config import ServiceConfig
 from coe.service.cooldown import Cooldown
@@ -78,14 +79,18 @@ class Gateway:
             window_s=config.batch_window_s,
             on_depth=self.metrics.queue_depth.set,
             on_batch=self.metrics.batch_size.observe,
+            on_worker_start=single_threaded_search,
         )
         self.ready = False
 
     # ----------------------------------------------------------------------- life cycle
 
     def start(self) -> None:
-        """Build the service's composition (fit its router) and start the workers; call from the loop."""
-        self.compositions.composer(self.compositions.spec)
+        """Build the service's composition (fit its router), load its query encoder (else the first
+        batch waits for it) and start the workers; call from the loop."""
+        encoder = self.compositions.composer(self.compositions.spec).router.get_params().get("encoder")
+        if encoder is not None:
+            encoder.load()
         self.recorder.start()
         self.batcher.start()
         self.ready = True
@@ -197,7 +202,8 @@ class Gateway:
     async def next_event(self, job: Job[Ask], deadline: float) -> Piece | Outcome:
         """The job's next event (a piece of text, or its outcome); its error raised; 504 past the deadline."""
         try:
-            event = await asyncio.wait_for(job.events.get(), max(deadline - time.perf_counter(), 0.001))
+            async with asyncio.timeout(max(deadline - time.perf_counter(), 0.001)):
+                event = await job.events.get()
         except TimeoutError:
             job.abandoned = True
             raise ServiceError(
@@ -239,20 +245,21 @@ class Gateway:
             )
         except CoeError as error:
             mapped = from_coe_error(error)
-            for job in jobs:
-                job.emit(mapped)
+            emit_all([(job, mapped) for job in jobs])
             return
         self.metrics.observe_batch(result.answers, result.stats)
         self.cooldown.record(result.answers)
+        events: list[tuple[Job[Ask], Outcome | ServiceError]] = []
         for job, answer in zip(jobs, result.answers, strict=True):
             queue_s = (job.started_at or job.enqueued_at) - job.enqueued_at
             if any(a.error is None for a in answer.expert_answers):
-                job.emit(Outcome(answer=answer, stats=result.stats, batch_size=batch_size, queue_s=queue_s))
+                events.append((job, Outcome(answer=answer, stats=result.stats, batch_size=batch_size, queue_s=queue_s)))
             else:
                 failures = [a.error for a in answer.expert_answers if a.error] + [f.error for f in answer.fallbacks]
                 refused = failure_error(failures)
                 refused.answer = answer
-                job.emit(refused)
+                events.append((job, refused))
+        emit_all(events)
 
     # ----------------------------------------------------------------------- records
 

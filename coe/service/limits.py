@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from coe.service.protocol import error_body
@@ -41,11 +42,7 @@ class BodyLimit:
             if size > self.max_bytes:
                 await self._refuse(send)
                 return
-
-        async def replay() -> Message:
-            return received.pop(0) if received else await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(received, receive), send)
 
     async def _refuse(self, send: Any) -> None:
         body = json.dumps(
@@ -54,3 +51,12 @@ class BodyLimit:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def replaying(received: list[Message], receive: Any) -> Callable[[], Awaitable[Message]]:
+    """A `receive` that gives the messages already read, then reads on: the body, for the app after us."""
+
+    async def replay() -> Message:
+        return received.pop(0) if received else await receive()
+
+    return replay

@@ -1,7 +1,9 @@
 """Every refusal is OpenAI's error object with the right status, naming the field at fault; never a
 traceback."""
 
+import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -121,3 +123,35 @@ def test_a_non_loopback_service_refuses_to_start_without_keys(module_settings: S
     spec = CompositionSpec(pool=REF8, router="best-single", profile="priors")
     with pytest.raises(ConfigError, match="needs API keys: create one with `coe keys create NAME`"):
         create_app(ServiceConfig(composition=spec, host="0.0.0.0"), settings=module_settings)
+
+
+def test_the_direct_path_and_the_route_answer_alike(replay_url: str, mmlu_test: list) -> None:
+    """A JSON body, whole or in chunks, goes straight to the handler (DirectChat); a `+json` type and
+    no content type take the FastAPI route: the same answer, the same refusals."""
+    query = mmlu_test[0]
+    body = {"model": "coe", "messages": [{"role": "user", "content": query.text}]}
+    body["coe"] = {"query_id": query.id, "choices": list(query.choices)}
+    url = f"{replay_url}/v1/chat/completions"
+
+    def chunks() -> Iterator[bytes]:
+        encoded = json.dumps(body).encode()
+        yield encoded[:10]
+        yield encoded[10:]
+
+    answers = [
+        httpx.post(url, json=body),
+        httpx.post(url, content=json.dumps(body), headers={"content-type": "application/json; charset=utf-8"}),
+        httpx.post(url, content=json.dumps(body), headers={"content-type": "application/vnd.coe+json"}),
+        httpx.post(url, content=chunks(), headers={"content-type": "application/json"}),
+    ]
+    for response in answers:
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+    picked = {(r.json()["coe"]["choice"], r.headers["x-coe-experts"]) for r in answers}
+    assert len(picked) == 1 and next(iter(picked))[0] in "ABCDEFGHIJ"
+    untyped = httpx.post(url, content=json.dumps(body), headers={"content-type": ""})
+    assert _error(untyped, 400)["param"] is None
+    wrong = {**body, "messages": [{"role": "robot", "content": "hi"}]}
+    for content_type in ("application/json", "application/vnd.coe+json"):
+        refused = httpx.post(url, content=json.dumps(wrong), headers={"content-type": content_type})
+        assert _error(refused, 400)["param"] == "messages[0].role"
