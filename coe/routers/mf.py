@@ -40,8 +40,11 @@ class Factors:
     bias: np.ndarray
 
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
-        """(n_queries, n_experts) predicted probability of a correct answer."""
-        return _sigmoid((vectors @ self.projection.T) @ self.experts.T + self.bias)
+        """(n_queries, n_experts) predicted probability of a correct answer. einsum rather than BLAS
+        matmul: a query's scores must not depend on the batch it came in (BLAS sums in another order
+        for one row than for many)."""
+        projected = np.einsum("nf,df->nd", vectors, self.projection)
+        return _sigmoid(np.einsum("nd,ed->ne", projected, self.experts) + self.bias)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
