@@ -236,7 +236,11 @@ def test_evaluations_page_shows_the_stored_runs_numbers(app: AppTest, ui_databas
         row = table.loc[result.router, result.aggregator]
         assert row["accuracy"] == result.accuracy_mean and row["± std"] == result.accuracy_std
         assert row["calls / query"] == result.calls_per_query
-    assert charts(app) == 3  # accuracy with error bars, against calls, per category (recorded answers cost nothing)
+        assert row["$ / query"] == result.cost_per_query_usd
+    # accuracy with error bars, against calls, against cost (recorded answers are priced by their estimated
+    # tokens at the registry's prices), per category
+    assert any(result.cost_per_query_usd > 0 for result in summary.results)
+    assert charts(app) == 4
     assert "Accuracy per category" in shown(app)
     disagreements = app.dataframe[1].value
     assert len(disagreements) > 0 and {"best-single", "random", "all"} <= set(disagreements.columns)
