@@ -316,6 +316,11 @@ class CompositionBuilder:
             source.split, self.benchmark(source.bench, source.gpqa_subset), source.bench, self.settings.data_dir
         )
 
+    def profile_items(self, source: SplitProfile, split: Split | None = None) -> list[Query]:
+        """The benchmark's questions the split profiles on, in the split's order."""
+        by_id = {query.id: query for query in self.benchmark(source.bench, source.gpqa_subset)}
+        return [by_id[i] for i in (split or self.split(source)).profile_ids]
+
     # ----------------------------------------------------------------------- the parts of a composition
 
     def profile(
@@ -331,9 +336,8 @@ class CompositionBuilder:
         """Measure the pool on the split's profiling items, or reuse the stored profile of equal inputs."""
         from coe.profile import profile
 
-        by_id = {query.id: query for query in self.benchmark(source.bench, source.gpqa_subset)}
         split = self.split(source)
-        items = [by_id[i] for i in split.profile_ids]
+        items = self.profile_items(source, split)
         description = f"profiling {len(items)} items × {len(registry)} experts (reused when stored)"
         with self.progress(description, len(items) * len(registry)) as on_progress:
             return profile(
@@ -385,8 +389,7 @@ class CompositionBuilder:
             return load_examples(Path(source.examples))
         assert source.bench is not None and source.kshot is not None
         split = SplitProfile(bench=source.bench, split=source.split, gpqa_subset=source.gpqa_subset)
-        by_id = {query.id: query for query in self.benchmark(source.bench, source.gpqa_subset)}
-        items = [by_id[i] for i in self.split(split).profile_ids]
+        items = self.profile_items(split)
         drawn = draw_examples(items, source.kshot, source.seed, source.category)
         if not drawn:
             raise ConfigError(f"no profiling item of category {source.category!r} in {source.bench} {source.split}")
