@@ -12,6 +12,7 @@ from coe.cli.ask import PoolOption, composition_spec
 from coe.cli.common import ExecutorOption, RayAddressOption, builder, join_ray, out, settings
 from coe.compose import CompositionSpec, StoredProfile
 from coe.errors import ProfileError
+from coe.service.config import ComposerKind
 from coe.store import KeyStore, Store
 
 keys_app = typer.Typer(help="API keys of `coe serve`: stored hashed; a key is shown once, when created.")
@@ -55,6 +56,10 @@ def serve(
     log_prompts: Annotated[bool, typer.Option(help="Keep questions in the request log (off by default).")] = False,
     require_keys: Annotated[bool, typer.Option(help="Demand an API key even on loopback.")] = False,
     access_log: Annotated[bool, typer.Option(help="uvicorn's access log (method, path, status).")] = True,
+    composer: Annotated[
+        ComposerKind,
+        typer.Option(help="Compose in a process of its own (HTTP and composing on two cores) or a thread."),
+    ] = "process",
     executor: ExecutorOption = None,
     ray_address: RayAddressOption = None,
 ) -> None:
@@ -89,6 +94,7 @@ def serve(
         max_resident=max_resident,
         log_prompts=log_prompts,
         require_keys=require_keys,
+        composer=composer,
     )
     app = create_app(config, builder=builder())
     out.print(

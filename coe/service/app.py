@@ -23,7 +23,7 @@ from coe.errors import CoeError, ConfigError
 from coe.recovery import restricted
 from coe.schema import Answer
 from coe.service.auth import Gatekeeper, KeyCheck
-from coe.service.compositions import Compositions
+from coe.service.composing import prepared
 from coe.service.config import ServiceConfig
 from coe.service.direct import DirectChat
 from coe.service.errors import ServiceError, from_coe_error
@@ -42,10 +42,8 @@ def create_app(
     """The service's app. Its composition is built (the router fitted) here, so a missing profile or
     pool fails now, with a message saying what to run."""
     builder = builder or CompositionBuilder(settings or Settings())
-    compositions = Compositions(builder, config.composition, synthesizer=config.synthesizer)
-    registry = compositions.registry  # builds the service's composition
-    local = {e.load_key for e in registry.experts if builder.scheduler.backend_for(e).capabilities.needs_load}
-    builder.scheduler.max_resident = config.max_resident or max(len(local), builder.scheduler.max_resident or 1)
+    compositions = prepared(builder, config)
+    registry = compositions.registry
     gateway = Gateway(config, compositions, RequestLog(builder.store))
     gate = Gatekeeper(KeyStore(builder.store), required=config.keys_required, refresh_s=config.key_refresh_s)
     gate.refresh()
@@ -57,7 +55,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gateway.start()
+        await gateway.start()
         yield
         await gateway.stop()
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from coe.compose import CompositionSpec
 from coe.schema import Frozen
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+ComposerKind = Literal["process", "thread"]
 
 
 class ServiceConfig(Frozen):
@@ -39,6 +43,9 @@ class ServiceConfig(Frozen):
     log_prompts: bool = False
     """Keep each request's question in the request log (off: prompts are never stored)."""
     key_refresh_s: float = Field(default=1.0, gt=0)
+    composer: ComposerKind = "process"
+    """Where batches are composed: a process of its own (HTTP and composing on two cores; the models
+    still load once, there), or a thread of the service's process."""
 
     @property
     def keys_required(self) -> bool:

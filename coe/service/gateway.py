@@ -12,19 +12,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from coe.compose import CompositionSpec
-from coe.embed import single_threaded_search
-from coe.errors import CoeError
 from coe.schema import Answer, Query
 from coe.service.batcher import Batcher, Job, emit_all
+from coe.service.composing import Composed, Composing, Refusal, Work
 from coe.service.compositions import SERVED_ROUTERS, Compositions
 from coe.service.config import ServiceConfig
 from coe.service.cooldown import Cooldown
-from coe.service.errors import ServiceError, bad_request, failure_error, from_coe_error
+from coe.service.errors import ServiceError, bad_request, failure_error
 from coe.service.metrics import Metrics
 from coe.service.protocol import ChatCompletionRequest, ChatMessage, CoeOptions, message_text
 from coe.service.recorder import Recorder
 from coe.store import RequestLog, ServedRequest
-from coe.types import BatchStats, Failure, GenerationParams
+from coe.types import BatchStats, GenerationParams
 
 logger = logging.getLogger(__name__)
 
@@ -79,18 +78,19 @@ class Gateway:
             window_s=config.batch_window_s,
             on_depth=self.metrics.queue_depth.set,
             on_batch=self.metrics.batch_size.observe,
-            on_worker_start=single_threaded_search,
+            on_start=self._on_batch_thread,
         )
+        self.composing = Composing(config.composer, compositions, config, self._on_piece)
+        self._streaming: dict[str, Job[Ask]] = {}
+        """Streamed requests by id, for their pieces."""
         self.ready = False
 
     # ----------------------------------------------------------------------- life cycle
 
-    def start(self) -> None:
-        """Build the service's composition (fit its router), load its query encoder (else the first
-        batch waits for it) and start the workers; call from the loop."""
-        encoder = self.compositions.composer(self.compositions.spec).router.get_params().get("encoder")
-        if encoder is not None:
-            encoder.load()
+    async def start(self) -> None:
+        """Start the composing side (its composition built, its query encoder loaded, else the first
+        batch waits for them), the request log and the batches; call from the loop."""
+        await self.composing.start()
         self.recorder.start()
         self.batcher.start()
         self.ready = True
@@ -100,10 +100,7 @@ class Gateway:
         self.ready = False
         await self.batcher.stop()
         self.recorder.stop()
-        builder = self.compositions.builder
-        await asyncio.to_thread(builder.scheduler.close)
-        for backend in builder.backends.values():
-            await asyncio.to_thread(backend.close)
+        await self.composing.stop()
 
     # ----------------------------------------------------------------------- requests
 
@@ -197,13 +194,15 @@ class Gateway:
     def submit(self, ask: Ask) -> Job[Ask]:
         job = Job(ask, asyncio.get_running_loop())
         self.batcher.submit(job)
+        if ask.stream:
+            self._streaming[ask.request_id] = job
         return job
 
     async def next_event(self, job: Job[Ask], deadline: float) -> Piece | Outcome:
         """The job's next event (a piece of text, or its outcome); its error raised; 504 past the deadline."""
         try:
             async with asyncio.timeout(max(deadline - time.perf_counter(), 0.001)):
-                event = await job.events.get()
+                event = await job.next()
         except TimeoutError:
             job.abandoned = True
             raise ServiceError(
@@ -218,11 +217,14 @@ class Gateway:
             raise event
         return event
 
-    # ----------------------------------------------------------------------- the batch worker
+    # ----------------------------------------------------------------------- batches
+
+    def _on_batch_thread(self) -> None:
+        self.composing.on_batch_thread()
 
     def _run(self, jobs: list[Job[Ask]]) -> None:
-        """One micro-batch, on the worker thread: each group of requests on one composition is one
-        `Composer.run` (routed, scheduled and fused together)."""
+        """One micro-batch, on the batch thread: each group of requests on one composition with one set
+        of settings is one `Composer.run` on the composing side (routed, scheduled and fused together)."""
         started = time.perf_counter()
         groups: dict[tuple[Any, ...], list[Job[Ask]]] = {}
         for job in jobs:
@@ -233,19 +235,27 @@ class Gateway:
         avoid = self.cooldown.avoid()
         self.metrics.cooling.set(len(avoid))
         for group in groups.values():
-            self._run_group(group, avoid, len(jobs))
-
-    def _run_group(self, jobs: list[Job[Ask]], avoid: dict[str, Failure], batch_size: int) -> None:
-        first = jobs[0].work
-        try:
-            _, composer = self.compositions.answering(first.spec, free_form=first.free_form)
-            sinks = {i: _sink(job) for i, job in enumerate(jobs) if job.work.stream}
-            result = composer.run(
-                [job.work.query for job in jobs], params=first.params, experts=first.experts, avoid=avoid, stream=sinks
+            first = group[0].work
+            work = Work(
+                spec=first.spec,
+                free_form=first.free_form,
+                queries=[job.work.query for job in group],
+                params=first.params,
+                experts=first.experts,
+                avoid=avoid,
+                streamed={i: job.work.request_id for i, job in enumerate(group) if job.work.stream},
             )
-        except CoeError as error:
-            mapped = from_coe_error(error)
-            emit_all([(job, mapped) for job in jobs])
+            try:
+                result = self.composing.run(work)
+            finally:
+                for request_id in work.streamed.values():
+                    self._streaming.pop(request_id, None)
+            self._answered(group, result, len(jobs))
+
+    def _answered(self, jobs: list[Job[Ask]], result: Composed | Refusal, batch_size: int) -> None:
+        """Each job's outcome (or the error it gets), with the metrics and the cool-down updated."""
+        if isinstance(result, Refusal):
+            emit_all([(job, result.error()) for job in jobs])
             return
         self.metrics.observe_batch(result.answers, result.stats)
         self.cooldown.record(result.answers)
@@ -260,6 +270,12 @@ class Gateway:
                 refused.answer = answer
                 events.append((job, refused))
         emit_all(events)
+
+    def _on_piece(self, request_id: str, expert: str, text: str) -> None:
+        """A piece of a streamed answer, from the batch thread or the pieces reader."""
+        job = self._streaming.get(request_id)
+        if job is not None:
+            job.emit(Piece(expert, text))
 
     # ----------------------------------------------------------------------- records
 
@@ -320,10 +336,3 @@ def _unknown_model(model: str) -> ServiceError:
         param="model",
         code="model_not_found",
     )
-
-
-def _sink(job: Job[Ask]) -> Any:
-    def on_text(expert: str, text: str) -> None:
-        job.emit(Piece(expert, text))
-
-    return on_text
