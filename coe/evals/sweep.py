@@ -85,9 +85,6 @@ def reference_points(points: Sequence[SweepPoint]) -> dict[str, SweepPoint]:
 
 def write_sweep_report(summaries: Sequence[EvalSummary], folder: Path) -> Path:
     """`sweep-<first run id>.md` with its table and two plots (accuracy against calls and against cost)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     points = sweep_points(summaries)
@@ -137,6 +134,9 @@ def write_sweep_report(summaries: Sequence[EvalSummary], folder: Path) -> Path:
 def sweep_figure(points: Sequence[SweepPoint], axis: Literal["calls", "cost"]) -> Figure:
     """Accuracy against calls or cost per query: one line per (router, aggregator) through its policies, by
     increasing spend; each reference router as one labelled point, with a level line for best single and oracle."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     def spend(p: SweepPoint) -> float:
