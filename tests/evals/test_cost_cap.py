@@ -12,25 +12,16 @@ from coe.backends.replay import ReplayBackend
 from coe.costs import call_cost_bound
 from coe.datasets import load_mmlu_pro
 from coe.errors import ConfigError, RunError
-from coe.evals.config import EvalConfig
 from coe.evals.report import write_report
 from coe.evals.run import run_eval
 from coe.evals.summary import EvalSummary
 from coe.registry import Registry
 from coe.settings import Settings
 from coe.store import RunStore, Store
-from tests.conftest import DATA_DIR, REPO
+from tests.conftest import DATA_DIR
+from tests.evals.ref8 import REF8, ref8_config
 
-REF8 = REPO / "registry" / "replay-mmlu-pro-ref8.yaml"
-BASE = EvalConfig(
-    bench="mmlu-pro",
-    pool=str(REF8),
-    split="random:1400:0",
-    routers=("best-single", "all", "oracle"),
-    aggregators=("majority",),
-    limit=100,
-    max_tokens=4096,
-)
+BASE = ref8_config(routers=("best-single", "all", "oracle"), aggregators=("majority",), limit=100, max_tokens=4096)
 TIGHT = 0.007
 """Below qwen1.5-110b's least possible cost per call (4096 tokens at 1.8 USD per million: 0.0074), above
 any other expert's most on these items (llama-3-70b at 0.9 USD: 0.0042 for the longest prompt, 2,209

@@ -10,14 +10,12 @@ import pytest
 
 from coe.backends.replay import ReplayBackend
 from coe.errors import RunError
-from coe.evals.config import EvalConfig
 from coe.evals.run import run_eval
 from coe.evals.sweep import sweep_figure, sweep_points, write_sweep_report
 from coe.settings import Settings
 from coe.store import Store
-from tests.conftest import REPO, CoeRunner
-
-REF8 = REPO / "registry" / "replay-mmlu-pro-ref8.yaml"
+from tests.conftest import CoeRunner
+from tests.evals.ref8 import REF8, ref8_config
 
 
 @pytest.mark.slow
@@ -53,17 +51,17 @@ def test_a_sweep_refuses_a_given_k(env: dict[str, str], coe_here: CoeRunner) -> 
 def test_the_sweep_report_draws_best_single_the_all_experts_vote_and_the_oracle_as_points(
     settings: Settings, tmp_path: Path
 ) -> None:
-    config = EvalConfig(
-        bench="mmlu-pro",
-        pool=str(REF8),
-        split="random:1400:0",
-        routers=("knn", "random", "all", "oracle"),
-        aggregators=("majority", "weighted"),
-        limit=100,
-    )
     store, replay = Store(settings.database_url), {"replay": ReplayBackend()}
     summaries = [
-        run_eval(config.model_copy(update={"k": k}), settings=settings, store=store, backends=replay) for k in (1, 3)
+        run_eval(
+            ref8_config(
+                routers=("knn", "random", "all", "oracle"), aggregators=("majority", "weighted"), limit=100, k=k
+            ),
+            settings=settings,
+            store=store,
+            backends=replay,
+        )
+        for k in (1, 3)
     ]
     by = {(r.router, r.aggregator, r.k): r for s in summaries for r in s.results}
     expected = {  # label: (router, k of the run drawn), with the majority vote
