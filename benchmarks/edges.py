@@ -79,6 +79,8 @@ CASES: tuple[Case, ...] = (
     Case("eval option", (*EVAL, "--split", "random:abc")),
     Case("eval option", (*EVAL, "--aggregators", "smart")),
     Case("eval option", (*EVAL, "--max-failure-rate", "2")),
+    Case("eval option", (*EVAL, "--max-cost-usd", "-1")),
+    Case("eval option", (*EVAL, "--max-cost-usd", "1e-9")),
     Case("eval option", ("eval", "--resume", "nosuch-run")),
     Case("eval option", (*EVAL[:4], "{dir}/nosuch.yaml", *EVAL[5:])),
     # environment

@@ -142,6 +142,10 @@ class CompositionSpec(Frozen):
     the route's); see `coe.policy.KPolicy`."""
     seed: int = 0
     """The router's random state (random draws, cross-validation folds)."""
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    """The most one query may cost (USD), estimated before it is asked: the prompt at four characters a
+    token plus `generation.max_tokens`, at each expert's `cost_per_mtok`. Experts that cannot fit are not
+    asked and a route over the cap keeps its best-ranked experts that fit (`coe.costs.within_cost`)."""
     generation: GenerationSpec = GenerationSpec()
     recovery: Recovery = Recovery()
     """Failed generations: the route's next-ranked expert replaces them (backends retry, the Composer does not)."""
@@ -510,6 +514,7 @@ class CompositionBuilder:
             params=params,
             recovery=spec.recovery,
             k_policy=policy,
+            max_cost_usd=spec.max_cost_usd,
         )
         self.fit_policy(composer, [router], outcomes, params)
         return composer

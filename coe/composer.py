@@ -26,6 +26,7 @@ from pathlib import Path
 from coe.aggregate import Aggregator, MajorityVote
 from coe.answers import check_options, is_correct, question_prompt, read_choice
 from coe.backends import Backend, default_backends
+from coe.costs import call_cost_bounds, usd, within_cost
 from coe.errors import UnknownExpertError
 from coe.outcomes import Outcomes
 from coe.policy import KPolicy
@@ -64,6 +65,7 @@ class Composer:
         cache_dir: Path | None = None,
         k_policy: KPolicy | None = None,
         reliability: Reliability | None = None,
+        max_cost_usd: float | None = None,
     ) -> None:
         self.registry = experts if isinstance(experts, Registry) else Registry(experts, source="the given experts")
         self.router = router or AllRouter().fit(Outcomes.from_priors(self.registry.experts))
@@ -77,6 +79,8 @@ class Composer:
         """What a cascade with a threshold reads: each expert's measured reliability (`coe.stacked`)."""
         self.calibrated: dict[str, KPolicy] = {}
         """Per router name, its budget policy made concrete (`coe.policy.calibrate`); others use `k_policy`."""
+        self.max_cost_usd = max_cost_usd
+        """The most a query may cost, estimated before it is asked (`coe.costs.within_cost`); None: no cap."""
 
     def ask(self, question: QueryLike, choices: Sequence[str] | None = None) -> Answer:
         """Answer one question (with `choices`, as multiple choice)."""
@@ -131,12 +135,16 @@ class Composer:
         written, when its route picks one expert."""
         batch = [q if isinstance(q, Query) else Query(id=f"q{i}", text=q) for i, q in enumerate(queries)]
         n = max(len(batch), 1)
+        params = params or self.params
+        bounds = self._cost_bounds(batch, params)
         timed_routes: dict[str, tuple[list[Route], float]] = {}
         for name, router in routers.items():
             started = time.perf_counter()
             routes = router.route(batch)
             if experts is not None:
                 routes = [restricted(route, set(experts)) for route in routes]
+            if self.max_cost_usd is not None:
+                routes = [within_cost(route, bounds[i], self.max_cost_usd) for i, route in enumerate(routes)]
             timed_routes[name] = (routes, time.perf_counter() - started)
         policies = {name: self.calibrated.get(router.name, self.k_policy) for name, router in routers.items()}
         lineups = {
@@ -145,7 +153,7 @@ class Composer:
         }
         sinks = StreamSinks(stream or {}, lineups)
         growing = {name: policies[name] for name in lineups if policies[name].kind == "cascade" and not stream}
-        generations, stats = self._settle(batch, lineups, params or self.params, sinks, on_progress, growing)
+        generations, stats = self._settle(batch, lineups, params, sinks, on_progress, growing)
         results = {}
         for router_name, (routes, route_s) in timed_routes.items():
             shared = {"route_s": route_s / n, "load_s": stats.load_s / n}
@@ -153,6 +161,13 @@ class Composer:
                 answers = self._answers(batch, routes, lineups[router_name], generations, aggregator, shared)
                 results[router_name, aggregator_name] = BatchResult(answers=answers, routes=routes, stats=stats)
         return results
+
+    def _cost_bounds(self, batch: Sequence[Query], params: GenerationParams) -> list[dict[str, float]]:
+        """Per query, what each expert's call may cost (none computed without a cap)."""
+        if self.max_cost_usd is None:
+            return []
+        experts = self.registry.experts
+        return [call_cost_bounds(experts, len(question_prompt(q).text), params.max_tokens) for q in batch]
 
     def _settle(
         self,
@@ -249,8 +264,7 @@ class Composer:
         ):
             generate_s = sum(a.latency_s for a in answers_of_query)
             cost_usd = sum(
-                (a.n_prompt_tokens + a.n_completion_tokens) * self.registry[a.expert].cost_per_mtok / 1e6
-                for a in answers_of_query
+                usd(self.registry[a.expert], a.n_prompt_tokens + a.n_completion_tokens) for a in answers_of_query
             )
             answers.append(
                 Answer.model_validate(  # nested models are kept as they are; faster than model_construct

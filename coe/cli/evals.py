@@ -144,6 +144,14 @@ def eval_command(
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2.")] = None,
     limit: Annotated[int | None, typer.Option(help="At most N test items per seed (stratified).")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Generation budget per expert.")] = None,
+    max_cost_usd: Annotated[
+        float | None,
+        typer.Option(
+            "--max-cost-usd",
+            help="The most a query may cost (prompt at 4 characters a token plus --max-tokens, at each expert's "
+            "price): pricier experts are not asked, a route over it keeps its best-ranked experts that fit.",
+        ),
+    ] = None,
     aggregator_expert: Annotated[str | None, typer.Option(help="Expert of the llm aggregator.")] = None,
     aggregator_pool: Annotated[str | None, typer.Option(help="Pool holding the llm aggregator expert.")] = None,
     chunk_size: Annotated[int | None, typer.Option(help="Test items stored per transaction (resume unit).")] = None,
@@ -182,6 +190,7 @@ def eval_command(
         "seeds": _integers("--seeds", seeds) if seeds else None,
         "limit": limit,
         "max_tokens": max_tokens,
+        "max_cost_usd": max_cost_usd,
         "aggregator_expert": aggregator_expert,
         "aggregator_pool": aggregator_pool,
         "chunk_size": chunk_size,
@@ -274,6 +283,7 @@ def json_summary(summary: EvalSummary) -> dict:
         "seeds": data["seeds"],
         "n_test": data["n_test"],
         "k_policy": data["k_policy"],
+        "max_cost_usd": data["max_cost_usd"],
         "results": data["results"],
         "best_single": data["best_single"],
         "oracle": data["oracle"],
@@ -288,6 +298,8 @@ def print_summary(summary: EvalSummary) -> None:
     title = f"{summary.bench}, pool {Path(summary.pool).name}, split {summary.split}, seeds {summary.seeds}"
     if summary.k_policy != "fixed":
         title += f", k policy {summary.k_policy}"
+    if summary.max_cost_usd is not None:
+        title += f", at most {summary.max_cost_usd:g} USD per query"
     table = Table(title=f"{title}, {summary.n_test} test items per seed")
     columns = ("router", "aggregator", "accuracy", "Δ pts [95% CI]", "wins", "calls/query", "loads", "time (s)")
     for column in columns:

@@ -29,6 +29,8 @@ class EvalConfig(BaseModel):
     seeds: tuple[int, ...] = (0,)
     limit: int | None = Field(default=None, ge=1)
     max_tokens: int = Field(default=512, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    """The most one query may cost (`coe.compose.CompositionSpec.max_cost_usd`); None: no cap."""
     gpqa_subset: Literal["diamond", "main", "extended"] = "diamond"
     aggregator_expert: str | None = None
     """The expert the `llm` aggregator uses; default: the one `coe aggregators probe` stored."""
@@ -78,7 +80,7 @@ class EvalConfig(BaseModel):
         return value
 
 
-ADDED_FIELDS = {"encoder": "minilm", "fallback": False, "k_policy": "fixed"}
+ADDED_FIELDS = {"encoder": "minilm", "fallback": False, "k_policy": "fixed", "max_cost_usd": None}
 """Settings added after runs were stored, with the value those runs used, so they still resume."""
 
 

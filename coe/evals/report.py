@@ -120,7 +120,14 @@ def _markdown(summary: EvalSummary, plots: dict[str, str]) -> str:
         "sample standard deviation; Δ is in accuracy points against the best single expert chosen on the profiling "
         "items, with a paired bootstrap 95% interval over the test items (same items, same seeds); a row *wins* only "
         "when its whole interval lies above zero."
-        + (f" The kshot router saw {summary.kshot} profiling items per category." if summary.kshot else ""),
+        + (f" The kshot router saw {summary.kshot} profiling items per category." if summary.kshot else "")
+        + (
+            f" Each query was capped at {summary.max_cost_usd:g} USD of estimated cost (its prompt at four "
+            "characters a token plus the generation budget, at each expert's price): pricier experts were not "
+            "asked, and a route over the cap kept its best-ranked experts that fit."
+            if summary.max_cost_usd
+            else ""
+        ),
         "",
         "| router | aggregator | accuracy | Δ pts [95% CI] | wins | expert calls / query | model loads | time (s) |",
         "|---|---|---|---|---|---|---|---|",

@@ -29,6 +29,7 @@ from coe.compose import (
     SplitProfile,
 )
 from coe.composer import BatchResult, Composer
+from coe.costs import CHARS_PER_TOKEN, affordable, call_cost_bounds, usd
 from coe.datasets import is_redacted, stored_error
 from coe.errors import RunError
 from coe.evals.config import ADDED_FIELDS, EvalConfig, seeded_split
@@ -97,6 +98,10 @@ def _run_eval(
             f"for the routers that pick k: {', '.join(picking)}"
         )
     splits = {seed: _seed_split(builder, config, seed) for seed in config.seeds}
+    by_id = {query.id: query for query in builder.benchmark(config.bench, config.gpqa_subset)}
+    tests = {seed: _test_items(config, split, by_id, seed) for seed, (_, split) in splits.items()}
+    if config.max_cost_usd is not None:
+        _check_cap(config.max_cost_usd, config.max_tokens, registry, [q for test in tests.values() for q in test])
     if run_id is None:
         run_id = new_run_id(config.bench)
         runs.create(run_id, config.model_copy(update={"pool_fingerprint": fingerprint}).model_dump(mode="json"))
@@ -115,17 +120,20 @@ def _run_eval(
         }
     )
     params = GenerationSpec(max_tokens=config.max_tokens).params()
-    by_id = {query.id: query for query in builder.benchmark(config.bench, config.gpqa_subset)}
     recovery = Recovery(replace=config.fallback)
     policy = KPolicy.parse(config.k_policy)
     composer = Composer(
-        registry, backends=builder.backends, scheduler=scheduler, params=params, recovery=recovery, k_policy=policy
+        registry,
+        backends=builder.backends,
+        scheduler=scheduler,
+        params=params,
+        recovery=recovery,
+        k_policy=policy,
+        max_cost_usd=config.max_cost_usd,
     )
     bar = builder.progress
-    for seed, (source, split) in splits.items():
-        test = [by_id[i] for i in split.test_ids]
-        if config.limit and config.limit < len(test):
-            test = [by_id[i] for i in stratified_sample(test, config.limit, seed)]
+    for seed, (source, _) in splits.items():
+        test = tests[seed]
         outcomes, bench = builder.outcomes(
             source, registry, params, annotate="skill" in config.routers, encoder=config.encoder
         )
@@ -180,6 +188,26 @@ def _seed_split(builder: CompositionBuilder, config: EvalConfig, seed: int) -> t
     return source, builder.split(source)
 
 
+def _test_items(config: EvalConfig, split: Split, by_id: Mapping[str, Query], seed: int) -> list[Query]:
+    """A seed's test items: the split's, or `config.limit` of them drawn stratified by category."""
+    test = [by_id[i] for i in split.test_ids]
+    if config.limit and config.limit < len(test):
+        return [by_id[i] for i in stratified_sample(test, config.limit, seed)]
+    return test
+
+
+def _prompt_chars(query: Query) -> int:
+    return len(question_prompt(query).text)
+
+
+def _check_cap(max_cost_usd: float, max_tokens: int, registry: Registry, queries: Sequence[Query]) -> None:
+    """Refuse, before a run is stored, a cap that admits no expert for the longest test prompt (the
+    composer would refuse it midway)."""
+    longest = max(queries, key=_prompt_chars, default=None)
+    if longest is not None:
+        affordable(call_cost_bounds(registry.experts, _prompt_chars(longest), max_tokens), max_cost_usd, longest.id)
+
+
 def _rows(
     results: dict[tuple[str, str], BatchResult],
     chunk: Sequence[Query],
@@ -190,7 +218,7 @@ def _rows(
     """The database rows of one chunk: each generation once, each route once, each fused answer."""
     redact = is_redacted(bench)
     category = {query.id: query.category for query in chunk}
-    prompt_chars = {query.id: len(question_prompt(query).text) for query in chunk}
+    prompt_chars = {query.id: _prompt_chars(query) for query in chunk}
     generations: dict[tuple[str, str], dict[str, Any]] = {}
     routes: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
@@ -239,15 +267,12 @@ def _rows(
     return {"generations": list(generations.values()), "routes": routes, "results": rows}
 
 
-CHARS_PER_TOKEN = 4
-
-
 def _estimated_cost(answer: Answer, prompt_chars: int, registry: Registry) -> float:
     """What an answer would have cost when its experts report no tokens (recorded responses): four
     characters a token of the prompt and of each response, at each expert's registry price, so replay
     evaluations can trace accuracy against cost."""
     return sum(
-        (prompt_chars + len(a.text)) / CHARS_PER_TOKEN * registry[a.expert].cost_per_mtok / 1e6
+        usd(registry[a.expert], (prompt_chars + len(a.text)) / CHARS_PER_TOKEN)
         for a in answer.expert_answers
         if a.error is None and a.n_prompt_tokens + a.n_completion_tokens == 0
     )

@@ -76,6 +76,8 @@ class EvalSummary(_Model):
     """How many of the k experts each query asked (`coe.policy.KPolicy`); calls/query is what it spent."""
     kshot: int | None = None
     """The kshot router's K per category (None: it saw every profiling item)."""
+    max_cost_usd: float | None = None
+    """The run's cap on a query's estimated cost (None: no cap)."""
     results: list[ResultSummary]
     best_single: BestSingle
     oracle: Oracle | None
@@ -156,6 +158,7 @@ def summarize(run_id: str, config: EvalConfig, runs: RunStore, load_keys: Mappin
         kshot=config.kshot if "kshot" in config.routers else None,
         n_test=int(np.mean(list(n_test.values()))) if n_test else 0,
         k_policy=config.k_policy,
+        max_cost_usd=config.max_cost_usd,
         results=results,
         best_single=BestSingle(
             expert=Counter(chosen).most_common(1)[0][0] if chosen else "",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coe.compose import CompositionSpec
+from coe.costs import call_cost_bound
 from coe.schema import Answer, Query
 from coe.service.batcher import Batcher, Job, emit_all
 from coe.service.composing import Composed, Composing, Refusal, Work
@@ -180,7 +181,7 @@ class Gateway:
         fits the budget."""
         registry = self.compositions.registry
         candidates = experts if experts is not None else frozenset(registry)
-        worst = {e: (n_chars / 4 + max_tokens) * registry[e].cost_per_mtok / 1e6 for e in candidates}
+        worst = {e: call_cost_bound(registry[e], n_chars, max_tokens) for e in candidates}
         allowed = frozenset(e for e, cost in worst.items() if cost * k <= budget)
         if not allowed:
             cheapest = min(worst.values())

@@ -100,6 +100,7 @@ def test_resume_refuses_a_pool_whose_experts_changed(env: dict[str, str], tmp_pa
         (["--limit", "-1"], "limit: Input should be greater than or equal to 1"),
         (["--k", "0"], "k: Input should be greater than or equal to 1"),
         (["--chunk-size", "0"], "chunk_size: Input should be greater than or equal to 1"),
+        (["--max-cost-usd", "-1"], "max_cost_usd: Input should be greater than 0"),
         (["--bench", "nosuch"], "bench: Input should be 'mmlu-pro' or 'gpqa'"),
         (["--split", "random:1400:x"], "expected random:N:SEED with integers"),
         (["--split", "random:abc"], "expected random:N:SEED with integers, e.g. random:1400:0"),
