@@ -15,7 +15,7 @@ from coe.compose import CompositionSpec
 from coe.costs import call_cost_bound
 from coe.schema import Answer, Query
 from coe.service.batcher import Batcher, Job, emit_all
-from coe.service.composing import Composed, Composing, Refusal, Work
+from coe.service.composing import Composed, Composing, Refusal, Work, freeze_startup_objects
 from coe.service.compositions import SERVED_ROUTERS, Compositions
 from coe.service.config import ServiceConfig
 from coe.service.cooldown import Cooldown
@@ -94,6 +94,7 @@ class Gateway:
         await self.composing.start()
         self.recorder.start()
         self.batcher.start()
+        freeze_startup_objects()
         self.ready = True
 
     async def stop(self) -> None:
