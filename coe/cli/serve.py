@@ -67,6 +67,7 @@ def serve(
     import uvicorn
 
     from coe.service import ServiceConfig, create_app
+    from coe.service.composing import freeze_startup_objects
 
     current = settings()
     spec = composition_spec(
@@ -96,7 +97,8 @@ def serve(
         require_keys=require_keys,
         composer=composer,
     )
-    app = create_app(config, builder=builder())
+    app = create_app(config, builder=builder())  # the composition is built: what start-up makes is made
+    freeze_startup_objects()
     out.print(
         f"coe serving {spec.pool} (router {spec.router.name}, k {spec.k}, aggregator {spec.aggregator.name}) "
         f"on http://{config.host}:{config.port}/v1"

@@ -115,7 +115,8 @@ def _stream_to(sink: PieceSink, request_id: str) -> Callable[[str, str], None]:
 
 
 def freeze_startup_objects() -> None:
-    """Tune the garbage collector for serving, once start-up is done. What start-up built (routers,
+    """Tune the garbage collector of a process that only serves (`coe serve`, the composing process;
+    not a host app's, nor a test run's), once start-up is done. What start-up built (routers,
     profiles, models' metadata) is frozen out of its sight, so a full collection no longer pauses a
     batch for tens of milliseconds to re-scan objects that live as long as the process; and the
     youngest generation is collected every 20,000 allocations instead of 700 (a request makes
@@ -157,9 +158,10 @@ class Composing:
 
     async def start(self) -> None:
         """Start the composing side and wait until its composition is built and its encoder loaded."""
-        await asyncio.to_thread(warm, self._compositions) if self.kind == "thread" else await asyncio.to_thread(
-            self._spawn
-        )
+        if self.kind == "thread":
+            await asyncio.to_thread(warm, self._compositions)
+        else:
+            await asyncio.to_thread(self._spawn)
 
     def on_batch_thread(self) -> None:
         """Set up the batch thread, where thread-mode batches are composed."""
@@ -259,12 +261,8 @@ def _serve(pipe: Connection, settings: Settings, config: ServiceConfig) -> None:
         try:
             if kind == "compose":
                 result = compose(compositions, args[0], piece)
-                send(
-                    (
-                        "done",
-                        result if isinstance(result, Refusal) else (_ANSWERS.dump_json(result.answers), result.stats),
-                    )
-                )
+                answered = (_ANSWERS.dump_json(result.answers), result.stats) if isinstance(result, Composed) else None
+                send(("done", answered or result))
             elif kind == "warm":
                 warm(compositions)
                 freeze_startup_objects()

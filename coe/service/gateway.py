@@ -15,7 +15,7 @@ from coe.compose import CompositionSpec
 from coe.costs import call_cost_bound
 from coe.schema import Answer, Query
 from coe.service.batcher import Batcher, Job, emit_all
-from coe.service.composing import Composed, Composing, Refusal, Work, freeze_startup_objects
+from coe.service.composing import Composed, Composing, Refusal, Work
 from coe.service.compositions import SERVED_ROUTERS, Compositions
 from coe.service.config import ServiceConfig
 from coe.service.cooldown import Cooldown
@@ -72,6 +72,7 @@ class Gateway:
         self.metrics = Metrics()
         self.cooldown = Cooldown(after=config.cooldown_after, seconds=config.cooldown_s)
         self.recorder = Recorder(log)
+        self.composing = Composing(config.composer, compositions, config, self._on_piece)
         self.batcher: Batcher[Ask] = Batcher(
             self._run,
             max_queue=config.max_queue,
@@ -79,9 +80,8 @@ class Gateway:
             window_s=config.batch_window_s,
             on_depth=self.metrics.queue_depth.set,
             on_batch=self.metrics.batch_size.observe,
-            on_start=self._on_batch_thread,
+            on_start=self.composing.on_batch_thread,
         )
-        self.composing = Composing(config.composer, compositions, config, self._on_piece)
         self._streaming: dict[str, Job[Ask]] = {}
         """Streamed requests by id, for their pieces."""
         self.ready = False
@@ -94,7 +94,6 @@ class Gateway:
         await self.composing.start()
         self.recorder.start()
         self.batcher.start()
-        freeze_startup_objects()
         self.ready = True
 
     async def stop(self) -> None:
@@ -220,9 +219,6 @@ class Gateway:
         return event
 
     # ----------------------------------------------------------------------- batches
-
-    def _on_batch_thread(self) -> None:
-        self.composing.on_batch_thread()
 
     def _run(self, jobs: list[Job[Ask]]) -> None:
         """One micro-batch, on the batch thread: each group of requests on one composition with one set
