@@ -1,24 +1,17 @@
-"""Pydantic types at coe's boundaries: registry files, queries, routes, answers.
-
-All are frozen and reject unknown keys, so a typo in `registry/*.yaml` is an error naming the field.
-"""
+"""A registry file (`registry/*.yaml`): experts, their backends, resources and skill priors."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator, model_validator
+from pydantic import Field, SecretStr, field_serializer, model_validator
 
-from coe.types import Failure
+from coe.schema.base import Frozen
 
 EXPERT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 MASK = "…"
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 # --------------------------------------------------------------------------- cluster resources
@@ -290,166 +283,3 @@ class RegistryFile(Frozen):
                 raise ValueError(f"expert id {expert.id!r} appears twice")
             seen.add(expert.id)
         return self
-
-
-# --------------------------------------------------------------------------- skills
-
-
-class Skill(Frozen):
-    """One skill of a taxonomy; the description is what the embedding annotator matches against."""
-
-    name: Annotated[str, Field(min_length=1, max_length=60)]
-    description: Annotated[str, Field(min_length=1)]
-
-
-class SkillGroup(Frozen):
-    """A category of skills; groups nest where a benchmark has subdomains (GPQA)."""
-
-    name: Annotated[str, Field(min_length=1, max_length=60)]
-    description: Annotated[str, Field(min_length=1)]
-    skills: tuple[Skill, ...] = ()
-    groups: tuple[SkillGroup, ...] = ()
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> SkillGroup:
-        if not self.skills and not self.groups:
-            raise ValueError(f"group {self.name!r} needs `skills` or `groups`")
-        return self
-
-
-class SkillTaxonomyFile(Frozen):
-    """A `skills/*.yaml` file: a benchmark's categories and their finer skills."""
-
-    benchmark: str
-    description: str = ""
-    categories: tuple[SkillGroup, ...] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> SkillTaxonomyFile:
-        seen: set[str] = set()
-        pending = list(self.categories)
-        while pending:
-            group = pending.pop()
-            pending.extend(group.groups)
-            for name in (group.name, *(skill.name for skill in group.skills)):
-                if name.lower() in seen:
-                    raise ValueError(f"name {name!r} appears twice")
-                seen.add(name.lower())
-        return self
-
-
-# --------------------------------------------------------------------------- queries and answers
-
-
-class Query(Frozen):
-    """One question; `choices` makes it multiple choice (letters A–J), `gold` makes it scorable."""
-
-    id: str
-    text: str
-    choices: tuple[str, ...] | None = None
-    category: str | None = None
-    gold: str | None = None
-    skills: tuple[str, ...] = ()
-    source: str | None = None
-
-    @field_validator("text", mode="before")
-    @classmethod
-    def _text_is_a_question(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = valid_unicode(value)
-            if not value.strip():
-                raise ValueError("the question is empty")
-        return value
-
-    @field_validator("choices", mode="before")
-    @classmethod
-    def _choices_are_options(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            raise ValueError("choices must be a list of options, not one string")
-        if value is not None:
-            value = tuple(valid_unicode(v) if isinstance(v, str) else v for v in value)
-            if any(isinstance(v, str) and not v.strip() for v in value):
-                raise ValueError("an option is blank")
-        return value
-
-
-def valid_unicode(text: str) -> str:
-    """`text` with lone surrogates (undecodable bytes from a terminal or a file) replaced by U+FFFD, so
-    every backend can encode it."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    try:
-        raw = text.encode("utf-8", "surrogateescape")  # bytes a terminal could not decode, as they were
-    except UnicodeEncodeError:
-        raw = text.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "replace")
-
-
-class ExpertChoice(Frozen):
-    """An expert picked by a router, with its score."""
-
-    expert: str
-    score: float
-
-
-class Route(Frozen):
-    """Which experts answer a query and why; data only, stored with every result."""
-
-    query_id: str
-    experts: tuple[ExpertChoice, ...]
-    reason: str
-    router: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    fallbacks: tuple[ExpertChoice, ...] = ()
-    """The experts ranked after the picked ones, best first: who replaces a picked expert that fails."""
-
-    @property
-    def expert_ids(self) -> list[str]:
-        return [choice.expert for choice in self.experts]
-
-
-class ExpertAnswer(Frozen):
-    """One expert's answer to one query."""
-
-    expert: str
-    text: str
-    choice: str | None = None
-    guessed: bool = False
-    """The letter was found only as a stray standalone letter: the response never states an answer."""
-    n_prompt_tokens: int = 0
-    n_completion_tokens: int = 0
-    latency_s: float = 0.0
-    error: Failure | None = None
-    """Why the expert gave no answer (kind, retryable, message); None when it answered."""
-
-
-class Fallback(Frozen):
-    """A picked expert replaced at answer time: why, and by whom (None when no ranked expert was left)."""
-
-    expert: str
-    error: Failure
-    replacement: str | None = None
-
-
-class Answer(Frozen):
-    """The fused answer to one query, with everything needed to trace it."""
-
-    query_id: str
-    answer: str
-    choice: str | None
-    experts: tuple[str, ...]
-    expert_answers: tuple[ExpertAnswer, ...]
-    route: Route
-    aggregator: str
-    votes: dict[str, float] = Field(default_factory=dict)
-    n_prompt_tokens: int = 0
-    n_completion_tokens: int = 0
-    cost_usd: float = 0.0
-    timings: dict[str, float] = Field(default_factory=dict)
-    gold: str | None = None
-    correct: bool | None = None
-    fallbacks: tuple[Fallback, ...] = ()
-    """Picked experts that failed (or were unavailable) and their replacements, in route order."""
