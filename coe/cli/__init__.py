@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from coe.cli import adapters, ask, demo, evals, registry, serve, ui
+from coe.cli import adapters, ask, demo, evals, registry, serve, stored, ui
 from coe.cli.common import print_error, print_warning, state
 from coe.errors import (
     BackendError,
@@ -37,6 +37,7 @@ app.add_typer(adapters.app, name="adapters")
 ask.register(app)
 demo.register(app)
 evals.register(app)
+stored.register(app)
 serve.register(app)
 ui.register(app)
 

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from coe.cli.ask import print_answer
 from coe.cli.common import console, out, print_error
-from coe.cli.evals import print_trace
+from coe.cli.stored import print_trace
 from coe.errors import RegistryError
 from coe.schema import Answer, ExpertAnswer, ExpertChoice, Route
 from coe.store import ItemTrace
