@@ -139,3 +139,21 @@ def test_index_returns_nearest_first_and_caps_k_at_its_size() -> None:
     similarities, found = VectorIndex(vectors).search(np.array([[0.1, 0.9, 0.0]], dtype=np.float32), 5)
     assert found.tolist() == [[1, 0, 2]]
     assert similarities[0, 0] == pytest.approx(0.9)
+
+
+def test_small_puts_are_written_together_by_flush_or_when_the_cache_goes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    cache = EmbeddingCache(tmp_path)
+    batches = [([f"{b}-{i}" for i in range(4)], rng.random((4, 8), dtype=np.float32)) for b in range(10)]
+    for keys, vectors in batches:
+        cache.put(keys, vectors)
+    assert len(list(tmp_path.glob("*.keys.npy"))) == 1  # the first put, written at once; the rest held
+    assert len(EmbeddingCache(tmp_path)) == 4
+    cache.flush()
+    assert len(list(tmp_path.glob("*.keys.npy"))) == 2
+    reloaded = EmbeddingCache(tmp_path)
+    keys = [key for batch_keys, _ in batches for key in batch_keys]
+    np.testing.assert_array_equal(reloaded.get(keys), np.concatenate([vectors for _, vectors in batches]))
+    cache.put(["late"], np.ones((1, 8), dtype=np.float32))
+    del cache  # collected: what it held is written
+    assert EmbeddingCache(tmp_path).missing(["late"]) == []

@@ -120,6 +120,11 @@ class CompositionBuilder:
             self._encoders[name] = make_encoder(name, cache_dir=self.settings.cache_dir)
         return self._encoders[name]
 
+    def flush(self) -> None:
+        """Write what the encoders' caches hold in memory (embeddings of recent questions) to disk."""
+        for encoder in self._encoders.values():
+            encoder.flush()
+
     def annotator(self, bench: str | None, encoder: str = DEFAULT_ENCODER) -> SkillAnnotator:
         """The embedding skill annotator over the benchmark's taxonomy (every taxonomy for None)."""
         key = (bench or "", encoder)

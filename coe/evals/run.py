@@ -171,6 +171,7 @@ def _run_eval(
                 results = composer.compare(chunk, routers, aggregators)
                 runs.save_chunk(run_id, seed, **_rows(results, chunk, config.bench, registry, scheduler))
                 advance(len(chunk))
+    builder.flush()
     load_keys = {e.id: e.load_key for e in registry.experts if scheduler.backend_for(e).capabilities.needs_load}
     summary = summarize(run_id, config, runs, load_keys)
     runs.finish(run_id, summary.model_dump(mode="json"))

@@ -135,8 +135,9 @@ def warm(compositions: Compositions) -> None:
 
 
 def close(compositions: Compositions) -> None:
-    """Unload the models and free the backends."""
+    """Unload the models, free the backends, write the new questions' embeddings."""
     builder = compositions.builder
+    builder.flush()
     builder.scheduler.close()
     for backend in builder.backends.values():
         backend.close()
