@@ -67,7 +67,7 @@ def serve(
     import uvicorn
 
     from coe.service import ServiceConfig, create_app
-    from coe.service.composing import freeze_startup_objects
+    from coe.service.batches import freeze_startup_objects
 
     current = settings()
     spec = composition_spec(

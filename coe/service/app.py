@@ -23,7 +23,7 @@ from coe.errors import CoeError, ConfigError
 from coe.recovery import restricted
 from coe.schema import Answer
 from coe.service.auth import Gatekeeper, KeyCheck
-from coe.service.composing import prepared
+from coe.service.batches import prepared
 from coe.service.config import ServiceConfig
 from coe.service.direct import DirectChat
 from coe.service.errors import ServiceError, from_coe_error

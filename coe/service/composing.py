@@ -1,276 +1,360 @@
-"""The composing side of the service: where batches are routed, generated and fused.
+"""The HTTP side of composing: each decided request goes to the composing side at once (which forms the
+micro-batches, `coe.service.batches`), and what comes back (a batch started, pieces of streamed
+answers, each group's answers) is handed to the requests waiting for it. Everything here runs on the
+event loop; a full queue answers 429 with a Retry-After.
 
-By default it is a process of its own (`composer="process"`): the HTTP side (parsing, validating,
-serializing) and the composing side then run on two cores instead of taking turns on one
-interpreter lock, and the models still live in one process, so each is loaded once. With
-`composer="thread"` it runs on the service's batch thread (one process to debug, or to embed in
-another app). Either way it runs one batch at a time, called from the batch thread.
-
-The process is reached over one pipe, by the batch thread alone (no executor: its feeder and result
-threads each wait for the interpreter lock while the event loop holds it, which cost 6–8 ms a batch).
-What crosses is small and plain: a `Work` (the group's spec, questions and settings, the experts to
-avoid); back come the pieces of streamed answers as they are written, in order, then the answers as
-JSON with the batch's stats, or a `Refusal`. JSON, because rebuilding unpickled answers costs the
-HTTP side, the busier one, more than parsing them: 50 against 70 µs an answer (8 against 42 to write).
+The composing side is a process of its own by default (`composer="process"`): the HTTP side (parsing,
+validating, serializing) and the composing side then run on two cores instead of taking turns on one
+interpreter lock, and the models still live in one process, so each is loaded once. It is reached
+over a socket pair the event loop reads and writes without blocking; answers come back as JSON, which
+the HTTP side rebuilds faster than unpickled ones (50 against 70 µs an answer). A composing process
+that dies (killed, out of memory) fails the requests it held with 503 `composer_restarted` and is
+started again; requests that arrive meanwhile wait for it. With `composer="thread"` the same batch
+loop runs on a thread of the service's process (one process to debug, or to embed in another app).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
+import itertools
 import logging
+import math
 import multiprocessing
-import signal
+import os
+import pickle
+import queue
+import socket
 import threading
-import traceback
+import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from pydantic import TypeAdapter
-
-from coe.compose import CompositionBuilder, CompositionSpec
-from coe.embed import single_threaded_search
-from coe.errors import CoeError
-from coe.schema import Answer, Query
+from coe.compose import CompositionSpec
+from coe.schema import Answer
+from coe.service.batches import ANSWERS, Asked, Message, Refusal, serve_process, serve_thread, warm
 from coe.service.compositions import Compositions
 from coe.service.config import ComposerKind, ServiceConfig
-from coe.service.errors import ServiceError, from_coe_error
-from coe.settings import Settings
-from coe.types import BatchStats, Failure, GenerationParams
+from coe.service.errors import ServiceError
+from coe.types import BatchStats
 
 logger = logging.getLogger(__name__)
 
-_ANSWERS = TypeAdapter(list[Answer])
+T = TypeVar("T")
 
-PieceSink = Callable[[str, str, str], None]
-"""Receives (request id, expert, text) as an expert writes a streamed answer."""
+_TICKETS = itertools.count()
 
-
-@dataclass(frozen=True, slots=True)
-class Work:
-    """One group of a micro-batch: questions on one composition with one set of settings."""
-
-    spec: CompositionSpec
-    free_form: bool
-    queries: list[Query]
-    params: GenerationParams
-    experts: frozenset[str] | None
-    avoid: dict[str, Failure]
-    streamed: dict[int, str]
-    """Position in `queries` → request id, for the requests whose answers are streamed."""
+Result = tuple[list[Answer], BatchStats] | Refusal | RuntimeError
+"""What a group of requests gets: its answers and their cost, a refusal, or the failure of a bug."""
 
 
-@dataclass(frozen=True, slots=True)
-class Composed:
-    """A group's answers, in its questions' order, and what its batch cost."""
+@dataclass(eq=False)
+class Job(Generic[T]):
+    """One request in flight: what it asks, and the events (text pieces, then the outcome) it waits
+    for. Lighter than an asyncio.Queue per request, which costs more to build than the rest of a job."""
 
-    answers: list[Answer]
-    stats: BatchStats
+    work: T
+    ticket: int = field(default_factory=lambda: next(_TICKETS))
+    enqueued_at: float = field(default_factory=time.perf_counter)
+    started_at: float | None = None
+    batch_size: int = 0
+    _events: deque[Any] = field(default_factory=deque)
+    _waiter: asyncio.Future[None] | None = None
 
+    def put(self, event: Any) -> None:
+        self._events.append(event)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A group the Composer refused (a coe error), as the error response its requests get."""
-
-    status: int
-    message: str
-    kind: str
-    code: str | None
-
-    def error(self) -> ServiceError:
-        return ServiceError(self.status, self.message, kind=self.kind, code=self.code)
-
-
-def prepared(builder: CompositionBuilder, config: ServiceConfig) -> Compositions:
-    """The service's compositions with its composition built (router fitted), and as many local
-    models allowed resident as the pool has (or `max_resident`)."""
-    compositions = Compositions(builder, config.composition, synthesizer=config.synthesizer)
-    registry = compositions.registry
-    local = {e.load_key for e in registry.experts if builder.scheduler.backend_for(e).capabilities.needs_load}
-    builder.scheduler.max_resident = config.max_resident or max(len(local), builder.scheduler.max_resident or 1)
-    return compositions
-
-
-def compose(compositions: Compositions, work: Work, sink: PieceSink) -> Composed | Refusal:
-    """One group through the Composer: routed, scheduled and fused together."""
-    try:
-        _, composer = compositions.answering(work.spec, free_form=work.free_form)
-        streams = {position: _stream_to(sink, request_id) for position, request_id in work.streamed.items()}
-        result = composer.run(work.queries, params=work.params, experts=work.experts, avoid=work.avoid, stream=streams)
-        return Composed(result.answers, result.stats)
-    except CoeError as error:
-        refused = from_coe_error(error)
-        return Refusal(refused.status, refused.message, refused.kind, refused.code)
-
-
-def _stream_to(sink: PieceSink, request_id: str) -> Callable[[str, str], None]:
-    def on_text(expert: str, text: str) -> None:
-        sink(request_id, expert, text)
-
-    return on_text
-
-
-def freeze_startup_objects() -> None:
-    """Tune the garbage collector of a process that only serves (`coe serve`, the composing process;
-    not a host app's, nor a test run's), once start-up is done. What start-up built (routers,
-    profiles, models' metadata) is frozen out of its sight, so a full collection no longer pauses a
-    batch for tens of milliseconds to re-scan objects that live as long as the process; and the
-    youngest generation is collected every 20,000 allocations instead of 700 (a request makes
-    hundreds, nearly all freed by reference counting). Measured with `benchmarks.service` (new
-    questions, composing process already split off): 1,160 → 1,570 requests/s, p99 160 → 51 ms."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
-
-
-def warm(compositions: Compositions) -> None:
-    """Load the service composition's query encoder (else the first batch waits for it)."""
-    encoder = compositions.composer(compositions.spec).router.get_params().get("encoder")
-    if encoder is not None:
-        encoder.load()
-
-
-def close(compositions: Compositions) -> None:
-    """Unload the models, free the backends, write the new questions' embeddings."""
-    builder = compositions.builder
-    builder.flush()
-    builder.scheduler.close()
-    for backend in builder.backends.values():
-        backend.close()
+    async def next(self) -> Any:
+        """The next event, once there is one."""
+        while not self._events:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._events.popleft()
 
 
 class Composing:
-    """The composing side: a process of its own, or the batch thread itself. `run` is called from
-    the batch thread only."""
+    """The requests in flight on the composing side, and the way there (a process or a thread)."""
 
     def __init__(
-        self, kind: ComposerKind, compositions: Compositions, config: ServiceConfig, on_piece: PieceSink
+        self,
+        compositions: Compositions,
+        config: ServiceConfig,
+        *,
+        on_result: Callable[[list[Job[Any]], Result], None],
+        on_piece: Callable[[Job[Any], str, str], None],
+        on_batch: Callable[[int], None] = lambda size: None,
+        on_depth: Callable[[int], None] = lambda depth: None,
     ) -> None:
-        self.kind = kind
-        self._compositions = compositions
-        self._config = config
+        self.config = config
+        self._on_result = on_result
         self._on_piece = on_piece
-        self._process: BaseProcess | None = None
-        self._pipe: Connection | None = None
+        self._on_batch = on_batch
+        self._on_depth = on_depth
+        self._jobs: dict[int, Job[Any]] = {}
+        self._asked: dict[int, tuple[Asked, CompositionSpec]] = {}
+        """What each job in flight asked (sent again if its composing process dies before its batch)."""
+        self._running = 0
+        """Jobs in flight whose batch started."""
+        self._specs_sent: set[str] = set()
+        self._batch_s = 0.05
+        """A running mean of batch duration, for Retry-After."""
+        self._closed = False
+        self._drained = asyncio.Event()
+        self._side: _ProcessSide | _ThreadSide = (
+            _ProcessSide(compositions, config, self._handle, self._lost)
+            if config.composer == "process"
+            else _ThreadSide(compositions, config, self._handle)
+        )
+
+    @property
+    def kind(self) -> ComposerKind:
+        return self.config.composer
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting or running."""
+        return len(self._jobs)
 
     async def start(self) -> None:
-        """Start the composing side and wait until its composition is built and its encoder loaded."""
-        if self.kind == "thread":
-            await asyncio.to_thread(warm, self._compositions)
-        else:
-            await asyncio.to_thread(self._spawn)
+        """Start the composing side; return once its composition is built and its encoder loaded."""
+        await self._side.start()
 
-    def on_batch_thread(self) -> None:
-        """Set up the batch thread, where thread-mode batches are composed."""
-        if self.kind == "thread":
-            single_threaded_search()
+    def submit(self, job: Job[Any], asked: Asked, spec: CompositionSpec) -> None:
+        """Send a request to the composing side; 503 once stopping, 429 when the queue is full."""
+        if self._closed:
+            raise ServiceError(503, "the service is shutting down", kind="service_unavailable", code="shutting_down")
+        waiting = len(self._jobs) - self._running
+        if waiting >= self.config.max_queue:
+            wait = math.ceil(waiting / self.config.max_batch * self._batch_s) or 1
+            raise ServiceError(
+                429,
+                f"the service is busy ({waiting} requests queued); retry after {wait} s",
+                kind="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": str(wait)},
+            )
+        self._jobs[job.ticket] = job
+        self._asked[job.ticket] = (asked, spec)
+        self._send(asked, spec)
+        self._on_depth(len(self._jobs))
 
-    def run(self, work: Work) -> Composed | Refusal:
-        """The group's answers (its streamed pieces handed on as they come), or why it has none."""
-        if self.kind == "thread":
-            return compose(self._compositions, work, self._on_piece)
-        try:
-            result = self._call("compose", work)
-        except (EOFError, OSError):
-            # The composing process died (killed, out of memory): its batch fails, a new one starts.
-            logger.error("the composing process stopped while answering; starting a new one")
-            self._spawn()
-            return Refusal(
+    def _send(self, asked: Asked, spec: CompositionSpec) -> None:
+        if asked.spec_key not in self._specs_sent:
+            self._side.send(("spec", asked.spec_key, spec))
+            self._specs_sent.add(asked.spec_key)
+        self._side.send(("ask", asked))
+
+    def drop(self, job: Job[Any]) -> None:
+        """The client stopped waiting: a request whose batch has not started is not composed."""
+        if self._forget(job.ticket) is not None and job.started_at is None:
+            self._side.send(("drop", job.ticket))
+
+    async def stop(self) -> None:
+        """Take no more requests, answer every one in flight, then unload the models and stop."""
+        self._closed = True
+        if self._jobs:
+            self._drained.clear()
+            await self._drained.wait()
+        await self._side.stop()
+
+    def _handle(self, message: Message) -> None:
+        kind = message[0]
+        if kind == "piece":
+            job = self._jobs.get(message[1])
+            if job is not None:
+                self._on_piece(job, message[2], message[3])
+        elif kind == "started":
+            now, tickets = time.perf_counter(), message[1]
+            for ticket in tickets:
+                job = self._jobs.get(ticket)
+                if job is not None:
+                    job.started_at, job.batch_size = now, len(tickets)
+                    self._running += 1
+            self._on_batch(len(tickets))
+        elif kind in ("done", "refused", "failed"):
+            jobs = [job for ticket in message[1] if (job := self._forget(ticket)) is not None]
+            if jobs and jobs[0].started_at is not None:
+                self._batch_s = 0.8 * self._batch_s + 0.2 * (time.perf_counter() - jobs[0].started_at)
+            if kind == "done":
+                result: Result = (message[2], message[3])
+            elif kind == "refused":
+                result = message[2]
+            else:
+                result = RuntimeError(f"composing a batch failed:\n{message[2]}")
+            if jobs:
+                self._on_result(jobs, result)
+
+    def _forget(self, ticket: int) -> Job[Any] | None:
+        job = self._jobs.pop(ticket, None)
+        self._asked.pop(ticket, None)
+        if job is not None and job.started_at is not None:
+            self._running -= 1
+        if not self._jobs:
+            self._drained.set()
+        self._on_depth(len(self._jobs))
+        return job
+
+    def _lost(self) -> None:
+        """The composing process died: the requests it held fail, and specs are sent again to the next."""
+        logger.error("the composing process stopped while answering; starting a new one")
+        self._specs_sent.clear()
+        held = [job for job in list(self._jobs.values()) if job.started_at is not None]
+        for job in held:
+            self._forget(job.ticket)
+        if held:
+            refusal = Refusal(
                 503,
                 "the composing process stopped while answering (see the service log); it was restarted: retry",
                 "service_unavailable",
                 "composer_restarted",
             )
-        if isinstance(result, Refusal):
-            return result
-        answers, stats = result
-        return Composed(_ANSWERS.validate_json(answers), stats)
+            self._on_result(held, refusal)
+        for asked, spec in self._asked.values():  # not started: asked again of the next process
+            self._send(asked, spec)
+
+
+class _ThreadSide:
+    """The batch loop on a thread of the service's process, fed by a queue."""
+
+    def __init__(self, compositions: Compositions, config: ServiceConfig, on_message: Callable[[Message], None]):
+        self._compositions = compositions
+        self._config = config
+        self._on_message = on_message
+        self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(warm, self._compositions)
+        loop = asyncio.get_running_loop()
+
+        def send(message: Message) -> None:
+            loop.call_soon_threadsafe(self._on_message, message)
+
+        self._thread = serve_thread(self._compositions, self._inbox, send, self._config)
+
+    def send(self, message: Message) -> None:
+        self._inbox.put(message)
 
     async def stop(self) -> None:
-        """Unload the models and stop the composing process (call once no batch runs)."""
-        await asyncio.to_thread(self._stop)
+        self.send(("close",))
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
 
-    def _stop(self) -> None:
-        if self.kind == "thread":
-            close(self._compositions)
-            return
-        with contextlib.suppress(EOFError, OSError):  # else the process is gone, and its models with it
-            self._call("close")
+
+class _ProcessSide:
+    """The batch loop in a process of its own, over a socket pair the event loop reads and writes
+    without blocking (multiprocessing's framing: a 4-byte length, then the pickle). Messages sent while
+    the process (re)starts wait for it."""
+
+    def __init__(
+        self,
+        compositions: Compositions,
+        config: ServiceConfig,
+        on_message: Callable[[Message], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self._settings = compositions.builder.settings
+        self._config = config
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._process: BaseProcess | None = None
+        self._transport: asyncio.BaseTransport | None = None
+        self._pending: list[bytes] = []
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        pipe = await asyncio.to_thread(self._spawn)
+        sock = socket.socket(fileno=os.dup(pipe.fileno()))
+        pipe.close()
+        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
+            lambda: _Frames(self._received, self._closed), sock
+        )
+        self._transport = transport
+        for frame in self._pending:
+            transport.write(frame)
+        self._pending.clear()
+
+    def send(self, message: Message) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        frame = len(data).to_bytes(4, "big") + data
+        if self._transport is None:
+            self._pending.append(frame)
+        else:
+            self._transport.write(frame)  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._transport is not None:
+            self.send(("close",))
+            await self._stopped.wait()
+            self._transport.close()
         if self._process is not None:
-            self._process.join(timeout=60)
+            await asyncio.to_thread(self._process.join, 60)
 
-    def _spawn(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            self._process.kill()
+    def _spawn(self) -> Connection:
+        """Start a composing process; its end of the pipe once it says it is ready."""
         context = multiprocessing.get_context("spawn")
-        self._pipe, theirs = context.Pipe()
-        settings = self._compositions.builder.settings
+        ours, theirs = context.Pipe()
         self._process = context.Process(
-            target=_serve, args=(theirs, settings, self._config), name="coe-composer", daemon=True
+            target=serve_process, args=(theirs, self._settings, self._config), name="coe-composer", daemon=True
         )
         self._process.start()
         theirs.close()
-        self._call("warm")
-
-    def _call(self, kind: str, *args: Any) -> Any:
-        """Ask the composing process; relay the pieces it streams meanwhile; its answer."""
-        assert self._pipe is not None
-        self._pipe.send((kind, *args))
-        while True:
-            message = self._pipe.recv()
-            if message[0] == "piece":
-                self._on_piece(*message[1:])
-            elif message[0] == "failed":
-                raise RuntimeError(f"the composing process failed: {message[1]}")
-            else:
-                return message[1]
-
-
-# ----------------------------------------------------------------------- inside the composing process
-
-
-def _serve(pipe: Connection, settings: Settings, config: ServiceConfig) -> None:
-    """The composing process: build the service's compositions from its settings, then answer the
-    service's requests until it says close (or goes away). Signals go to the service, which finishes
-    its requests and then closes this process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    single_threaded_search()
-    sending = threading.Lock()  # pieces may be written from a backend's threads
-
-    def send(message: tuple[Any, ...]) -> None:
-        with sending:
-            pipe.send(message)
-
-    def piece(request_id: str, expert: str, text: str) -> None:
-        send(("piece", request_id, expert, text))
-
-    try:
-        compositions = prepared(CompositionBuilder(settings), config)
-    except Exception as error:  # the service built the same composition already: say why, then stop
-        send(("failed", repr(error)))
-        return
-    while True:
         try:
-            kind, *args = pipe.recv()
-        except EOFError:  # the service is gone
+            message = ours.recv()
+        except EOFError:
+            message = ("failed_start", f"it exited with code {self._process.exitcode}")
+        if message[0] != "ready":
+            ours.close()
+            raise RuntimeError(f"the composing process failed: {message[1]}")
+        return ours
+
+    def _received(self, message: Message) -> None:
+        if message[0] == "done":
+            message = (*message[:2], ANSWERS.validate_json(message[2]), message[3])
+        elif message[0] == "closed":
+            self._stopped.set()
+        self._on_message(message)
+
+    def _closed(self) -> None:
+        self._transport = None
+        if self._stopping:
+            self._stopped.set()
             return
-        try:
-            if kind == "compose":
-                result = compose(compositions, args[0], piece)
-                answered = (_ANSWERS.dump_json(result.answers), result.stats) if isinstance(result, Composed) else None
-                send(("done", answered or result))
-            elif kind == "warm":
-                warm(compositions)
-                freeze_startup_objects()
-                send(("done", None))
-            else:
-                close(compositions)
-                send(("done", None))
+        if self._process is not None:
+            self._process.kill()
+        self._on_lost()
+        asyncio.get_running_loop().create_task(self.start())
+
+
+class _Frames(asyncio.Protocol):
+    """Messages framed as multiprocessing's `Connection` frames them, read as they arrive."""
+
+    def __init__(self, on_message: Callable[[Message], None], on_closed: Callable[[], None]) -> None:
+        self._on_message = on_message
+        self._on_closed = on_closed
+        self._buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= 4:
+            size, start = int.from_bytes(buffer[:4], "big", signed=True), 4
+            if size == -1:  # over 2 GiB: an 8-byte length follows
+                if len(buffer) < 12:
+                    return
+                size, start = int.from_bytes(buffer[4:12], "big"), 12
+            if len(buffer) < start + size:
                 return
-        except Exception as error:  # a bug fails this batch (500), not the process
-            send(("failed", "".join(traceback.format_exception(error))))
+            message = pickle.loads(buffer[start : start + size])
+            del buffer[: start + size]
+            self._on_message(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_closed()

@@ -9,13 +9,12 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from coe.compose import CompositionSpec
 from coe.costs import call_cost_bound
 from coe.schema import Answer, Query
-from coe.service.batcher import Batcher, Job, emit_all
-from coe.service.composing import Composed, Composing, Refusal, Work
+from coe.service.batches import Asked, Refusal
+from coe.service.composing import Composing, Job, Result
 from coe.service.compositions import SERVED_ROUTERS, Compositions
 from coe.service.config import ServiceConfig
 from coe.service.cooldown import Cooldown
@@ -72,18 +71,14 @@ class Gateway:
         self.metrics = Metrics()
         self.cooldown = Cooldown(after=config.cooldown_after, seconds=config.cooldown_s)
         self.recorder = Recorder(log)
-        self.composing = Composing(config.composer, compositions, config, self._on_piece)
-        self.batcher: Batcher[Ask] = Batcher(
-            self._run,
-            max_queue=config.max_queue,
-            max_batch=config.max_batch,
-            window_s=config.batch_window_s,
-            on_depth=self.metrics.queue_depth.set,
+        self.composing = Composing(
+            compositions,
+            config,
+            on_result=self._answered,
+            on_piece=lambda job, expert, text: job.put(Piece(expert, text)),
             on_batch=self.metrics.batch_size.observe,
-            on_start=self.composing.on_batch_thread,
+            on_depth=self.metrics.queue_depth.set,
         )
-        self._streaming: dict[str, Job[Ask]] = {}
-        """Streamed requests by id, for their pieces."""
         self.ready = False
 
     # ----------------------------------------------------------------------- life cycle
@@ -93,15 +88,13 @@ class Gateway:
         batch waits for them), the request log and the batches; call from the loop."""
         await self.composing.start()
         self.recorder.start()
-        self.batcher.start()
         self.ready = True
 
     async def stop(self) -> None:
         """Finish every queued request, write the log, unload the models."""
         self.ready = False
-        await self.batcher.stop()
-        self.recorder.stop()
         await self.composing.stop()
+        self.recorder.stop()
 
     # ----------------------------------------------------------------------- requests
 
@@ -193,10 +186,13 @@ class Gateway:
         return allowed
 
     def submit(self, ask: Ask) -> Job[Ask]:
-        job = Job(ask, asyncio.get_running_loop())
-        self.batcher.submit(job)
-        if ask.stream:
-            self._streaming[ask.request_id] = job
+        """Queue the request for the next micro-batch (429 when the queue is full)."""
+        job = Job(ask)
+        key = self.compositions.key(ask.spec)
+        avoid = self.cooldown.avoid()
+        self.metrics.cooling.set(len(avoid))
+        asked = Asked(job.ticket, key, ask.free_form, ask.query, ask.params, ask.experts, ask.stream, avoid)
+        self.composing.submit(job, asked, ask.spec)
         return job
 
     async def next_event(self, job: Job[Ask], deadline: float) -> Piece | Outcome:
@@ -205,7 +201,7 @@ class Gateway:
             async with asyncio.timeout(max(deadline - time.perf_counter(), 0.001)):
                 event = await job.next()
         except TimeoutError:
-            job.abandoned = True
+            self.composing.drop(job)
             raise ServiceError(
                 504,
                 f"no answer within {self.config.request_timeout_s:g} s",
@@ -220,60 +216,28 @@ class Gateway:
 
     # ----------------------------------------------------------------------- batches
 
-    def _run(self, jobs: list[Job[Ask]]) -> None:
-        """One micro-batch, on the batch thread: each group of requests on one composition with one set
-        of settings is one `Composer.run` on the composing side (routed, scheduled and fused together)."""
-        started = time.perf_counter()
-        groups: dict[tuple[Any, ...], list[Job[Ask]]] = {}
-        for job in jobs:
-            job.started_at = started
-            ask = job.work
-            key = (self.compositions.key(ask.spec), ask.params, ask.experts, ask.free_form)
-            groups.setdefault(key, []).append(job)
-        avoid = self.cooldown.avoid()
-        self.metrics.cooling.set(len(avoid))
-        for group in groups.values():
-            first = group[0].work
-            work = Work(
-                spec=first.spec,
-                free_form=first.free_form,
-                queries=[job.work.query for job in group],
-                params=first.params,
-                experts=first.experts,
-                avoid=avoid,
-                streamed={i: job.work.request_id for i, job in enumerate(group) if job.work.stream},
-            )
-            try:
-                result = self.composing.run(work)
-            finally:
-                for request_id in work.streamed.values():
-                    self._streaming.pop(request_id, None)
-            self._answered(group, result, len(jobs))
-
-    def _answered(self, jobs: list[Job[Ask]], result: Composed | Refusal, batch_size: int) -> None:
+    def _answered(self, jobs: list[Job[Ask]], result: Result) -> None:
         """Each job's outcome (or the error it gets), with the metrics and the cool-down updated."""
         if isinstance(result, Refusal):
-            emit_all([(job, result.error()) for job in jobs])
+            for job in jobs:
+                job.put(ServiceError(result.status, result.message, kind=result.kind, code=result.code))
             return
-        self.metrics.observe_batch(result.answers, result.stats)
-        self.cooldown.record(result.answers)
-        events: list[tuple[Job[Ask], Outcome | ServiceError]] = []
-        for job, answer in zip(jobs, result.answers, strict=True):
+        if isinstance(result, BaseException):
+            for job in jobs:
+                job.put(result)
+            return
+        answers, stats = result
+        self.metrics.observe_batch(answers, stats)
+        self.cooldown.record(answers)
+        for job, answer in zip(jobs, answers, strict=True):
             queue_s = (job.started_at or job.enqueued_at) - job.enqueued_at
             if any(a.error is None for a in answer.expert_answers):
-                events.append((job, Outcome(answer=answer, stats=result.stats, batch_size=batch_size, queue_s=queue_s)))
+                job.put(Outcome(answer=answer, stats=stats, batch_size=job.batch_size, queue_s=queue_s))
             else:
                 failures = [a.error for a in answer.expert_answers if a.error] + [f.error for f in answer.fallbacks]
                 refused = failure_error(failures)
                 refused.answer = answer
-                events.append((job, refused))
-        emit_all(events)
-
-    def _on_piece(self, request_id: str, expert: str, text: str) -> None:
-        """A piece of a streamed answer, from the batch thread or the pieces reader."""
-        job = self._streaming.get(request_id)
-        if job is not None:
-            job.emit(Piece(expert, text))
+                job.put(refused)
 
     # ----------------------------------------------------------------------- records
 

@@ -1,10 +1,13 @@
-"""Where batches are composed: a process of its own (the default) or the service's batch thread. Both
-answer alike; a composing process that dies fails only the batch it held and is started again."""
+"""Where batches are composed: a process of its own (the default) or a thread of the service's. Both
+answer alike; a composing process that dies fails only the requests it held and is started again, and
+requests that arrive meanwhile wait for it."""
 
 import multiprocessing
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 from openai import OpenAI
@@ -12,7 +15,8 @@ from openai import OpenAI
 from coe.compose import CompositionSpec, compose
 from coe.schema import Query
 from coe.settings import Settings
-from tests.service.conftest import REF8, running
+from tests.service.conftest import REF8, running, upstream_pool
+from tests.upstream import Upstream
 
 SPEC = CompositionSpec(pool=REF8, router="knn", profile="priors", k=3, aggregator="weighted")
 
@@ -45,24 +49,32 @@ def test_a_thread_and_a_process_compose_the_same_answers(module_settings: Settin
         assert answers == expected, kind
 
 
-def test_a_composing_process_that_dies_fails_one_batch_and_is_restarted(
-    module_settings: Settings, mmlu_test: list[Query]
+def test_a_composing_process_that_dies_fails_what_it_held_and_is_started_again(
+    tmp_path: Path, module_settings: Settings, upstream: Upstream
 ) -> None:
+    pool = upstream_pool(tmp_path, upstream, {"slow": 0.9})
+    spec = CompositionSpec.model_validate({"pool": pool, "router": "best-single", "profile": "priors"})
     before = {child.pid for child in multiprocessing.active_children()}
-    with running(SPEC, module_settings) as url:
+    with running(spec, module_settings) as url:
         composers = [c for c in multiprocessing.active_children() if c.name == "coe-composer" and c.pid not in before]
-        assert len(composers) == 1
-        assert _ask(url, mmlu_test[0]).status_code == 200
-        assert composers[0].pid is not None
-        os.kill(composers[0].pid, signal.SIGKILL)
-        composers[0].join(timeout=10)
-        refused = _ask(url, mmlu_test[1])
-        assert refused.status_code == 503
-        assert refused.json()["error"]["code"] == "composer_restarted"
-        started = time.monotonic()
-        answered = _ask(url, mmlu_test[1])
-        assert answered.status_code == 200, answered.text
-        assert answered.json()["choices"][0]["message"]["content"]
+        assert len(composers) == 1 and composers[0].pid is not None
+        with ThreadPoolExecutor() as pool_of_clients:
+            held = pool_of_clients.submit(_ask_text, url, "take your time")
+            time.sleep(0.5)  # the request now waits on the slow expert (2 s), in the composing process
+            os.kill(composers[0].pid, signal.SIGKILL)
+            refused = held.result()
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "composer_restarted"
+            started = time.monotonic()
+            asked_meanwhile = [pool_of_clients.submit(_ask_text, url, f"question {i}") for i in range(3)]
+            assert [answer.result().status_code for answer in asked_meanwhile] == [200, 200, 200]
         assert time.monotonic() - started < 60
+        restarted = [c for c in multiprocessing.active_children() if c.name == "coe-composer" and c.pid not in before]
+        assert len(restarted) == 1 and restarted[0].pid != composers[0].pid
         metrics = httpx.get(f"{url}/metrics").text
         assert 'coe_errors_total{kind="composer_restarted"} 1.0' in metrics
+
+
+def _ask_text(url: str, text: str) -> httpx.Response:
+    body = {"model": "coe", "messages": [{"role": "user", "content": text}]}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
