@@ -25,6 +25,10 @@ def test_neighbours_without_signal_leave_the_overall_best_experts(minilm: Encode
     assert router.prior_strength_ == np.inf
     routes = router.route(outcomes.items[:5])
     assert {tuple(route.expert_ids) for route in routes} == {("beta", "gamma")}
+    encoded = minilm.n_encoded
+    unseen = [Query(id="unseen", text="What does a router do with a question it has never embedded?")]
+    assert router.route(unseen)[0].expert_ids == ["beta", "gamma"]
+    assert minilm.n_encoded == encoded  # the overall accuracy is every query's estimate: nothing to embed
 
 
 def test_fixed_hyperparameters_skip_cross_validation(minilm: Encoder) -> None:
