@@ -37,7 +37,7 @@ from coe.compose import CompositionSpec
 from coe.schema import Answer
 from coe.service.batches import ANSWERS, Asked, Message, Refusal, serve_process, serve_thread, warm
 from coe.service.compositions import Compositions
-from coe.service.config import ComposerKind, ServiceConfig
+from coe.service.config import ServiceConfig
 from coe.service.errors import ServiceError
 from coe.types import BatchStats
 
@@ -110,15 +110,6 @@ class Composing:
             if config.composer == "process"
             else _ThreadSide(compositions, config, self._handle)
         )
-
-    @property
-    def kind(self) -> ComposerKind:
-        return self.config.composer
-
-    @property
-    def depth(self) -> int:
-        """Requests waiting or running."""
-        return len(self._jobs)
 
     async def start(self) -> None:
         """Start the composing side; return once its composition is built and its encoder loaded."""
@@ -267,6 +258,7 @@ class _ProcessSide:
         self._pending: list[bytes] = []
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._restarting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         pipe = await asyncio.to_thread(self._spawn)
@@ -330,7 +322,13 @@ class _ProcessSide:
         if self._process is not None:
             self._process.kill()
         self._on_lost()
-        asyncio.get_running_loop().create_task(self.start())
+        self._restarting = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self) -> None:
+        try:
+            await self.start()
+        except Exception:  # requests waiting for it time out (504); the log says why
+            logger.exception("could not start a new composing process")
 
 
 class _Frames(asyncio.Protocol):

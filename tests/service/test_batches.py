@@ -1,0 +1,57 @@
+"""The composing side's batch loop, driven directly through its inbox: what becomes a batch, what a
+drop takes out, and that closing still answers everything asked."""
+
+import queue
+from typing import Any
+
+from coe.compose import CompositionBuilder, CompositionSpec
+from coe.schema import Query
+from coe.service import ServiceConfig
+from coe.service.batches import Asked, BatchLoop, Inbox, Message, prepared
+from coe.settings import Settings
+from coe.types import GenerationParams
+from tests.service.conftest import REF8
+
+SPEC = CompositionSpec(pool=REF8, router="knn", profile="priors", k=3, aggregator="weighted")
+
+
+def _run(settings: Settings, messages: list[Message], *, max_batch: int) -> list[Message]:
+    """Every message the loop sends back, given these (then a close) already waiting in its inbox."""
+    compositions = prepared(CompositionBuilder(settings), ServiceConfig(composition=SPEC))
+    inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+    for message in [("spec", "coe", SPEC), *messages, ("close",)]:
+        inbox.put(message)
+    sent: list[Message] = []
+    BatchLoop(compositions, Inbox(inbox), sent.append, max_batch=max_batch, window_s=0.0).run()
+    return sent
+
+
+def _asked(ticket: int, query: Query, **changes: Any) -> Message:
+    params = GenerationParams(max_tokens=SPEC.generation.max_tokens, temperature=0.0, seed=0)
+    fields = dict(spec_key="coe", free_form=False, query=query, params=params, experts=None, stream=False, avoid={})
+    return ("ask", Asked(ticket, **{**fields, **changes}))
+
+
+def test_a_batch_takes_what_waits_up_to_max_batch_in_order_and_skips_what_was_dropped(
+    module_settings: Settings, mmlu_test: list[Query]
+) -> None:
+    questions = mmlu_test[:5]
+    messages = [_asked(i, q) for i, q in enumerate(questions)] + [("drop", 1)]
+    sent = _run(module_settings, messages, max_batch=3)
+    assert [m for m in sent if m[0] == "started"] == [("started", [0, 2, 3]), ("started", [4])]
+    done = [m for m in sent if m[0] == "done"]
+    assert [m[1] for m in done] == [[0, 2, 3], [4]]
+    assert [a.query_id for m in done for a in m[2]] == [questions[i].id for i in (0, 2, 3, 4)]
+    assert sent[-1] == ("closed",)
+
+
+def test_each_group_of_a_batch_is_composed_apart_with_its_own_settings(
+    module_settings: Settings, mmlu_test: list[Query]
+) -> None:
+    first, second = mmlu_test[:2]
+    only = frozenset({"gemini-1.5-flash-002"})
+    sent = _run(module_settings, [_asked(0, first), _asked(1, second, experts=only)], max_batch=8)
+    assert [m for m in sent if m[0] == "started"] == [("started", [0, 1])]
+    answers = {m[1][0]: m[2][0] for m in sent if m[0] == "done"}
+    assert len(answers[0].expert_answers) == 3
+    assert [a.expert for a in answers[1].expert_answers] == ["gemini-1.5-flash-002"]
