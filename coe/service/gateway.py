@@ -10,8 +10,10 @@ import random
 import time
 from dataclasses import dataclass
 
+from coe.answers import question_prompt
 from coe.compose import CompositionSpec
-from coe.costs import call_cost_bound
+from coe.costs import affordable, call_cost_bound, call_cost_bounds
+from coe.errors import ConfigError
 from coe.schema import Answer, Query
 from coe.service.batches import Asked, Refusal
 from coe.service.composing import Composing, Job, Result
@@ -129,11 +131,14 @@ class Gateway:
             experts = self._affordable(experts, options.max_cost_usd, len(text), max_tokens, options.k or spec.k)
         request_id = f"chatcmpl-{_REQUEST_IDS.getrandbits(96):024x}"
         choices = tuple(options.choices) if options.choices else None
+        query = Query(id=options.query_id or request_id, text=text, choices=choices)
+        if spec.max_cost_usd is not None:
+            self._within_composition_cap(spec.max_cost_usd, query, experts, max_tokens)
         return Ask(
             request_id=request_id,
             model=body.model,
             spec=spec,
-            query=Query(id=options.query_id or request_id, text=text, choices=choices),
+            query=query,
             params=params,
             experts=experts,
             free_form=choices is None and options.aggregator is None,
@@ -184,6 +189,18 @@ class Gateway:
                 "coe.max_cost_usd",
             )
         return allowed
+
+    def _within_composition_cap(
+        self, cap: float, query: Query, experts: frozenset[str] | None, max_tokens: int
+    ) -> None:
+        """A question the composition's own per-query cost cap admits no expert for is refused here,
+        alone (400), rather than by the Composer with every request of the batch it joined."""
+        registry = self.compositions.registry
+        candidates = [registry[e] for e in experts] if experts is not None else registry.experts
+        try:
+            affordable(call_cost_bounds(candidates, len(question_prompt(query).text), max_tokens), cap, query.id)
+        except ConfigError as error:
+            raise bad_request(str(error), "max_tokens") from None
 
     def submit(self, ask: Ask) -> Job[Ask]:
         """Queue the request for the next micro-batch (429 when the queue is full)."""

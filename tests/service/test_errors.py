@@ -4,6 +4,7 @@ traceback."""
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -155,3 +156,27 @@ def test_the_direct_path_and_the_route_answer_alike(replay_url: str, mmlu_test: 
     for content_type in ("application/json", "application/vnd.coe+json"):
         refused = httpx.post(url, content=json.dumps(wrong), headers={"content-type": content_type})
         assert _error(refused, 400)["param"] == "messages[0].role"
+
+
+def test_a_question_the_compositions_cost_cap_admits_no_expert_for_is_refused_alone(
+    module_settings: Settings, mmlu_test: list
+) -> None:
+    """Both requests would share one batch (the window); the one no expert fits is refused at the door,
+    not by the Composer with its batch."""
+    spec = CompositionSpec(pool=REF8, router="knn", profile="priors", k=3, aggregator="weighted", max_cost_usd=0.001)
+    question = mmlu_test[0]
+    fits = {
+        "model": "coe",
+        "messages": [{"role": "user", "content": question.text}],
+        "coe": {"query_id": question.id, "choices": list(question.choices)},
+    }
+    too_long = {"model": "coe", "messages": [{"role": "user", "content": "word " * 30_000}]}  # ~37,500 tokens
+    with running(spec, module_settings, batch_window_s=0.5) as url, ThreadPoolExecutor() as clients:
+        asked = [
+            clients.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=60) for body in (fits, too_long)
+        ]
+        answered, refused = (future.result() for future in asked)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["coe"]["route"]["experts"]  # the experts within the cap
+    error = _error(refused, 400)
+    assert error["param"] == "max_tokens" and "admits no expert" in error["message"]
