@@ -136,16 +136,13 @@ class Composer:
         batch = [q if isinstance(q, Query) else Query(id=f"q{i}", text=q) for i, q in enumerate(queries)]
         n = max(len(batch), 1)
         params = params or self.params
-        bounds = self._cost_bounds(batch, params)
         timed_routes: dict[str, tuple[list[Route], float]] = {}
         for name, router in routers.items():
             started = time.perf_counter()
             routes = router.route(batch)
             if experts is not None:
                 routes = [restricted(route, set(experts)) for route in routes]
-            if self.max_cost_usd is not None:
-                routes = [within_cost(route, bounds[i], self.max_cost_usd) for i, route in enumerate(routes)]
-            timed_routes[name] = (routes, time.perf_counter() - started)
+            timed_routes[name] = (self.capped(batch, routes, params), time.perf_counter() - started)
         policies = {name: self.calibrated.get(router.name, self.k_policy) for name, router in routers.items()}
         lineups = {
             name: [Lineup(route, avoid or {}, self.recovery.replace, policies[name].first(route)) for route in routes]
@@ -162,12 +159,15 @@ class Composer:
                 results[router_name, aggregator_name] = BatchResult(answers=answers, routes=routes, stats=stats)
         return results
 
-    def _cost_bounds(self, batch: Sequence[Query], params: GenerationParams) -> list[dict[str, float]]:
-        """Per query, what each expert's call may cost (none computed without a cap)."""
+    def capped(self, batch: Sequence[Query], routes: Sequence[Route], params: GenerationParams) -> list[Route]:
+        """The routes as they are asked under the per-query cost cap (`within_cost`; unchanged without one)."""
         if self.max_cost_usd is None:
-            return []
-        experts = self.registry.experts
-        return [call_cost_bounds(experts, len(question_prompt(q).text), params.max_tokens) for q in batch]
+            return list(routes)
+        cap, experts = self.max_cost_usd, self.registry.experts
+        return [
+            within_cost(route, call_cost_bounds(experts, len(question_prompt(query).text), params.max_tokens), cap)
+            for query, route in zip(batch, routes, strict=True)
+        ]
 
     def _settle(
         self,

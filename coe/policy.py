@@ -11,7 +11,7 @@ profiling items so the cascade spends at most B calls per query (`calibrate`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -20,7 +20,7 @@ import numpy as np
 from coe.errors import ConfigError
 from coe.outcomes import Outcomes
 from coe.routers import Router
-from coe.schema import ExpertAnswer, Route
+from coe.schema import ExpertAnswer, Query, Route
 from coe.stacked import Reliability
 
 
@@ -114,14 +114,22 @@ THRESHOLDS = tuple(np.round(np.arange(0.30, 1.0001, 0.01), 2))
 """The thresholds a budget policy chooses among."""
 
 
-def calibrate(policy: KPolicy, router: Router, outcomes: Outcomes, reliability: Reliability) -> KPolicy:
+def calibrate(
+    policy: KPolicy,
+    router: Router,
+    outcomes: Outcomes,
+    reliability: Reliability,
+    asked: Callable[[Sequence[Query], list[Route]], list[Route]] | None = None,
+) -> KPolicy:
     """A budget policy made concrete for `router`: the highest threshold whose cascade, replayed on the
-    profiling items' recorded letters (`outcomes.letters`) along the router's routes, asks at most
-    `policy.budget` experts per query on average (the lowest threshold when none does). Other
-    policies come back unchanged."""
+    profiling items' recorded letters (`outcomes.letters`) along the router's routes as they would be
+    asked (`asked`: the composition's cost cap, say), asks at most `policy.budget` experts per query on
+    average (the lowest threshold when none does). Other policies come back unchanged."""
     if policy.budget is None or outcomes.letters is None or outcomes.guessed is None:
         return policy
     routes = router.route(outcomes.items)
+    if asked is not None:
+        routes = asked(outcomes.items, routes)
     column = {expert: j for j, expert in enumerate(outcomes.expert_ids)}
     answers = [
         [

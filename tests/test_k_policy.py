@@ -2,6 +2,7 @@
 when the first two could be outvoted, and then gives the fixed-k vote's answer on every item; a
 threshold stops after one expert where it is measured reliable; topp follows the router's scores."""
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,12 @@ def test_a_budget_of_calls_chooses_the_highest_threshold_within_it_on_profiling_
     }
     assert policies[2.0].threshold is not None and policies[3].threshold == 1.0
     assert policies[2.0].threshold < reliability.by_category["math"][0]  # math stops after `a`
+
+    def two_asked(queries: Sequence[Query], routes: list[Route]) -> list[Route]:  # a cap that admits two
+        return [route.model_copy(update={"experts": route.experts[:2]}) for route in routes]
+
+    capped = calibrate(KPolicy.parse("calls:2.0"), router, outcomes, reliability, two_asked)
+    assert capped.threshold == 1.0  # the routes as asked: two calls at most, whatever the threshold
     composer = Composer(registry, router=router, backends=runner.backends, scheduler=runner)
     composer.k_policy, composer.reliability = KPolicy.parse("calls:2.0"), reliability
     with pytest.raises(ConfigError, match="calibrate"):

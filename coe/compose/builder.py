@@ -33,7 +33,7 @@ from coe.routers import make_router
 from coe.routers.base import Router
 from coe.routers.kshot import draw_examples
 from coe.scheduler import Scheduler
-from coe.schema import Query
+from coe.schema import Query, Route
 from coe.settings import Settings
 from coe.splits import Split, make_split
 from coe.types import GenerationParams, ProgressCallback
@@ -360,7 +360,11 @@ class CompositionBuilder:
         from coe.stacked import measure_reliability
 
         composer.reliability = measure_reliability(answered)
-        composer.calibrated = {r.name: calibrate(policy, r, answered, composer.reliability) for r in routers}
+
+        def asked(items: Sequence[Query], routes: list[Route]) -> list[Route]:
+            return composer.capped(items, routes, params)
+
+        composer.calibrated = {r.name: calibrate(policy, r, answered, composer.reliability, asked) for r in routers}
 
 
 @contextmanager
