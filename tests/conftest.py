@@ -25,6 +25,17 @@ EMBEDDED_POOL = REPO / "registry" / "embedded.yaml"
 apply_offline_environment()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests read the benchmark data beside the checkout; without it they stop here, saying so,
+    rather than failing to collect with a missing file deep in some module."""
+    if not (DATA_DIR / "mmlu_pro").is_dir():
+        pytest.exit(
+            f"the tests read the benchmark data at {DATA_DIR} (MMLU-Pro, GPQA, recorded outcomes; see its "
+            "README): check this repository out beside the `shared/` folder that holds it",
+            returncode=4,
+        )
+
+
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """No COE_* variable from the developer's shell leaks into a test; the key of the tests' loopback
