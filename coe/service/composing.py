@@ -16,6 +16,7 @@ loop runs on a thread of the service's process (one process to debug, or to embe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -46,6 +47,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _TICKETS = itertools.count()
+STOP_S = 60
+"""How long a stopping composing process may take to unload its models."""
 
 Result = tuple[list[Answer], BatchStats] | Refusal | RuntimeError
 """What a group of requests gets: its answers and their cost, a refusal, or the failure of a bug."""
@@ -254,7 +257,7 @@ class _ProcessSide:
         self._on_message = on_message
         self._on_lost = on_lost
         self._process: BaseProcess | None = None
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
         self._pending: list[bytes] = []
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -278,16 +281,21 @@ class _ProcessSide:
         if self._transport is None:
             self._pending.append(frame)
         else:
-            self._transport.write(frame)  # type: ignore[attr-defined]
+            self._transport.write(frame)
 
     async def stop(self) -> None:
+        """Ask the process to unload its models and stop; past `STOP_S`, stop it."""
         self._stopping = True
         if self._transport is not None:
             self.send(("close",))
-            await self._stopped.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), STOP_S)
             self._transport.close()
         if self._process is not None:
-            await asyncio.to_thread(self._process.join, 60)
+            await asyncio.to_thread(self._process.join, STOP_S)
+            if self._process.is_alive():
+                logger.error("the composing process did not stop within %d s; killing it", STOP_S)
+                self._process.kill()
 
     def _spawn(self) -> Connection:
         """Start a composing process; its end of the pipe once it says it is ready."""
