@@ -17,8 +17,9 @@ costs the 2 cores little); the service is a real `coe serve` process.
 
 The table gives throughput, client-side latency percentiles, errors and the micro-batch sizes seen,
 then where a request's time goes: wall time by stage, and CPU time per request (the service process,
-the clients) beside the in-process CPU time per question, which shared cores do not blur. The last
-line compares the first (new questions) pass:
+the clients) beside the in-process CPU time per question, which shared cores do not blur, and the
+throughput those CPU times allow on this machine's cores (the clients share them). The last line
+compares the first (new questions) pass:
 `errors=E rps=R p50_ms=A p99_ms=B inprocess_qps=Q ratio=R/Q`.
 """
 
@@ -284,6 +285,12 @@ def report(args: argparse.Namespace, passes: list[Pass], inprocess: InProcess) -
     print(f"#   in-process ask_batch, new questions: {1000 * inprocess.new_cpu_s / n:.2f} per question")
     first = passes[0]
     inprocess_qps = n / new_s
+    cores = os.cpu_count() or 1
+    bound = cores * n / (first.server_cpu_s + first.client_cpu_s)
+    print(
+        f"# the cores' bound on new questions: {cores} cores / CPU per request (service and clients) = "
+        f"{bound:.0f} requests/s with every core busy all the time, a ratio of at most {bound / inprocess_qps:.2f}"
+    )
     print(
         f"errors={sum(p.errors for p in passes)} rps={first.rps:.1f} p50_ms={first.percentile(0.5):.1f} "
         f"p99_ms={first.percentile(0.99):.1f} inprocess_qps={inprocess_qps:.1f} ratio={first.rps / inprocess_qps:.2f}"

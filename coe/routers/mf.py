@@ -152,9 +152,13 @@ class MfRouter(Router):
         return estimates
 
     def scores(self, queries: Sequence[Query]) -> np.ndarray:
-        """(n_queries, n_experts) predicted probability that each expert answers each query correctly."""
+        """(n_queries, n_experts) predicted probability that each expert answers each query correctly.
+        With an infinite penalty the factors are zero and every query scores each expert's overall
+        log-odds, so the query is not embedded."""
         if self.factors_ is None:
             return np.tile(self.prior_, (len(queries), 1))
+        if np.isinf(self.penalty_):
+            return np.tile(_sigmoid(self.factors_.bias), (len(queries), 1))
         vectors = self.encoder_.encode([query.text for query in queries]).astype(float)
         return self.factors_.probabilities(vectors)
 

@@ -47,6 +47,13 @@ def test_factors_without_signal_leave_the_overall_best_experts(minilm: Encoder) 
     router = MfRouter(k=2, encoder=minilm).fit(outcomes)
     assert router.penalty_ == np.inf
     assert {tuple(route.expert_ids) for route in router.route(outcomes.items[:5])} == {("beta", "gamma")}
+    encoded = minilm.n_encoded
+    unseen = [Query(id="unseen", text="What does a router do with a question it has never embedded?")]
+    factors = router.factors_
+    assert factors is not None
+    no_signal = factors.probabilities(np.zeros((1, factors.projection.shape[1])))
+    np.testing.assert_array_equal(router.scores(unseen), no_signal)
+    assert router.route(unseen)[0].expert_ids == ["beta", "gamma"] and minilm.n_encoded == encoded
 
 
 def test_cost_weight_trades_predicted_correctness_for_price(minilm: Encoder) -> None:
