@@ -26,7 +26,7 @@ from pathlib import Path
 from coe.aggregate import Aggregator, MajorityVote
 from coe.answers import check_options, is_correct, question_prompt, read_choice
 from coe.backends import Backend, default_backends
-from coe.costs import call_cost_bounds, usd, within_cost
+from coe.costs import query_cost_bounds, usd, within_cost
 from coe.errors import UnknownExpertError
 from coe.outcomes import Outcomes
 from coe.policy import KPolicy
@@ -136,13 +136,14 @@ class Composer:
         batch = [q if isinstance(q, Query) else Query(id=f"q{i}", text=q) for i, q in enumerate(queries)]
         n = max(len(batch), 1)
         params = params or self.params
+        bounds = self._cost_bounds(batch, params)
         timed_routes: dict[str, tuple[list[Route], float]] = {}
         for name, router in routers.items():
             started = time.perf_counter()
             routes = router.route(batch)
             if experts is not None:
                 routes = [restricted(route, set(experts)) for route in routes]
-            timed_routes[name] = (self.capped(batch, routes, params), time.perf_counter() - started)
+            timed_routes[name] = (self._within_cost(routes, bounds), time.perf_counter() - started)
         policies = {name: self.calibrated.get(router.name, self.k_policy) for name, router in routers.items()}
         lineups = {
             name: [Lineup(route, avoid or {}, self.recovery.replace, policies[name].first(route)) for route in routes]
@@ -161,13 +162,19 @@ class Composer:
 
     def capped(self, batch: Sequence[Query], routes: Sequence[Route], params: GenerationParams) -> list[Route]:
         """The routes as they are asked under the per-query cost cap (`within_cost`; unchanged without one)."""
+        return self._within_cost(routes, self._cost_bounds(batch, params))
+
+    def _cost_bounds(self, batch: Sequence[Query], params: GenerationParams) -> list[dict[str, float]]:
+        """Per query, what each expert's call may cost (none computed without a cap)."""
+        if self.max_cost_usd is None:
+            return []
+        return [query_cost_bounds(self.registry.experts, query, params.max_tokens) for query in batch]
+
+    def _within_cost(self, routes: Sequence[Route], bounds: Sequence[dict[str, float]]) -> list[Route]:
         if self.max_cost_usd is None:
             return list(routes)
-        cap, experts = self.max_cost_usd, self.registry.experts
-        return [
-            within_cost(route, call_cost_bounds(experts, len(question_prompt(query).text), params.max_tokens), cap)
-            for query, route in zip(batch, routes, strict=True)
-        ]
+        cap = self.max_cost_usd
+        return [within_cost(route, costs, cap) for route, costs in zip(routes, bounds, strict=True)]
 
     def _settle(
         self,

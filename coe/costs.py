@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from coe.answers import question_prompt
 from coe.errors import ConfigError
 from coe.recovery import restricted
-from coe.schema import ExpertChoice, ExpertSpec, Route
+from coe.schema import ExpertChoice, ExpertSpec, Query, Route
 
 CHARS_PER_TOKEN = 4
 """Characters per token where no tokenizer counts them (English text, roughly)."""
@@ -28,6 +29,11 @@ def call_cost_bound(expert: ExpertSpec, n_chars: int, max_tokens: int) -> float:
 def call_cost_bounds(experts: Iterable[ExpertSpec], n_chars: int, max_tokens: int) -> dict[str, float]:
     """`call_cost_bound` of each expert, by id."""
     return {expert.id: call_cost_bound(expert, n_chars, max_tokens) for expert in experts}
+
+
+def query_cost_bounds(experts: Iterable[ExpertSpec], query: Query, max_tokens: int) -> dict[str, float]:
+    """`call_cost_bound` of each expert for the prompt every expert is asked for `query`, by id."""
+    return call_cost_bounds(experts, len(question_prompt(query).text), max_tokens)
 
 
 def affordable(bounds: Mapping[str, float], max_cost_usd: float, query_id: str) -> set[str]:

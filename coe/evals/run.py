@@ -29,7 +29,7 @@ from coe.compose import (
     SplitProfile,
 )
 from coe.composer import BatchResult, Composer
-from coe.costs import CHARS_PER_TOKEN, affordable, call_cost_bounds, usd
+from coe.costs import CHARS_PER_TOKEN, affordable, query_cost_bounds, usd
 from coe.datasets import is_redacted, stored_error
 from coe.errors import RunError
 from coe.evals.config import ADDED_FIELDS, EvalConfig, seeded_split
@@ -206,7 +206,7 @@ def _check_cap(max_cost_usd: float, max_tokens: int, registry: Registry, queries
     composer would refuse it midway)."""
     longest = max(queries, key=_prompt_chars, default=None)
     if longest is not None:
-        affordable(call_cost_bounds(registry.experts, _prompt_chars(longest), max_tokens), max_cost_usd, longest.id)
+        affordable(query_cost_bounds(registry.experts, longest, max_tokens), max_cost_usd, longest.id)
 
 
 def _rows(

@@ -10,9 +10,8 @@ import random
 import time
 from dataclasses import dataclass
 
-from coe.answers import question_prompt
 from coe.compose import CompositionSpec
-from coe.costs import affordable, call_cost_bound, call_cost_bounds
+from coe.costs import affordable, call_cost_bound, query_cost_bounds
 from coe.errors import ConfigError
 from coe.schema import Answer, Query
 from coe.service.batches import Asked, Refusal
@@ -198,7 +197,7 @@ class Gateway:
         registry = self.compositions.registry
         candidates = [registry[e] for e in experts] if experts is not None else registry.experts
         try:
-            affordable(call_cost_bounds(candidates, len(question_prompt(query).text), max_tokens), cap, query.id)
+            affordable(query_cost_bounds(candidates, query, max_tokens), cap, query.id)
         except ConfigError as error:
             raise bad_request(str(error), "max_tokens") from None
 
