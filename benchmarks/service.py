@@ -115,7 +115,7 @@ def in_process(settings: Settings, cache: Path, asked: list[Query], warm_up: lis
         composer.ask_batch(asked)
         cached = time.perf_counter() - started
         embeds = bool(np.isfinite(getattr(composer.router, "prior_strength_", np.inf)))
-    uncached = builder.encoder(spec().encoder).with_cache(None).load()  # the same model, an empty cache
+    uncached = builder.encoder(spec().encoder).load().with_cache(None)  # the same model, no embeddings cached
     started = time.perf_counter()
     uncached.encode([query.text for query in asked])
     return InProcess(new, new_cpu, cached, time.perf_counter() - started, embeds)
