@@ -163,8 +163,8 @@ def learned_calibration(
     asked: Callable[[Sequence[Query], list[Route]], list[Route]] | None = None,
 ) -> KPolicy:
     """`gain:B` made concrete: the stop rule cross-fitted for `router` on the profiling items, and the
-    lowest expected gain to ask on for which the cascade, replayed on them with each item's gains from
-    the models that did not see it, asks at most B experts per query on average."""
+    lowest positive expected gain to ask on for which the cascade, replayed on them with each item's
+    gains from the models that did not see it, asks at most B experts per query on average."""
     assert policy.budget is not None
     rule, replay = fit_stop_rule(router, outcomes, asked=asked)
 
@@ -177,7 +177,7 @@ def learned_calibration(
             spent.append(n)
         return float(np.mean(spent)) if spent else 0.0
 
-    candidates = [*sorted({g for gains in replay.gains for g in gains if not np.isnan(g)}), np.inf]
+    candidates = [*sorted({g for gains in replay.gains for g in gains if g > 0}), np.inf]  # never ask at a loss
     low, high = 0, len(candidates) - 1  # calls fall as the threshold grows: the first one within budget
     while low < high:
         middle = (low + high) // 2
