@@ -225,3 +225,22 @@ def test_a_learned_stop_rule_does_not_ask_experts_whose_vote_would_overrule_a_be
     alone = float(np.mean([answer.correct for answer in budgeted(registry, runner, outcomes, test, "calls:1")]))
     assert threshold_calls > 1.3 and threshold_accuracy < alone - 0.03
     assert learned_calls < 1.1 and learned_accuracy >= alone - 0.01
+
+
+def test_a_learned_stop_rule_is_fitted_on_the_routes_as_asked_and_needed_before_use(tmp_path: Path) -> None:
+    items, test = synthetic_pool.queries(200, seed=13), synthetic_pool.queries(20, seed=14)
+    registry = synthetic_pool.pool(tmp_path, items + test, {"a": noisy(0.7), "b": noisy(0.6), "c": noisy(0.5)})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
+    router = AllRouter().fit(outcomes)
+    reliability = measure_reliability(outcomes)
+
+    def two_asked(queries: Sequence[Query], routes: list[Route]) -> list[Route]:
+        return [route.model_copy(update={"experts": route.experts[:2]}) for route in routes]
+
+    capped = calibrate(KPolicy.parse("gain:3"), router, outcomes, reliability, two_asked)
+    assert capped.rule is not None and len(capped.rule.now) == 1  # one stage: after the first of two
+    composer = Composer(registry, router=router, backends=runner.backends, scheduler=runner)
+    composer.k_policy, composer.reliability = KPolicy.parse("gain:2"), reliability
+    with pytest.raises(ConfigError, match="calibrate"):
+        composer.run(test)
