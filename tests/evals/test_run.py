@@ -336,7 +336,7 @@ def test_killed_cli_run_resumes_to_identical_numbers(tmp_path: Path, ids_file: P
         "--seeds",
         "0",
         "--limit",
-        "8",
+        "4",
         "--max-tokens",
         "8",
         "--chunk-size",
@@ -356,7 +356,7 @@ def test_killed_cli_run_resumes_to_identical_numbers(tmp_path: Path, ids_file: P
     process.wait()
     run_id = store_runs(url)[0]
     done_before = sql(url, "select count(distinct item_id) from run_results")[0][0]
-    assert 0 < done_before < 8, "the run was not caught midway"
+    assert 0 < done_before < 4, "the run was not caught midway"
 
     for finishing in (["eval", "--resume", run_id, "--json", "resumed.json"], [*args, "--json", "fresh.json"]):
         finishing[-1] = str(tmp_path / finishing[-1])
@@ -368,7 +368,7 @@ def test_killed_cli_run_resumes_to_identical_numbers(tmp_path: Path, ids_file: P
         return [(r["router"], r["aggregator"], r["accuracy_mean"], r["calls_per_query"]) for r in data["results"]]
 
     assert numbers("resumed.json") == numbers("fresh.json")
-    assert sql(url, f"select count(*) from run_results where run_id='{run_id}'") == [(8 * 2 * 2,)]
+    assert sql(url, f"select count(*) from run_results where run_id='{run_id}'") == [(4 * 2 * 2,)]
 
 
 def sql(url: str, query: str) -> list[tuple]:

@@ -55,7 +55,7 @@ def test_a_composing_process_that_dies_fails_what_it_held_and_is_started_again(
     pool = upstream_pool(tmp_path, upstream, {"slow": 0.9})
     spec = CompositionSpec.model_validate({"pool": pool, "router": "best-single", "profile": "priors"})
     before = {child.pid for child in multiprocessing.active_children()}
-    with running(spec, module_settings) as url:
+    with running(spec, module_settings, composer="process") as url:
         composers = [c for c in multiprocessing.active_children() if c.name == "coe-composer" and c.pid not in before]
         assert len(composers) == 1 and composers[0].pid is not None
         with ThreadPoolExecutor() as pool_of_clients:

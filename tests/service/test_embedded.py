@@ -35,7 +35,7 @@ def _spec(router: str) -> CompositionSpec:
 def test_live_questions_through_every_client_stream_token_by_token_and_agree(module_settings: Settings) -> None:
     import litellm  # imported here, like in test_clients: importing it at collection trips a pydantic warning
 
-    with running(_spec("best-single"), module_settings) as url:
+    with running(_spec("best-single"), module_settings, composer="process") as url:
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         messages = [{"role": "user", "content": QUESTIONS[0]}]
         whole = client.chat.completions.create(model="coe", messages=messages)
@@ -62,7 +62,7 @@ def test_live_questions_through_every_client_stream_token_by_token_and_agree(mod
 
 @pytest.mark.slow
 def test_concurrent_requests_load_each_model_once_and_answer_as_one_at_a_time(module_settings: Settings) -> None:
-    with running(_spec("all"), module_settings) as url:
+    with running(_spec("all"), module_settings, composer="process") as url:
 
         def ask(question: str) -> dict:
             body = {"model": "coe", "messages": [{"role": "user", "content": question}]}

@@ -44,7 +44,7 @@ def test_an_expert_failing_every_call_is_replaced_then_cooled_down(
 ) -> None:
     pool = upstream_pool(tmp_path, upstream, {"down": 0.9, "ok": 0.5})
     before = upstream.calls["down"]
-    with running(_spec(pool), module_settings, cooldown_after=3, cooldown_s=60) as url:
+    with running(_spec(pool), module_settings, composer="process", cooldown_after=3, cooldown_s=60) as url:
         responses = [_ask(url, f"question {i}") for i in range(8)]
         assert [r.status_code for r in responses] == [200] * 8
         fallbacks = [r.json()["coe"]["fallbacks"] for r in responses]
