@@ -30,12 +30,15 @@ class Outcomes:
     aggregator fits on, with `guessed`."""
     guessed: np.ndarray | None = None
     """bool array like `correct`: the letter was only guessed (a stray letter the response never states)."""
+    texts: np.ndarray | None = None
+    """str array like `correct`: each expert's response ("" for none); what a learned stop rule reads
+    (its length, its hedges) besides the letters."""
 
     def __post_init__(self) -> None:
         expected = (len(self.items), len(self.experts))
         if self.correct.shape != expected:
             raise ValueError(f"correct has shape {self.correct.shape}, expected {expected}")
-        for name in ("failed", "letters", "guessed"):
+        for name in ("failed", "letters", "guessed", "texts"):
             array = getattr(self, name)
             if array is not None and array.shape != expected:
                 raise ValueError(f"{name} has shape {array.shape}, expected {expected}")
@@ -82,7 +85,9 @@ class Outcomes:
 
     def subset(self, item_indices: Sequence[int] | np.ndarray) -> Outcomes:
         index = np.asarray(item_indices, dtype=int)
-        rows = [None if array is None else array[index] for array in (self.failed, self.letters, self.guessed)]
+        rows = [
+            None if array is None else array[index] for array in (self.failed, self.letters, self.guessed, self.texts)
+        ]
         return Outcomes(self.experts, tuple(self.items[i] for i in index), self.correct[index], *rows)
 
 

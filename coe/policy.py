@@ -6,13 +6,14 @@ are not enough: all of them (`fixed`), the fewest whose router scores reach a sh
 (`topp:P`), or a cascade (`cascade`, `auto`) that stops once the votes could no longer be overturned by
 the experts not yet asked, or, with a threshold, once the answers state one letter whose measured
 reliability in the query's category reaches it. `calls:B` chooses that threshold per router on the
-profiling items so the cascade spends at most B calls per query (`calibrate`).
+profiling items so the cascade spends at most B calls per query (`calibrate`); `gain:B` instead asks on
+where a learned stop rule (`coe.stoprule`) expects the most gain, as far as B calls per query allow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -22,6 +23,7 @@ from coe.outcomes import Outcomes
 from coe.routers import Router
 from coe.schema import ExpertAnswer, Query, Route
 from coe.stacked import Reliability
+from coe.stoprule import StopRule, decided, fit_stop_rule, recorded_answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +41,16 @@ class KPolicy:
     items, asks at most this many experts per query on average (`calibrate` finds it per router)."""
     mass: float = 1.0
     """topp: the share of the route's summed scores the asked experts must reach."""
+    learned: bool = False
+    """budget cascade (`gain:B`): ask on where the learned stop rule's expected gain reaches `threshold`
+    (chosen, with the rule, by `calibrate`) instead of where the answers' reliability falls short of it."""
+    rule: StopRule | None = field(default=None, compare=False, repr=False)
+    """The learned stop rule (`calibrate` fits it per router)."""
 
     @classmethod
     def parse(cls, text: str) -> KPolicy:
-        """`fixed`, `auto` (= `cascade`), `cascade`, `cascade:START`, `cascade:START:THRESHOLD` or `topp:P`."""
+        """`fixed`, `auto` (= `cascade`), `cascade`, `cascade:START`, `cascade:START:THRESHOLD`, `calls:B`,
+        `gain:B` or `topp:P`."""
         kind, _, value = text.partition(":")
         start_text, _, threshold_text = value.partition(":")
         try:
@@ -51,20 +59,20 @@ class KPolicy:
             threshold = float(threshold_text) if threshold_text else None
             if kind == "cascade" and int(start_text or 2) >= 1 and (threshold is None or 0 < threshold <= 1):
                 return cls(kind="cascade", start=int(start_text or 2), threshold=threshold)
-            if kind == "calls" and float(value) >= 1:
-                return cls(kind="cascade", start=1, budget=float(value))
+            if kind in ("calls", "gain") and float(value) >= 1:
+                return cls(kind="cascade", start=1, budget=float(value), learned=kind == "gain")
             if kind == "topp" and 0 < float(value) <= 1:
                 return cls(kind="topp", mass=float(value))
         except ValueError:
             pass
         raise ConfigError(
             f"k policy {text!r}: expected fixed, auto, cascade, cascade:START (≥ 1), cascade:START:THRESHOLD "
-            "(0 < THRESHOLD ≤ 1), calls:BUDGET (≥ 1) or topp:P (0 < P ≤ 1)"
+            "(0 < THRESHOLD ≤ 1), calls:BUDGET or gain:BUDGET (≥ 1) or topp:P (0 < P ≤ 1)"
         )
 
     def __str__(self) -> str:
         if self.budget is not None:
-            return f"calls:{self.budget:g}"
+            return f"{'gain' if self.learned else 'calls'}:{self.budget:g}"
         if self.kind == "cascade":
             return f"cascade:{self.start}" + (f":{self.threshold:g}" if self.threshold is not None else "")
         return "fixed" if self.kind == "fixed" else f"topp:{self.mass:g}"
@@ -90,24 +98,20 @@ class KPolicy:
         category: str | None = None,
         reliability: Reliability | None = None,
     ) -> bool:
-        """Whether to stop asking: the `remaining` experts could no longer change the vote (the leading
-        stated letter is ahead of every other letter by more than `remaining`; a guessed letter counts
-        for none), or, with a threshold, the answers so far are confident enough."""
+        """Whether to stop asking: the `remaining` experts could no longer change the vote
+        (`coe.stoprule.decided`), or, with a threshold, the answers so far are confident enough (a
+        learned rule: asking on is expected to gain less than the threshold)."""
         if self.kind != "cascade" or remaining <= 0:
             return True
-        if self.budget is not None and self.threshold is None:
+        if self.budget is not None and (self.threshold is None or (self.learned and self.rule is None)):
             raise ConfigError(f"k policy {self}: calibrate it for the router first (`coe.policy.calibrate`)")
-        if self.threshold is not None:
-            if reliability is None:
-                raise ConfigError(f"k policy {self}: a threshold needs the pool's measured reliability (a profile)")
-            if reliability.confidence(answers, category) >= self.threshold:
-                return True
-        counts: dict[str, int] = {}
-        for answer in answers:
-            if answer.error is None and answer.choice is not None:
-                counts[answer.choice] = counts.get(answer.choice, 0) + (0 if answer.guessed else 1)
-        ranked = [*sorted(counts.values(), reverse=True), 0, 0]
-        return ranked[0] - ranked[1] > remaining
+        if self.threshold is None or decided(answers, remaining):
+            return decided(answers, remaining)
+        if reliability is None:
+            raise ConfigError(f"k policy {self}: a threshold needs the pool's measured reliability (a profile)")
+        if self.rule is not None:
+            return self.rule.gain(answers, category, reliability) < self.threshold
+        return reliability.confidence(answers, category) >= self.threshold
 
 
 THRESHOLDS = tuple(np.round(np.arange(0.30, 1.0001, 0.01), 2))
@@ -124,22 +128,16 @@ def calibrate(
     """A budget policy made concrete for `router`: the highest threshold whose cascade, replayed on the
     profiling items' recorded letters (`outcomes.letters`) along the router's routes as they would be
     asked (`asked`: the composition's cost cap, say), asks at most `policy.budget` experts per query on
-    average (the lowest threshold when none does). Other policies come back unchanged."""
+    average (the lowest threshold when none does); for `gain:B`, the stop rule fitted for the router and
+    the lowest gain whose cascade does (`learned_calibration`). Other policies come back unchanged."""
     if policy.budget is None or outcomes.letters is None or outcomes.guessed is None:
         return policy
+    if policy.learned:
+        return learned_calibration(policy, router, outcomes, asked)
     routes = router.route(outcomes.items)
     if asked is not None:
         routes = asked(outcomes.items, routes)
-    column = {expert: j for j, expert in enumerate(outcomes.expert_ids)}
-    answers = [
-        [
-            ExpertAnswer.model_construct(
-                expert=e, text="", choice=outcomes.letters[i, column[e]] or None, guessed=outcomes.guessed[i, column[e]]
-            )
-            for e in route.expert_ids
-        ]
-        for i, route in enumerate(routes)
-    ]
+    answers = [recorded_answers(outcomes, i, route) for i, route in enumerate(routes)]
 
     def calls(threshold: float) -> float:
         concrete = replace(policy, threshold=threshold)
@@ -156,3 +154,32 @@ def calibrate(
         middle = (low + high + 1) // 2
         low, high = (middle, high) if calls(THRESHOLDS[middle]) <= policy.budget else (low, middle - 1)
     return replace(policy, threshold=float(THRESHOLDS[low]))
+
+
+def learned_calibration(
+    policy: KPolicy,
+    router: Router,
+    outcomes: Outcomes,
+    asked: Callable[[Sequence[Query], list[Route]], list[Route]] | None = None,
+) -> KPolicy:
+    """`gain:B` made concrete: the stop rule cross-fitted for `router` on the profiling items, and the
+    lowest positive expected gain to ask on for which the cascade, replayed on them with each item's
+    gains from the models that did not see it, asks at most B experts per query on average."""
+    assert policy.budget is not None
+    rule, replay = fit_stop_rule(router, outcomes, asked=asked)
+
+    def calls(threshold: float) -> float:
+        spent = []
+        for answers, gains in zip(replay.answers, replay.gains, strict=True):
+            n = min(policy.start, len(answers))
+            while n < len(answers) and not decided(answers[:n], len(answers) - n) and gains[n - 1] >= threshold:
+                n += 1
+            spent.append(n)
+        return float(np.mean(spent)) if spent else 0.0
+
+    candidates = [*sorted({g for gains in replay.gains for g in gains if g > 0}), np.inf]  # never ask at a loss
+    low, high = 0, len(candidates) - 1  # calls fall as the threshold grows: the first one within budget
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if calls(candidates[middle]) <= policy.budget else (middle + 1, high)
+    return replace(policy, threshold=float(candidates[low]), rule=rule)

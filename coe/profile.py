@@ -208,11 +208,12 @@ def stored_outcomes(store: Store, record: ProfileRecord, registry: Registry, ite
     failed = np.zeros(correct.shape, dtype=bool)
     letters = np.full(correct.shape, "", dtype=object)
     guessed = np.zeros(correct.shape, dtype=bool)
+    texts = np.full(correct.shape, "", dtype=object)
     for outcome in profiles.outcomes(record.id):
         if outcome.item_id not in row or outcome.expert_id not in column:
             continue
         cell = row[outcome.item_id], column[outcome.expert_id]
-        letters[cell] = outcome.choice or ""
+        letters[cell], texts[cell] = outcome.choice or "", outcome.text or ""
         if outcome.text is not None and outcome.choice:
             guessed[cell] = read_choice(outcome.text, len(items[cell[0]].choices or ())).guessed
         if outcome.error is not None:
@@ -220,17 +221,18 @@ def stored_outcomes(store: Store, record: ProfileRecord, registry: Registry, ite
         elif outcome.correct is not None:
             correct[cell] = float(outcome.correct)
     annotated = tuple(item.model_copy(update={"skills": skills.get(item.id, item.skills)}) for item in items)
-    return Outcomes(tuple(registry.experts), annotated, correct, failed, letters, guessed)
+    return Outcomes(tuple(registry.experts), annotated, correct, failed, letters, guessed, texts)
 
 
 def with_recorded_answers(outcomes: Outcomes, scheduler: Scheduler, params: GenerationParams) -> Outcomes:
-    """The outcomes with recorded experts' letters read again from their recordings (at no inference
-    cost): a profile keeps no text for them, so whether a letter was guessed is known only this way."""
+    """The outcomes with recorded experts' letters and texts read again from their recordings (at no
+    inference cost): a profile keeps no text for them, so whether a letter was guessed is known only this way."""
     recorded = [j for j, e in enumerate(outcomes.experts) if scheduler.backend_for(e).capabilities.recorded]
     if not recorded or outcomes.is_empty:
         return outcomes
     letters = np.full(outcomes.correct.shape, "", dtype=object) if outcomes.letters is None else outcomes.letters.copy()
     guessed = np.zeros(letters.shape, dtype=bool) if outcomes.guessed is None else outcomes.guessed.copy()
+    texts = np.full(letters.shape, "", dtype=object) if outcomes.texts is None else outcomes.texts.copy()
     pairs = [(i, j) for i in range(len(outcomes.items)) for j in recorded]
     requests = [Request(outcomes.experts[j], question_prompt(outcomes.items[i])) for i, j in pairs]
     generations, _ = scheduler.run(requests, params)
@@ -239,4 +241,5 @@ def with_recorded_answers(outcomes: Outcomes, scheduler: Scheduler, params: Gene
         reading = read_choice(generation.text, n_choices) if generation.ok and n_choices else None
         letters[i, j] = (reading.letter or "") if reading else ""
         guessed[i, j] = reading.guessed if reading else False
-    return replace(outcomes, letters=letters, guessed=guessed)
+        texts[i, j] = generation.text if generation.ok else ""
+    return replace(outcomes, letters=letters, guessed=guessed, texts=texts)

@@ -84,7 +84,8 @@ def measure_reliability(outcomes: Outcomes) -> Reliability:
     return Reliability(tuple(outcomes.expert_ids), stated_rate, guessed_rate, by_category)
 
 
-def _logit(p: float) -> float:
+def logit(p: float) -> float:
+    """Log-odds of a reliability, clipped to [0.01, 0.99] so one unanimous record cannot dominate."""
     p = min(max(p, 0.01), 0.99)
     return float(np.log(p / (1 - p)))
 
@@ -113,8 +114,8 @@ def candidate_features(
             if b.rank < n_slots:
                 row[2 * b.rank + int(b.guessed)] = 1.0
             overall, local = reliability.of(b.expert, b.guessed, category)
-            row[2 * n_slots] += _logit(overall)
-            row[2 * n_slots + 1] += _logit(local)
+            row[2 * n_slots] += logit(overall)
+            row[2 * n_slots + 1] += logit(local)
         row[2 * n_slots + 2] = sum(max(b.score, 0.0) for b in voters) / total_score
         row[2 * n_slots + 3] = len(voters) / len(ballots)
         row[2 * n_slots + 4] = len(ballots)
@@ -129,6 +130,26 @@ def ballots_of(route: Route, answers: Sequence[ExpertAnswer], column: Mapping[st
         for a in answers
         if a.error is None and a.choice is not None and a.expert in rank and a.expert in column
     ]
+
+
+def fold_of(n_items: int, n_folds: int, random_state: int) -> np.ndarray:
+    """Each profiling item's fold for cross-fitting: a seeded shuffle dealt round-robin."""
+    return np.random.default_rng(random_state).permutation(n_items) % n_folds
+
+
+def cross_fitted(router: Router, outcomes: Outcomes, folds: np.ndarray) -> list[tuple[int, Route, Reliability]]:
+    """Each profiling item (by index) with its route and the experts' reliability as a clone of `router`
+    fitted on the other folds sees them: what a learned model trains on without any item scoring itself."""
+    routed: list[tuple[int, Route, Reliability]] = []
+    for fold in sorted(set(folds.tolist())):
+        train, held = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+        if len(train) == 0:
+            continue
+        clone = type(router)(**router.get_params()).fit(outcomes.subset(train))
+        reliability = measure_reliability(outcomes.subset(train))
+        routes = clone.route([outcomes.items[i] for i in held])
+        routed.extend((int(i), route, reliability) for i, route in zip(held, routes, strict=True))
+    return routed
 
 
 def _profiled_ballots(route: Route, outcomes: Outcomes, item: int, column: Mapping[str, int]) -> list[Ballot]:
@@ -157,20 +178,12 @@ class StackedVote(Vote):
         """Cross-fit one model per router on the profiling `outcomes` (with the experts' letters)."""
         self.reliability_ = measure_reliability(outcomes)
         self.column_ = {expert: j for j, expert in enumerate(outcomes.expert_ids)}
-        folds = np.random.default_rng(self.random_state).permutation(len(outcomes.items)) % self.n_folds
+        folds = fold_of(len(outcomes.items), self.n_folds, self.random_state)
         self.models_: dict[str, tuple[Pipeline | None, int]] = {}
         for router in routers:
             rows: list[np.ndarray] = []
             labels: list[bool] = []
-            routed: list[tuple[int, Route, Reliability]] = []
-            for fold in range(self.n_folds):
-                train, held = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
-                if len(train) == 0 or len(held) == 0:
-                    continue
-                clone = type(router)(**router.get_params()).fit(outcomes.subset(train))
-                reliability = measure_reliability(outcomes.subset(train))
-                routes = clone.route([outcomes.items[i] for i in held])
-                routed.extend((int(i), route, reliability) for i, route in zip(held, routes, strict=True))
+            routed = cross_fitted(router, outcomes, folds)
             n_slots = max((len(route.experts) for _, route, _ in routed), default=1)
             for i, route, reliability in routed:
                 item = outcomes.items[i]

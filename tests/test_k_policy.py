@@ -11,9 +11,12 @@ import pytest
 from coe.aggregate import MajorityVote
 from coe.composer import Composer
 from coe.errors import ConfigError
+from coe.outcomes import Outcomes
 from coe.policy import KPolicy, calibrate
+from coe.registry import Registry
 from coe.routers import AllRouter
-from coe.schema import ExpertChoice, Query, Route
+from coe.scheduler import Scheduler
+from coe.schema import Answer, ExpertChoice, Query, Route
 from coe.stacked import measure_reliability
 from tests import synthetic_pool
 from tests.synthetic_pool import guessed, stated, wrong
@@ -36,6 +39,7 @@ def noisy(p_right: float, guess_share: float = 0.0):
         ("cascade:1:0.7", KPolicy(kind="cascade", start=1, threshold=0.7)),
         ("topp:0.8", KPolicy(kind="topp", mass=0.8)),
         ("calls:2", KPolicy(kind="cascade", start=1, budget=2.0)),
+        ("gain:1.5", KPolicy(kind="cascade", start=1, budget=1.5, learned=True)),
     ],
 )
 def test_policies_parse_and_print_back(text: str, policy: KPolicy) -> None:
@@ -44,7 +48,7 @@ def test_policies_parse_and_print_back(text: str, policy: KPolicy) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "cascade:0", "cascade:2:1.5", "topp:0", "topp:x", "auto:3", "calls:0.5", "sometimes"]
+    "text", ["", "cascade:0", "cascade:2:1.5", "topp:0", "topp:x", "auto:3", "calls:0.5", "gain:0", "sometimes"]
 )
 def test_unknown_policies_are_one_clear_error(text: str) -> None:
     with pytest.raises(ConfigError, match="expected fixed, auto"):
@@ -153,3 +157,90 @@ def test_a_budget_of_calls_chooses_the_highest_threshold_within_it_on_profiling_
     calls = [len(answer.experts) for answer in composer.run(test).answers]
     assert 1.5 < np.mean(calls) <= 2.1
     assert all(n == 1 for n, q in zip(calls, test, strict=True) if q.category == "math")
+
+
+def budgeted(registry: Registry, runner: Scheduler, outcomes: Outcomes, test: list[Query], policy: str) -> list[Answer]:
+    """The test answers of a budget policy calibrated for the router on the profiling `outcomes`."""
+    router = AllRouter().fit(outcomes)
+    reliability = measure_reliability(outcomes)
+    composer = Composer(registry, router=router, backends=runner.backends, scheduler=runner)
+    composer.k_policy, composer.reliability = KPolicy.parse(policy), reliability
+    composer.calibrated = {router.name: calibrate(composer.k_policy, router, outcomes, reliability)}
+    return composer.run(test).answers
+
+
+def calls_and_accuracy(answers: list[Answer]) -> tuple[float, float]:
+    return float(np.mean([len(a.experts) for a in answers])), float(np.mean([a.correct for a in answers]))
+
+
+def test_a_learned_stop_rule_asks_on_where_the_first_answer_hedges(tmp_path: Path) -> None:
+    """`a` is right 70% of the time everywhere and hedges ("the closest option") on most of its wrong
+    answers; `b` and `c` are right 60% of the time, independently. The threshold rule sees one
+    reliability for every stated answer of `a`, so within 2 calls it asks `a` alone; the learned rule
+    asks on where `a` hedges, and there the two others' agreement fixes many of its answers."""
+
+    def a(query: Query, rng: np.random.Generator) -> str:
+        right = rng.random() < 0.7
+        letter = query.gold if right else wrong(query, rng)
+        if rng.random() < (0.1 if right else 0.8):
+            return f"None of the options matches; the closest is ({letter}). the answer is ({letter})"
+        return stated(letter)
+
+    items, test = synthetic_pool.queries(600, seed=9), synthetic_pool.queries(600, seed=10)
+    registry = synthetic_pool.pool(tmp_path, items + test, {"a": a, "b": noisy(0.6), "c": noisy(0.6)})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
+    threshold_calls, threshold_accuracy = calls_and_accuracy(budgeted(registry, runner, outcomes, test, "calls:2"))
+    learned = budgeted(registry, runner, outcomes, test, "gain:2")
+    learned_calls, learned_accuracy = calls_and_accuracy(learned)
+    assert threshold_calls == 1.0
+    assert 1.2 < learned_calls <= 2.1
+    assert learned_accuracy > threshold_accuracy + 0.04
+    hedged = ["closest" in answer.expert_answers[0].text for answer in learned]
+    assert all(len(answer.experts) > 1 for answer, hedge in zip(learned, hedged, strict=True) if hedge)
+    assert np.mean([len(answer.experts) for answer, hedge in zip(learned, hedged, strict=True) if not hedge]) < 1.2
+
+
+def test_a_learned_stop_rule_does_not_ask_experts_whose_vote_would_overrule_a_better_answer(tmp_path: Path) -> None:
+    """`a` is right 90% of the time on math and 65% on law; `b` and `c` always give the same letter,
+    right half the time, so their vote overrules `a` wrongly more often than rightly (the second pool's
+    trouble). The threshold rule spends the budget on law, where `a` is less reliable, and loses there;
+    the learned rule measures that asking on loses and keeps `a`'s answers."""
+    shared: dict[str, str] = {}
+
+    def a(query: Query, rng: np.random.Generator) -> str:
+        return stated(query.gold if rng.random() < (0.9 if query.category == "math" else 0.65) else wrong(query, rng))
+
+    def follower(query: Query, rng: np.random.Generator) -> str:
+        if query.id not in shared:
+            shared[query.id] = query.gold if rng.random() < 0.5 else wrong(query, rng)
+        return stated(shared[query.id])
+
+    items, test = synthetic_pool.queries(600, seed=11), synthetic_pool.queries(600, seed=12)
+    registry = synthetic_pool.pool(tmp_path, items + test, {"a": a, "b": follower, "c": follower})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
+    threshold_calls, threshold_accuracy = calls_and_accuracy(budgeted(registry, runner, outcomes, test, "calls:2"))
+    learned_calls, learned_accuracy = calls_and_accuracy(budgeted(registry, runner, outcomes, test, "gain:2"))
+    alone = float(np.mean([answer.correct for answer in budgeted(registry, runner, outcomes, test, "calls:1")]))
+    assert threshold_calls > 1.3 and threshold_accuracy < alone - 0.03
+    assert learned_calls < 1.1 and learned_accuracy >= alone - 0.01
+
+
+def test_a_learned_stop_rule_is_fitted_on_the_routes_as_asked_and_needed_before_use(tmp_path: Path) -> None:
+    items, test = synthetic_pool.queries(200, seed=13), synthetic_pool.queries(20, seed=14)
+    registry = synthetic_pool.pool(tmp_path, items + test, {"a": noisy(0.7), "b": noisy(0.6), "c": noisy(0.5)})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
+    router = AllRouter().fit(outcomes)
+    reliability = measure_reliability(outcomes)
+
+    def two_asked(queries: Sequence[Query], routes: list[Route]) -> list[Route]:
+        return [route.model_copy(update={"experts": route.experts[:2]}) for route in routes]
+
+    capped = calibrate(KPolicy.parse("gain:3"), router, outcomes, reliability, two_asked)
+    assert capped.rule is not None and len(capped.rule.now) == 1  # one stage: after the first of two
+    composer = Composer(registry, router=router, backends=runner.backends, scheduler=runner)
+    composer.k_policy, composer.reliability = KPolicy.parse("gain:2"), reliability
+    with pytest.raises(ConfigError, match="calibrate"):
+        composer.run(test)

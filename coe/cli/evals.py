@@ -111,7 +111,10 @@ def eval_command(
     aggregators: Annotated[str | None, typer.Option(help="Comma-separated aggregators.")] = None,
     k: Annotated[
         str | None,
-        typer.Option("--k", help="Experts per query (N), or a policy: auto, cascade[:START], topp:P (up to --max-k)."),
+        typer.Option(
+            "--k",
+            help="Experts per query (N), or a policy: auto, cascade[:START], calls:B, gain:B, topp:P (up to --max-k).",
+        ),
     ] = None,
     max_k: Annotated[int | None, typer.Option("--max-k", help="The most experts a k policy asks (default 3).")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2.")] = None,

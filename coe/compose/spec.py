@@ -107,8 +107,9 @@ class CompositionSpec(Frozen):
     `k_policy` other than `fixed`, the most a query asks."""
     k_policy: str = "fixed"
     """How many of the k each query asks: `fixed` (all), `auto` or `cascade[:START]` (ask START, default
-    2, then one more while the vote could still change), `topp:P` (the fewest whose scores reach P of
-    the route's); see `coe.policy.KPolicy`."""
+    2, then one more while the vote could still change), `calls:B` or `gain:B` (ask one, then more
+    within B calls per query on average), `topp:P` (the fewest whose scores reach P of the route's);
+    see `coe.policy.KPolicy`."""
     seed: int = 0
     """The router's random state (random draws, cross-validation folds)."""
     max_cost_usd: float | None = Field(default=None, gt=0)

@@ -25,7 +25,8 @@ class EvalConfig(BaseModel):
     aggregators: tuple[str, ...] = ("majority", "weighted")
     k: int = Field(default=3, ge=1)
     k_policy: str = "fixed"
-    """How many of the k each query asks (`fixed`, `auto`, `cascade[:START]`, `topp:P`; `coe.policy.KPolicy`)."""
+    """How many of the k each query asks (`fixed`, `auto`, `cascade[:START]`, `calls:B`, `gain:B`, `topp:P`;
+    `coe.policy.KPolicy`)."""
     seeds: tuple[int, ...] = (0,)
     limit: int | None = Field(default=None, ge=1)
     max_tokens: int = Field(default=512, ge=1)
