@@ -24,25 +24,7 @@ from coe.aggregate import Vote, WeightedVote
 from coe.outcomes import Outcomes
 from coe.routers import Router
 from coe.schema import ExpertAnswer, Query, Route
-from coe.stacked import Reliability, cross_fitted, fold_of, logit
-
-HEDGES = (
-    "closest",
-    "none of the",
-    "not among",
-    "not one of",
-    "not listed",
-    "however",
-    "likely",
-    "assum",
-    "error",
-    "mistake",
-    "reconsider",
-    "best answer",
-)
-"""Phrases by which a response admits doubt: its result matched no option, it assumed, it corrected itself
-(on the reference pool's profiling items the first expert is right about 40% of the time when it uses
-one, against 63% when it does not)."""
+from coe.stacked import Reliability, cross_fitted, fold_of, logit, text_signals
 
 
 def decided(answers: Sequence[ExpertAnswer], remaining: int) -> bool:
@@ -86,9 +68,8 @@ def stage_features(
             letters.add(answer.choice)
         else:
             row += [0.0, 0.0, 0.0, 0.0]
-        chars = float(np.log1p(len(answer.text))) if read_text else 0.0
-        lowered = answer.text.lower() if read_text else ""
-        row += [chars, chars**2, float(sum(hedge in lowered for hedge in HEDGES))]
+        chars, hedges = text_signals(answer.text if read_text else "")
+        row += [chars, chars**2, hedges]
     row.append(float(len(letters)))
     return np.array(row)
 

@@ -1,6 +1,7 @@
 """The stacked aggregator on recorded pools where the right answer is known: it learns from profiling
 items when to overrule agreeing weaker experts and what a guessed letter is worth, per expert."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from coe.composer import Composer
 from coe.errors import ConfigError, NotFittedError
 from coe.routers import AllRouter, BestSingleRouter
 from coe.schema import ExpertAnswer, Query
-from coe.stacked import StackedVote, measure_reliability
+from coe.stacked import StackedVote, has_texts, measure_reliability
 from tests import synthetic_pool
 from tests.synthetic_pool import guessed, stated, wrong
 
@@ -67,6 +68,46 @@ def test_stacked_measures_what_each_experts_guessed_letters_are_worth(tmp_path: 
     stacked = StackedVote().fit([router], outcomes)
     scores = accuracy(composer, router, {"weighted": WeightedVote(), "stacked": stacked}, test)
     assert scores["stacked"] > scores["weighted"] + 0.2
+
+
+def test_stacked_reads_which_answers_hedge(tmp_path: Path) -> None:
+    """Three equal experts, right 55% of the time; a wrong answer admits doubt ("none of the options
+    matches; the closest is ...") 80% of the time, a right one 10%. Counting votes cannot tell them apart;
+    the responses' hedging can, and only a model that read the profiling texts uses it."""
+
+    def doubtful(query: Query, rng: np.random.Generator) -> str:
+        right = rng.random() < 0.55
+        letter = query.gold if right else wrong(query, rng)
+        hedged = rng.random() < (0.1 if right else 0.8)
+        return ("None of the options matches my result; the closest is this one. " if hedged else "") + stated(letter)
+
+    items, test = synthetic_pool.queries(500, seed=7), synthetic_pool.queries(300, seed=8)
+    registry = synthetic_pool.pool(tmp_path, items + test, {"a": doubtful, "b": doubtful, "c": doubtful})
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
+    router = AllRouter().fit(outcomes)
+    reading = StackedVote().fit([router], outcomes)
+    blind = StackedVote().fit([router], replace(outcomes, texts=None))
+    assert reading.read_text_ and not blind.read_text_
+    composer = Composer(registry, router=router, backends=runner.backends, scheduler=runner)
+    scores = accuracy(composer, router, {"weighted": WeightedVote(), "reading": reading, "blind": blind}, test)
+    assert scores["reading"] > max(scores["weighted"], scores["blind"]) + 0.08
+
+
+def test_stacked_ignores_texts_unless_every_profiled_answer_kept_one(tmp_path: Path) -> None:
+    """A profile that kept no text for some answers (a live expert on a redacted benchmark) would teach
+    the model that a missing text is a short, unhedged one: then no text is read, in fitting or at run time."""
+    items = synthetic_pool.queries(40, seed=9)
+
+    def right(query: Query, rng: np.random.Generator) -> str:
+        return stated(query.gold)
+
+    registry = synthetic_pool.pool(tmp_path, items, {"a": right, "b": right})
+    outcomes = synthetic_pool.profiled(registry, items, synthetic_pool.scheduler())
+    assert outcomes.texts is not None and has_texts(outcomes)
+    partial = outcomes.texts.copy()
+    partial[0, 1] = ""
+    assert not has_texts(replace(outcomes, texts=partial))
 
 
 def test_reliability_counts_a_failing_expert_by_its_answers(tmp_path: Path) -> None:
