@@ -10,6 +10,7 @@ import pytest
 from coe.aggregate import MajorityVote, WeightedVote
 from coe.composer import Composer
 from coe.errors import ConfigError, NotFittedError
+from coe.outcomes import Outcomes
 from coe.routers import AllRouter, BestSingleRouter
 from coe.schema import ExpertAnswer, Query
 from coe.stacked import StackedVote, has_texts, measure_reliability
@@ -20,6 +21,19 @@ from tests.synthetic_pool import guessed, stated, wrong
 def accuracy(composer: Composer, router, aggregators: dict, test: list[Query]) -> dict[str, float]:
     results = composer.compare(test, {"r": router}, aggregators)
     return {name: float(np.mean([a.correct for a in results["r", name].answers])) for name in aggregators}
+
+
+def all_experts(
+    tmp_path: Path, rules: dict[str, synthetic_pool.Rule], n_profile: int, seed: int
+) -> tuple[Outcomes, AllRouter, Composer, list[Query]]:
+    """A recorded pool of `rules` profiled on `n_profile` items, the all-experts router fitted on them, its
+    composer, and 300 other test items."""
+    items, test = synthetic_pool.queries(n_profile, seed=seed), synthetic_pool.queries(300, seed=seed + 1)
+    registry = synthetic_pool.pool(tmp_path, items + test, rules)
+    runner = synthetic_pool.scheduler()
+    outcomes = synthetic_pool.profiled(registry, items, runner)
+    router = AllRouter().fit(outcomes)
+    return outcomes, router, Composer(registry, router=router, backends=runner.backends, scheduler=runner), test
 
 
 def test_stacked_overrules_two_weaker_experts_that_agree_on_wrong_letters(tmp_path: Path) -> None:
@@ -35,13 +49,8 @@ def test_stacked_overrules_two_weaker_experts_that_agree_on_wrong_letters(tmp_pa
     def strong(query: Query, rng: np.random.Generator) -> str:
         return stated(query.gold if rng.random() < 0.8 else wrong(query, rng))
 
-    items, test = synthetic_pool.queries(400, seed=1), synthetic_pool.queries(300, seed=2)
-    registry = synthetic_pool.pool(tmp_path, items + test, {"weak1": weak, "weak2": weak, "strong": strong})
-    runner = synthetic_pool.scheduler()
-    outcomes = synthetic_pool.profiled(registry, items, runner)
-    router = AllRouter().fit(outcomes)
+    outcomes, router, composer, test = all_experts(tmp_path, {"weak1": weak, "weak2": weak, "strong": strong}, 400, 1)
     stacked = StackedVote().fit([router], outcomes)
-    composer = Composer(registry, router=router, backends=runner.backends, scheduler=runner)
     scores = accuracy(composer, router, {"majority": MajorityVote(), "weighted": WeightedVote(), "s": stacked}, test)
     assert scores["majority"] < 0.6 and scores["weighted"] < 0.6
     assert scores["s"] > 0.72
@@ -57,14 +66,9 @@ def test_stacked_measures_what_each_experts_guessed_letters_are_worth(tmp_path: 
     def stater(query: Query, rng: np.random.Generator) -> str:
         return stated(query.gold if rng.random() < 0.4 else wrong(query, rng))
 
-    items, test = synthetic_pool.queries(400, seed=3), synthetic_pool.queries(300, seed=4)
-    registry = synthetic_pool.pool(tmp_path, items + test, {"a": stater, "b": stater, "guesser": guesser})
-    runner = synthetic_pool.scheduler()
-    outcomes = synthetic_pool.profiled(registry, items, runner)
+    outcomes, router, composer, test = all_experts(tmp_path, {"a": stater, "b": stater, "guesser": guesser}, 400, 3)
     reliability = measure_reliability(outcomes)
     assert reliability.guessed[2] > 0.8 and reliability.stated[0] < 0.5
-    router = AllRouter().fit(outcomes)
-    composer = Composer(registry, router=router, backends=runner.backends, scheduler=runner)
     stacked = StackedVote().fit([router], outcomes)
     scores = accuracy(composer, router, {"weighted": WeightedVote(), "stacked": stacked}, test)
     assert scores["stacked"] > scores["weighted"] + 0.2
@@ -81,15 +85,10 @@ def test_stacked_reads_which_answers_hedge(tmp_path: Path) -> None:
         hedged = rng.random() < (0.1 if right else 0.8)
         return ("None of the options matches my result; the closest is this one. " if hedged else "") + stated(letter)
 
-    items, test = synthetic_pool.queries(500, seed=7), synthetic_pool.queries(300, seed=8)
-    registry = synthetic_pool.pool(tmp_path, items + test, {"a": doubtful, "b": doubtful, "c": doubtful})
-    runner = synthetic_pool.scheduler()
-    outcomes = synthetic_pool.profiled(registry, items, runner)
-    router = AllRouter().fit(outcomes)
+    outcomes, router, composer, test = all_experts(tmp_path, {"a": doubtful, "b": doubtful, "c": doubtful}, 500, 7)
     reading = StackedVote().fit([router], outcomes)
     blind = StackedVote().fit([router], replace(outcomes, texts=None))
     assert reading.read_text_ and not blind.read_text_
-    composer = Composer(registry, router=router, backends=runner.backends, scheduler=runner)
     scores = accuracy(composer, router, {"weighted": WeightedVote(), "reading": reading, "blind": blind}, test)
     assert scores["reading"] > max(scores["weighted"], scores["blind"]) + 0.08
 
@@ -148,7 +147,5 @@ def test_stacked_falls_back_to_majority_for_a_router_it_was_not_fitted_for(tmp_p
 def test_stacked_needs_fitting_and_letters() -> None:
     with pytest.raises(NotFittedError):
         StackedVote().fuse_batch([], [], [])
-    from coe.outcomes import Outcomes
-
     with pytest.raises(ConfigError, match="letters"):
         measure_reliability(Outcomes((), (), np.zeros((0, 0))))
