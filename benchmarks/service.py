@@ -69,6 +69,8 @@ class Pass:
     batch_sizes: list[int] = field(default_factory=list)
     server: list[dict[str, float]] = field(default_factory=list)
     server_cpu_s: float = 0.0
+    """The service's processes together; of which `http_cpu_s` in the HTTP process."""
+    http_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
 
     @property
@@ -123,16 +125,16 @@ def in_process(settings: Settings, cache: Path, asked: list[Query], warm_up: lis
     return InProcess(new, new_cpu, cached, time.perf_counter() - started, embeds)
 
 
-def cpu_s(pid: int) -> float:
-    """CPU time (user + system) a process and its live children (the composing process) have used so
-    far, from /proc (Linux); 0 elsewhere."""
+def cpu_s(pid: int) -> tuple[float, float]:
+    """CPU time (user + system) a process has used so far, and its live children (the composing
+    process) together, from /proc (Linux); zeros elsewhere."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         children = [c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
     except OSError:
-        return 0.0
+        return 0.0, 0.0
     own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(cpu_s(int(child)) for child in children)
+    return own, sum(sum(cpu_s(int(child))) for child in children)
 
 
 def body(query: Query) -> bytes:
@@ -179,7 +181,8 @@ async def load(port: int, server_pid: int, asked: Sequence[Query], clients: int,
     started, server_cpu, client_cpu = time.perf_counter(), cpu_s(server_pid), time.process_time()
     await asyncio.gather(*(client(port, bodies, result) for _ in range(clients)))
     result.seconds = time.perf_counter() - started
-    result.server_cpu_s = cpu_s(server_pid) - server_cpu
+    http, composing = (after - before for after, before in zip(cpu_s(server_pid), server_cpu, strict=True))
+    result.server_cpu_s, result.http_cpu_s = http + composing, http
     result.client_cpu_s = time.process_time() - client_cpu
     return result
 
@@ -280,7 +283,8 @@ def report(args: argparse.Namespace, passes: list[Pass], inprocess: InProcess) -
     print("# CPU time per request (ms; wall-clock rates above also depend on what else runs on the cores):")
     for p in passes:
         print(
-            f"#   {p.name}: service processes {1000 * p.server_cpu_s / n:.2f}, clients {1000 * p.client_cpu_s / n:.2f}"
+            f"#   {p.name}: service processes {1000 * p.server_cpu_s / n:.2f} (HTTP {1000 * p.http_cpu_s / n:.2f}, "
+            f"composing {1000 * (p.server_cpu_s - p.http_cpu_s) / n:.2f}), clients {1000 * p.client_cpu_s / n:.2f}"
         )
     print(f"#   in-process ask_batch, new questions: {1000 * inprocess.new_cpu_s / n:.2f} per question")
     first = passes[0]

@@ -140,3 +140,10 @@ def coe_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 def static_encoder(weights_cache: Path) -> StaticEncoder:
     """The static encoder, distilled once per session from the local MiniLM package into the cache."""
     return StaticEncoder(cache_dir=weights_cache).load()
+
+
+def session_processes(session: int) -> list[str]:
+    """Processes still in a finished command's session (its Ray instance's raylet, GCS, workers)."""
+    listing = subprocess.run(["ps", "-eo", "sid=,args="], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 1) for line in listing.splitlines() if line.strip()]
+    return [row[1] for row in rows if len(row) == 2 and int(row[0]) == session]

@@ -284,13 +284,17 @@ class _ProcessSide:
             self._transport.write(frame)
 
     async def stop(self) -> None:
-        """Ask the process to unload its models and stop; past `STOP_S`, stop it."""
+        """Ask the process to unload its models and stop; past `STOP_S`, stop it. A process being
+        started again is stopped once it is up."""
         self._stopping = True
-        if self._transport is not None:
+        if self._restarting is not None:
+            await self._restarting
+        transport = self._transport  # the socket's close, seen meanwhile, clears the attribute
+        if transport is not None:
             self.send(("close",))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), STOP_S)
-            self._transport.close()
+            transport.close()
         if self._process is not None:
             await asyncio.to_thread(self._process.join, STOP_S)
             if self._process.is_alive():

@@ -23,7 +23,7 @@ from coe.registry import Registry, dump_registry
 from coe.scheduler import Request, Scheduler
 from coe.schema import ExpertSpec, LitellmBackendSpec, Query, ResourceSpec
 from coe.types import GenerationParams, Prompt
-from tests.conftest import DATA_DIR, REPO
+from tests.conftest import DATA_DIR, REPO, session_processes
 
 PARAMS = GenerationParams(max_tokens=6)
 LORA_POOL = REPO / "registry" / "embedded-lora.yaml"
@@ -285,13 +285,6 @@ def test_eval_on_a_local_ray_instance_gives_the_local_summary_and_leaves_no_proc
     while (left := session_processes(run.pid)) and time.monotonic() < deadline:
         time.sleep(1)
     assert not left, f"processes of the run still alive: {left}"
-
-
-def session_processes(session: int) -> list[str]:
-    """Processes still in a finished command's session (its Ray instance's raylet, GCS, workers)."""
-    listing = subprocess.run(["ps", "-eo", "sid=,args="], capture_output=True, text=True, check=True).stdout
-    rows = [line.split(None, 1) for line in listing.splitlines() if line.strip()]
-    return [row[1] for row in rows if len(row) == 2 and int(row[0]) == session]
 
 
 def test_a_composition_with_executor_ray_runs_its_experts_on_the_cluster(

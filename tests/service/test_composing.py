@@ -78,3 +78,23 @@ def test_a_composing_process_that_dies_fails_what_it_held_and_is_started_again(
 def _ask_text(url: str, text: str) -> httpx.Response:
     body = {"model": "coe", "messages": [{"role": "user", "content": text}]}
     return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+
+
+def test_a_service_stopped_while_its_composing_process_restarts_stops_the_new_one(
+    tmp_path: Path, module_settings: Settings, upstream: Upstream
+) -> None:
+    pool = upstream_pool(tmp_path, upstream, {"ok": 0.9})
+    spec = CompositionSpec.model_validate({"pool": pool, "router": "best-single", "profile": "priors"})
+    before = {child.pid for child in multiprocessing.active_children()}
+
+    def composers() -> list[multiprocessing.Process]:
+        return [c for c in multiprocessing.active_children() if c.name == "coe-composer" and c.pid not in before]
+
+    with running(spec, module_settings, composer="process") as url:
+        assert _ask_text(url, "a question").status_code == 200
+        (first,) = composers()
+        assert first.pid is not None
+        os.kill(first.pid, signal.SIGKILL)
+        first.join(timeout=10)
+        time.sleep(0.2)  # the event loop sees the socket close and starts a new process
+    assert composers() == []
