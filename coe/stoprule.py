@@ -24,7 +24,7 @@ from coe.aggregate import Vote, WeightedVote
 from coe.outcomes import Outcomes
 from coe.routers import Router
 from coe.schema import ExpertAnswer, Query, Route
-from coe.stacked import Reliability, cross_fitted, fold_of, logit, text_signals
+from coe.stacked import Reliability, cross_fitted, fold_of, has_texts, logit, text_signals
 
 
 def decided(answers: Sequence[ExpertAnswer], remaining: int) -> bool:
@@ -150,7 +150,7 @@ def fit_stop_rule(
     routes = [route for _, route, _ in routed]
     if asked is not None:
         routes = asked([outcomes.items[i] for i, _, _ in routed], routes)
-    read_text = outcomes.texts is not None
+    read_text = has_texts(outcomes)
     n_stages = max((len(route.experts) for route in routes), default=1) - 1
     rows: list[list[tuple[int, np.ndarray, bool, bool]]] = [[] for _ in range(n_stages)]
     answers: list[list[ExpertAnswer]] = []
