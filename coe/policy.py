@@ -105,8 +105,10 @@ class KPolicy:
             return True
         if self.budget is not None and (self.threshold is None or (self.learned and self.rule is None)):
             raise ConfigError(f"k policy {self}: calibrate it for the router first (`coe.policy.calibrate`)")
-        if self.threshold is None or decided(answers, remaining):
-            return decided(answers, remaining)
+        if decided(answers, remaining):
+            return True
+        if self.threshold is None:
+            return False
         if reliability is None:
             raise ConfigError(f"k policy {self}: a threshold needs the pool's measured reliability (a profile)")
         if self.rule is not None:

@@ -18,7 +18,7 @@ reliabilities, so no item scores itself.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
@@ -71,6 +71,11 @@ class Reliability:
     stated: np.ndarray
     guessed: np.ndarray
     by_category: dict[str, np.ndarray]
+    column: dict[str, int] = field(init=False, repr=False, compare=False)
+    """Each expert's column in the arrays, by id."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "column", {expert: j for j, expert in enumerate(self.experts)})
 
     def of(self, expert: int, guessed: bool, category: str | None) -> tuple[float, float]:
         """(overall, category) reliability of one answer of the expert in column `expert`."""
@@ -85,7 +90,7 @@ class Reliability:
         usable = [a for a in answers if a.error is None and a.choice is not None]
         if not usable or len({a.choice for a in usable}) > 1 or any(a.guessed for a in usable):
             return 0.0
-        column = {expert: j for j, expert in enumerate(self.experts)}
+        column = self.column
         return max((self.of(column[a.expert], False, category)[1] for a in usable if a.expert in column), default=0.0)
 
 

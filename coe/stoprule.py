@@ -58,7 +58,7 @@ def stage_features(
 ) -> np.ndarray:
     """The feature row of a query after its answers so far (see the module docstring); the text's
     features are zero unless `read_text` (the profiling items kept no texts)."""
-    column = {expert: j for j, expert in enumerate(reliability.experts)}
+    column = reliability.column
     row: list[float] = []
     letters = set()
     for answer in answers:

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import httpx
@@ -52,11 +53,10 @@ def test_a_thread_and_a_process_compose_the_same_answers(module_settings: Settin
 def test_a_composing_process_that_dies_fails_what_it_held_and_is_started_again(
     tmp_path: Path, module_settings: Settings, upstream: Upstream
 ) -> None:
-    pool = upstream_pool(tmp_path, upstream, {"slow": 0.9})
-    spec = CompositionSpec.model_validate({"pool": pool, "router": "best-single", "profile": "priors"})
+    spec = _one_expert(tmp_path, upstream, "slow")
     before = {child.pid for child in multiprocessing.active_children()}
     with running(spec, module_settings, composer="process") as url:
-        composers = [c for c in multiprocessing.active_children() if c.name == "coe-composer" and c.pid not in before]
+        composers = _composers_since(before)
         assert len(composers) == 1 and composers[0].pid is not None
         with ThreadPoolExecutor() as pool_of_clients:
             held = pool_of_clients.submit(_ask_text, url, "take your time")
@@ -69,10 +69,21 @@ def test_a_composing_process_that_dies_fails_what_it_held_and_is_started_again(
             asked_meanwhile = [pool_of_clients.submit(_ask_text, url, f"question {i}") for i in range(3)]
             assert [answer.result().status_code for answer in asked_meanwhile] == [200, 200, 200]
         assert time.monotonic() - started < 60
-        restarted = [c for c in multiprocessing.active_children() if c.name == "coe-composer" and c.pid not in before]
+        restarted = _composers_since(before)
         assert len(restarted) == 1 and restarted[0].pid != composers[0].pid
         metrics = httpx.get(f"{url}/metrics").text
         assert 'coe_errors_total{kind="composer_restarted"} 1.0' in metrics
+
+
+def _one_expert(tmp_path: Path, upstream: Upstream, model: str) -> CompositionSpec:
+    """A composition of one expert the upstream serves as `model`."""
+    pool = upstream_pool(tmp_path, upstream, {model: 0.9})
+    return CompositionSpec.model_validate({"pool": pool, "router": "best-single", "profile": "priors"})
+
+
+def _composers_since(before: set[int | None]) -> list[BaseProcess]:
+    """The composing processes alive now that were not among the children `before`."""
+    return [c for c in multiprocessing.active_children() if c.name == "coe-composer" and c.pid not in before]
 
 
 def _ask_text(url: str, text: str) -> httpx.Response:
@@ -83,18 +94,13 @@ def _ask_text(url: str, text: str) -> httpx.Response:
 def test_a_service_stopped_while_its_composing_process_restarts_stops_the_new_one(
     tmp_path: Path, module_settings: Settings, upstream: Upstream
 ) -> None:
-    pool = upstream_pool(tmp_path, upstream, {"ok": 0.9})
-    spec = CompositionSpec.model_validate({"pool": pool, "router": "best-single", "profile": "priors"})
+    spec = _one_expert(tmp_path, upstream, "ok")
     before = {child.pid for child in multiprocessing.active_children()}
-
-    def composers() -> list[multiprocessing.Process]:
-        return [c for c in multiprocessing.active_children() if c.name == "coe-composer" and c.pid not in before]
-
     with running(spec, module_settings, composer="process") as url:
         assert _ask_text(url, "a question").status_code == 200
-        (first,) = composers()
+        (first,) = _composers_since(before)
         assert first.pid is not None
         os.kill(first.pid, signal.SIGKILL)
         first.join(timeout=10)
         time.sleep(0.2)  # the event loop sees the socket close and starts a new process
-    assert composers() == []
+    assert _composers_since(before) == []
