@@ -144,6 +144,6 @@ def static_encoder(weights_cache: Path) -> StaticEncoder:
 
 def session_processes(session: int) -> list[str]:
     """Processes still in a finished command's session (its Ray instance's raylet, GCS, workers)."""
-    listing = subprocess.run(["ps", "-eo", "sid=,args="], capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(["ps", "-ww", "-eo", "sid=,args="], capture_output=True, text=True, check=True).stdout
     rows = [line.split(None, 1) for line in listing.splitlines() if line.strip()]
     return [row[1] for row in rows if len(row) == 2 and int(row[0]) == session]
