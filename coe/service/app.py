@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
 
 from coe.compose import CompositionBuilder
 from coe.errors import CoeError, ConfigError
@@ -59,7 +60,7 @@ def create_app(
         yield
         await gateway.stop()
 
-    app = FastAPI(
+    app = _Service(
         title="coe",
         summary="Composition of Experts: one OpenAI-compatible model over a routed pool of experts.",
         version="0.1.0",
@@ -86,21 +87,21 @@ def create_app(
             error_body(error.message, error.kind, error.code, error.param), error.status, headers=error.headers
         )
 
-    def handled(request: Request, error: Exception) -> JSONResponse | None:
-        """The response to an error the service knows (DirectChat's, as the handlers below); None otherwise."""
+    def handled(request: Request, error: Exception) -> JSONResponse:
+        """The response to any error: DirectChat's, which runs outside FastAPI's handlers, and theirs."""
         if isinstance(error, ServiceError):
             return refuse(request, error)
         if isinstance(error, CoeError):
             return refuse(request, from_coe_error(error))
-        return None
+        logger.error("internal error answering %s %s: %r", request.method, request.url.path, error, exc_info=error)
+        internal = ServiceError(500, "internal error; the service log has the details", kind="server_error")
+        return refuse(request, internal)
 
     @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
-        return refuse(request, error)
-
     @app.exception_handler(CoeError)
-    async def _coe_error(request: Request, error: CoeError) -> JSONResponse:
-        return refuse(request, from_coe_error(error))
+    @app.exception_handler(Exception)
+    async def _error(request: Request, error: Exception) -> JSONResponse:
+        return handled(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -110,12 +111,6 @@ def create_app(
     async def _http(request: Request, error: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return refuse(request, ServiceError(error.status_code, str(error.detail), code=code))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        logger.error("internal error answering %s %s: %r", request.method, request.url.path, error, exc_info=error)
-        internal = ServiceError(500, "internal error; the service log has the details", kind="server_error")
-        return refuse(request, internal)
 
     # ----------------------------------------------------------------------- endpoints
 
@@ -203,12 +198,24 @@ def create_app(
             to_json(content, inf_nan_mode="null"), media_type="application/json", headers=_headers(ask, first, started)
         )
 
-    # The last added is the outermost: the key check, then the body limit, then DirectChat.
-    app.add_middleware(DirectChat, answer=complete, refuse=handled)
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    app.add_middleware(KeyCheck, gate=gate, on_refused=lambda error, seconds: _refused(gateway, error, seconds))
+    def front(framework: ASGIApp) -> ASGIApp:
+        """The key check, then the body limit, then DirectChat, then the framework's stack."""
+        direct = BodyLimit(DirectChat(framework, answer=complete, refuse=handled), max_bytes=config.max_body_bytes)
+        return KeyCheck(direct, gate=gate, on_refused=lambda error, seconds: _refused(gateway, error, seconds))
 
+    app.front = front
     return app
+
+
+class _Service(FastAPI):
+    """FastAPI with the service's own layers outside the framework's middleware (its error and
+    telemetry wrappers, its own body limit): a chat completion that DirectChat answers passes through
+    none of them. What DirectChat passes on gets the framework's whole stack, as before."""
+
+    front: Callable[[ASGIApp], ASGIApp] = staticmethod(lambda framework: framework)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return self.front(super().build_middleware_stack())
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {

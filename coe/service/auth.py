@@ -9,7 +9,8 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from coe.service.errors import ServiceError
 from coe.service.protocol import error_body
@@ -96,12 +97,12 @@ class KeyCheck:
     """ASGI middleware: every `/v1/` request passes the gatekeeper before anything reads its body; the
     request's start time and key name go to its state for the endpoints and the request log."""
 
-    def __init__(self, app: Any, gate: Gatekeeper, on_refused: Callable[[ServiceError, float], None]) -> None:
+    def __init__(self, app: ASGIApp, gate: Gatekeeper, on_refused: Callable[[ServiceError, float], None]) -> None:
         self.app = app
         self.gate = gate
         self.on_refused = on_refused
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

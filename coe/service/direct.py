@@ -7,12 +7,12 @@ this skips cost about as much CPU as composing the request's answer."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coe.service.limits import Message, Scope, replaying
+from coe.service.limits import replaying
 from coe.service.protocol import ChatCompletionRequest
 
 PATH = "/v1/chat/completions"
@@ -20,19 +20,19 @@ PATH = "/v1/chat/completions"
 
 class DirectChat:
     """ASGI middleware: POST /v1/chat/completions with a JSON body that validates goes to `answer`;
-    an error it raises goes to `refuse` (the app's error handlers); every other request passes on."""
+    any error it raises goes to `refuse`, which answers it; every other request passes on."""
 
     def __init__(
         self,
-        app: Any,
+        app: ASGIApp,
         answer: Callable[[Request, ChatCompletionRequest], Awaitable[Response]],
-        refuse: Callable[[Request, Exception], Response | None],
+        refuse: Callable[[Request, Exception], Response],
     ) -> None:
         self.app = app
         self.answer = answer
         self.refuse = refuse
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
             await self.app(scope, receive, send)
             return
@@ -49,11 +49,8 @@ class DirectChat:
         request = Request(scope, receive, send)
         try:
             response = await self.answer(request, body)
-        except Exception as error:
-            refused = self.refuse(request, error)
-            if refused is None:
-                raise
-            response = refused
+        except Exception as error:  # outside the framework's error handlers: every error is answered here
+            response = self.refuse(request, error)
         await response(scope, receive, send)
 
 

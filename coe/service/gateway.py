@@ -269,10 +269,7 @@ class Gateway:
         prompt: str | None = None,
     ) -> None:
         """One served (or refused) request, in the metrics and the request log."""
-        self.metrics.requests.labels(model, str(status)).inc()
-        self.metrics.latency.labels(model).observe(latency_s)
-        if error_kind:
-            self.metrics.errors.labels(error_kind).inc()
+        self.metrics.observe_request(model, status, latency_s, error_kind)
         self.recorder.add(
             ServedRequest(
                 model=model,

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coe.service.protocol import error_body
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
 
 
 class BodyLimit:
     """ASGI middleware: 413 for a declared Content-Length over `max_bytes`, or a chunked body that grows past it."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -44,7 +41,7 @@ class BodyLimit:
                 return
         await self.app(scope, replaying(received, receive), send)
 
-    async def _refuse(self, send: Any) -> None:
+    async def _refuse(self, send: Send) -> None:
         body = json.dumps(
             error_body(f"the request body exceeds {self.max_bytes} bytes", "invalid_request_error", "request_too_large")
         ).encode()
@@ -53,7 +50,7 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def replaying(received: list[Message], receive: Any) -> Callable[[], Awaitable[Message]]:
+def replaying(received: list[Message], receive: Receive) -> Receive:
     """A `receive` that gives the messages already read, then reads on: the body, for the app after us."""
 
     async def replay() -> Message:
