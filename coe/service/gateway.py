@@ -70,6 +70,7 @@ class Gateway:
         self.config = config
         self.compositions = compositions
         self.metrics = Metrics()
+        self._models = frozenset(compositions.models())
         self.cooldown = Cooldown(after=config.cooldown_after, seconds=config.cooldown_s)
         self.recorder = Recorder(log)
         self.composing = Composing(
@@ -269,7 +270,8 @@ class Gateway:
         prompt: str | None = None,
     ) -> None:
         """One served (or refused) request, in the metrics and the request log."""
-        self.metrics.observe_request(model, status, latency_s, error_kind)
+        # A model no one serves is counted as "-": clients cannot add label values (series) at will.
+        self.metrics.observe_request(model if model in self._models else "-", status, latency_s, error_kind)
         self.recorder.add(
             ServedRequest(
                 model=model,

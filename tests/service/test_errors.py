@@ -62,6 +62,8 @@ def test_malformed_json_unknown_models_and_paths(replay_url: str) -> None:
     for model in ("gpt-4o", "coe/oracle", "coe/smart"):
         error = _error(httpx.post(f"{replay_url}/v1/chat/completions", json={"model": model, "messages": USER}), 404)
         assert error["code"] == "model_not_found" and error["param"] == "model"
+    metrics = httpx.get(f"{replay_url}/metrics").text  # no series per model name a client makes up
+    assert 'coe_requests_total{model="-",status="404"}' in metrics and "gpt-4o" not in metrics
     assert _error(httpx.get(f"{replay_url}/v1/nothing"), 404)["code"] == "not_found"
     assert _error(httpx.get(f"{replay_url}/v1/chat/completions"), 405)["code"] == "method_not_allowed"
 
