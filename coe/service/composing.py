@@ -259,8 +259,6 @@ class _ProcessSide:
         self._process: BaseProcess | None = None
         self._transport: asyncio.Transport | None = None
         self._pending: list[bytes] = []
-        """Frames not written yet: those of this turn of the event loop, or all while (re)starting."""
-        self._flushing = False
         self._stopping = False
         self._stopped = asyncio.Event()
         self._restarting: asyncio.Task[None] | None = None
@@ -273,22 +271,17 @@ class _ProcessSide:
             lambda: _Frames(self._received, self._closed), sock
         )
         self._transport = transport
-        self._flush()
+        for frame in self._pending:
+            transport.write(frame)
+        self._pending.clear()
 
     def send(self, message: Message) -> None:
-        """Frame the message; the frames of one turn of the event loop leave together, in one write
-        (a write per request cost more than anything else the HTTP side does for it)."""
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        self._pending.append(len(data).to_bytes(4, "big") + data)
-        if not self._flushing and self._transport is not None:
-            self._flushing = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flushing = False
-        if self._transport is not None and self._pending:
-            self._transport.write(b"".join(self._pending))
-            self._pending.clear()
+        frame = len(data).to_bytes(4, "big") + data
+        if self._transport is None:
+            self._pending.append(frame)
+        else:
+            self._transport.write(frame)
 
     async def stop(self) -> None:
         """Ask the process to unload its models and stop; past `STOP_S`, stop it. A process being
@@ -335,7 +328,6 @@ class _ProcessSide:
 
     def _closed(self) -> None:
         self._transport = None
-        self._pending.clear()  # meant for the process that died: `on_lost` sends again what it must
         if self._stopping:
             self._stopped.set()
             return
