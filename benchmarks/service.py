@@ -19,7 +19,8 @@ the service is a real `coe serve` process.
 The table gives throughput, client-side latency percentiles, errors and the micro-batch sizes seen,
 then where a request's time goes: wall time by stage, and CPU time per request (the service process,
 the clients) beside the in-process CPU time per question, which shared cores do not blur, and the
-throughput those CPU times allow on this machine's cores (the clients share them). The last line
+throughput those CPU times allow on this machine's cores (the clients share them), and on the one core
+the HTTP process's event loop can use, the bound that holds the ratio under about 0.8. The last line
 compares the first (new questions) pass:
 `errors=E rps=R p50_ms=A p99_ms=B inprocess_qps=Q ratio=R/Q`.
 """
@@ -294,6 +295,12 @@ def report(args: argparse.Namespace, passes: list[Pass], inprocess: InProcess) -
     print(
         f"# the cores' bound on new questions: {cores} cores / CPU per request (service and clients) = "
         f"{bound:.0f} requests/s with every core busy all the time, a ratio of at most {bound / inprocess_qps:.2f}"
+    )
+    http_bound = n / first.http_cpu_s if first.http_cpu_s else float("inf")
+    print(
+        f"# the HTTP process's bound (one event loop, one core): 1 / its CPU per request = {http_bound:.0f} "
+        f"requests/s, a ratio of at most {http_bound / inprocess_qps:.2f}; it was busy "
+        f"{first.http_cpu_s / first.seconds:.2f} of a core"
     )
     print(
         f"errors={sum(p.errors for p in passes)} rps={first.rps:.1f} p50_ms={first.percentile(0.5):.1f} "

@@ -299,8 +299,11 @@ def question_text(messages: list[ChatMessage]) -> str:
         if text is None:
             raise bad_request("only text content is served", f"messages[{index}].content")
         texts.append((message.role, text))
+    last = len(messages) - 1
     if messages[-1].role != "user":
-        raise bad_request("the last message must come from the user", f"messages[{len(messages) - 1}].role")
+        raise bad_request("the last message must come from the user", f"messages[{last}].role")
+    if not texts[-1][1].strip():
+        raise bad_request("the question is empty", f"messages[{last}].content")
     if len(texts) == 1:
         return texts[0][1]
     return "\n\n".join(f"{role.capitalize()}: {text}" for role, text in texts)

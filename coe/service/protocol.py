@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from coe.schema import Answer
 
@@ -54,6 +54,13 @@ class CoeOptions(BaseModel):
     """Only experts whose worst-case cost for this request, times k, stays within this budget."""
     query_id: str | None = Field(default=None, min_length=1, max_length=200)
     """The question's id in a benchmark: recorded (replay) experts answer by it."""
+
+    @field_validator("choices")
+    @classmethod
+    def _no_blank_option(cls, choices: list[str] | None) -> list[str] | None:
+        if choices is not None and any(not option.strip() for option in choices):
+            raise ValueError("an option is blank")
+        return choices
 
 
 class ChatCompletionRequest(_Open):
