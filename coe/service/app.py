@@ -152,7 +152,7 @@ def create_app(
         ask = gateway.decide(ChatCompletionRequest(model=body.model, messages=body.messages, coe=body.coe))
 
         def decide() -> dict[str, Any]:
-            decided = compositions.composer(ask.spec).router.route([ask.query])[0]
+            decided = compositions.composer(ask.spec).router.route([ask.query()])[0]
             if ask.experts is not None:
                 decided = restricted(decided, ask.experts)
             return decided.model_dump(mode="json")
@@ -176,7 +176,7 @@ def create_app(
         started = request.state.started
         request.state.model = body.model
         ask = gateway.decide(body)
-        request.state.prompt = ask.query.text
+        request.state.prompt = ask.text
         job = gateway.submit(ask)
         deadline = started + config.request_timeout_s
         first = await gateway.next_event(job, deadline)
@@ -189,9 +189,7 @@ def create_app(
         assert isinstance(first, Outcome)
         answer = first.answer
         total_s = time.perf_counter() - started
-        gateway.record(
-            model=body.model, status=200, latency_s=total_s, key_name=key, answer=answer, prompt=ask.query.text
-        )
+        gateway.record(model=body.model, status=200, latency_s=total_s, key_name=key, answer=answer, prompt=ask.text)
         gateway.metrics.overhead.observe(_overhead_s(answer, total_s))
         content = chat_completion(ask.request_id, ask.model, answer, _finish(answer, ask), _coe(ask, first, total_s))
         return Response(
@@ -274,7 +272,7 @@ async def _stream(
             key_name=key,
             answer=error.answer,
             error_kind=error.code or error.kind,
-            prompt=ask.query.text,
+            prompt=ask.text,
         )
         yield _sse(error_body(error.message, error.kind, error.code, error.param))
         return
@@ -287,7 +285,7 @@ async def _stream(
     if include_usage:
         yield _sse({**chunk(ask.request_id, ask.model, {}), "choices": [], "usage": usage(answer)})
     yield "data: [DONE]\n\n"
-    gateway.record(model=ask.model, status=200, latency_s=total_s, key_name=key, answer=answer, prompt=ask.query.text)
+    gateway.record(model=ask.model, status=200, latency_s=total_s, key_name=key, answer=answer, prompt=ask.text)
     gateway.metrics.overhead.observe(_overhead_s(answer, total_s))
 
 

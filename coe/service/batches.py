@@ -52,13 +52,16 @@ composition, then ("ask", Asked), ("drop", ticket), ("close",). Back: ("started"
 
 
 class Asked(NamedTuple):
-    """One request, decided by the HTTP side. A plain tuple on the wire: a pydantic model per request
-    cost more to pickle than the rest of the message."""
+    """One request, decided by the HTTP side. A plain tuple on the wire, the question in parts: its
+    `Query` (a pydantic model) costs the HTTP process, the service's busiest, more to build and pickle
+    than the rest of the message, so the composing side builds it."""
 
     ticket: int
     spec_key: str
     free_form: bool
-    query: Query
+    query_id: str
+    text: str
+    choices: tuple[str, ...] | None
     params: GenerationParams
     experts: frozenset[str] | None
     stream: bool
@@ -180,7 +183,7 @@ def compose(
     try:
         _, composer = compositions.answering(spec, free_form=first.free_form)
         streams = {i: _stream_to(send, asked.ticket) for i, asked in enumerate(group) if asked.stream}
-        queries = [asked.query for asked in group]
+        queries = [Query(id=asked.query_id, text=asked.text, choices=asked.choices) for asked in group]
         result = composer.run(queries, params=first.params, experts=first.experts, avoid=avoid, stream=streams)
         return result.answers, result.stats
     except CoeError as error:

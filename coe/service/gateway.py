@@ -40,11 +40,18 @@ class Ask:
     request_id: str
     model: str
     spec: CompositionSpec
-    query: Query
+    query_id: str
+    text: str
+    choices: tuple[str, ...] | None
     params: GenerationParams
     experts: frozenset[str] | None
     free_form: bool
     stream: bool
+
+    def query(self) -> Query:
+        """The question as routers take it, built where needed: the composing side builds its own
+        (the HTTP process, the service's busiest, neither builds nor pickles one per request)."""
+        return Query(id=self.query_id, text=self.text, choices=self.choices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,19 +138,21 @@ class Gateway:
             experts = self._affordable(experts, options.max_cost_usd, len(text), max_tokens, options.k or spec.k)
         request_id = f"chatcmpl-{_REQUEST_IDS.getrandbits(96):024x}"
         choices = tuple(options.choices) if options.choices else None
-        query = Query(id=options.query_id or request_id, text=text, choices=choices)
-        if spec.max_cost_usd is not None:
-            self._within_composition_cap(spec.max_cost_usd, query, experts, max_tokens)
-        return Ask(
+        ask = Ask(
             request_id=request_id,
             model=body.model,
             spec=spec,
-            query=query,
+            query_id=options.query_id or request_id,
+            text=text,
+            choices=choices,
             params=params,
             experts=experts,
             free_form=choices is None and options.aggregator is None,
             stream=bool(body.stream),
         )
+        if spec.max_cost_usd is not None:
+            self._within_composition_cap(spec.max_cost_usd, ask.query(), experts, max_tokens)
+        return ask
 
     def composition(self, model: str, options: CoeOptions) -> tuple[CompositionSpec, frozenset[str] | None]:
         """The composition a request names (`coe`, `coe/<router>`, an expert id) with its options."""
@@ -208,7 +217,18 @@ class Gateway:
         key = self.compositions.key(ask.spec)
         avoid = self.cooldown.avoid()
         self.metrics.cooling.set(len(avoid))
-        asked = Asked(job.ticket, key, ask.free_form, ask.query, ask.params, ask.experts, ask.stream, avoid)
+        asked = Asked(
+            job.ticket,
+            key,
+            ask.free_form,
+            ask.query_id,
+            ask.text,
+            ask.choices,
+            ask.params,
+            ask.experts,
+            ask.stream,
+            avoid,
+        )
         self.composing.submit(job, asked, ask.spec)
         return job
 

@@ -1,6 +1,7 @@
 """The composing side's batch loop, driven directly through its inbox: what becomes a batch, what a
 drop takes out, and that closing still answers everything asked."""
 
+import pickle
 import queue
 from typing import Any
 
@@ -28,8 +29,9 @@ def _run(settings: Settings, messages: list[Message], *, max_batch: int) -> list
 
 def _asked(ticket: int, query: Query, **changes: Any) -> Message:
     params = GenerationParams(max_tokens=SPEC.generation.max_tokens, temperature=0.0, seed=0)
-    fields = dict(spec_key="coe", free_form=False, query=query, params=params, experts=None, stream=False, avoid={})
-    return ("ask", Asked(ticket, **{**fields, **changes}))
+    fields = dict(spec_key="coe", free_form=False, params=params, experts=None, stream=False, avoid={})
+    question = dict(query_id=query.id, text=query.text, choices=query.choices)
+    return ("ask", Asked(ticket, **{**fields, **question, **changes}))
 
 
 def test_a_batch_takes_what_waits_up_to_max_batch_in_order_and_skips_what_was_dropped(
@@ -55,3 +57,10 @@ def test_each_group_of_a_batch_is_composed_apart_with_its_own_settings(
     answers = {m[1][0]: m[2][0] for m in sent if m[0] == "done"}
     assert len(answers[0].expert_answers) == 3
     assert [a.expert for a in answers[1].expert_answers] == ["gemini-1.5-flash-002"]
+
+
+def test_an_asked_request_crosses_to_the_composing_process_whole() -> None:
+    params = GenerationParams(max_tokens=7, temperature=0.5, seed=3, stop=("\n\n", "END"))
+    asked = Asked(4, "coe", True, "q-4", "What is 2 + 2?", ("3", "4"), params, frozenset({"a"}), True, {})
+    copy = pickle.loads(pickle.dumps(("ask", asked), protocol=pickle.HIGHEST_PROTOCOL))[1]
+    assert copy == asked and isinstance(copy.params, GenerationParams) and copy.params.stop == ("\n\n", "END")
