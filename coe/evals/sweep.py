@@ -20,7 +20,7 @@ from coe.evals.summary import EvalSummary
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-SWEEP = ("1", "calls:1.5", "calls:2", "auto", "3")
+SWEEP = ("1", "calls:1.5", "calls:2", "gain:2", "auto", "3")
 """The k policies of `coe eval --sweep`: N is a fixed k of N (`coe.policy.KPolicy` for the others)."""
 REFERENCES = {
     "best-single": ("best single expert", "*", "#d62728"),

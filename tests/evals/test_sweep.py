@@ -28,11 +28,12 @@ def test_sweep_runs_each_k_policy_and_reports_the_curves(
     result = coe_here(*args, "--json", str(out), env=env)
     assert result.returncode == 0, result.stderr
     sweep = json.loads(out.read_text())
-    assert len(sweep["runs"]) == 5
+    assert len(sweep["runs"]) == 6
     points = {(p["router"], p["aggregator"], p["policy"]): p for p in sweep["points"]}
     calls = {policy: p["calls_per_query"] for (r, a, policy), p in points.items() if (r, a) == ("all", "majority")}
     assert calls["fixed k=1"] == 8 == calls["fixed k=3"]  # `all` asks every expert under a fixed k
     assert 2 < calls["auto k≤3"] < 8 and 1 <= calls["calls:1.5 k≤3"] <= calls["calls:2 k≤3"] < calls["auto k≤3"]
+    assert 1 <= calls["gain:2 k≤3"] < calls["auto k≤3"]
     assert all(p["cost_per_query_usd"] > 0 for p in sweep["points"])  # replayed tokens carry the registry's prices
     assert all(p["calls_per_query"] == 1 for (r, _, _), p in points.items() if r == "best-single")
     report = next((tmp_path / "reports").glob("sweep-*.md"))

@@ -85,6 +85,25 @@ def test_too_large_requests_are_413(module_settings: Settings) -> None:
         assert error["param"] == "messages"
 
 
+def test_a_bug_is_a_500_in_openai_format_and_in_the_log(
+    module_settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The direct chat path runs outside FastAPI's error handlers: it answers an unexpected error itself."""
+
+    def broken(messages: list) -> str:
+        raise RuntimeError("a bug in deciding")
+
+    monkeypatch.setattr("coe.service.gateway.question_text", broken)
+    spec = CompositionSpec(pool=REF8, router="best-single", profile="priors")
+    with running(spec, module_settings) as url:
+        response = httpx.post(f"{url}/v1/chat/completions", json={"model": "coe", "messages": USER})
+        metrics = httpx.get(f"{url}/metrics").text
+    error = _error(response, 500)
+    assert error["type"] == "server_error" and "a bug" not in error["message"]
+    assert 'coe_requests_total{model="coe",status="500"} 1.0' in metrics
+    assert any("a bug in deciding" in record.getMessage() for record in caplog.records)
+
+
 def test_no_recorded_answer_anywhere_is_a_503(replay_url: str) -> None:
     error = _error(httpx.post(f"{replay_url}/v1/chat/completions", json={"model": "coe", "messages": USER}), 503)
     assert error["code"] == "no_expert_available" and "no recorded response" in error["message"]
