@@ -5,7 +5,6 @@ traceback."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +21,6 @@ from starlette.types import ASGIApp
 from coe.compose import CompositionBuilder
 from coe.errors import CoeError, ConfigError
 from coe.recovery import restricted
-from coe.schema import Answer
 from coe.service.auth import Gatekeeper, KeyCheck
 from coe.service.batches import prepared
 from coe.service.config import ServiceConfig
@@ -31,6 +29,7 @@ from coe.service.errors import ServiceError, from_coe_error
 from coe.service.gateway import Ask, Gateway, Outcome, Piece
 from coe.service.limits import BodyLimit
 from coe.service.protocol import ChatCompletionRequest, RouteRequest, chat_completion, chunk, error_body, usage
+from coe.service.served import Served, coe_object, with_coe
 from coe.settings import Settings
 from coe.store import KeyStore, RequestLog
 
@@ -191,10 +190,10 @@ def create_app(
         total_s = time.perf_counter() - started
         gateway.record(model=body.model, status=200, latency_s=total_s, key_name=key, answer=answer, prompt=ask.text)
         gateway.metrics.overhead.observe(_overhead_s(answer, total_s))
-        content = chat_completion(ask.request_id, ask.model, answer, _finish(answer, ask), _coe(ask, first, total_s))
-        return Response(
-            to_json(content, inf_nan_mode="null"), media_type="application/json", headers=_headers(ask, first, started)
+        content = with_coe(
+            chat_completion(ask.request_id, ask.model, answer, _finish(answer)), _coe(ask, first, total_s)
         )
+        return Response(content, media_type="application/json", headers=_headers(ask, first, started))
 
     def front(framework: ASGIApp) -> ASGIApp:
         """The key check, then the body limit, then DirectChat, then the framework's stack."""
@@ -253,7 +252,7 @@ async def _stream(
     started: float,
     key: str | None,
     include_usage: bool,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes]:
     """Server-sent events in OpenAI's chunk format: the role, each piece as the expert writes it (or
     the fused answer whole), a last chunk with the finish reason and the `coe` object, `[DONE]`. A
     failure midway ends the stream with an error event."""
@@ -278,43 +277,45 @@ async def _stream(
         return
     answer = event.answer
     if not streamed:
-        yield _sse(chunk(ask.request_id, ask.model, {"content": answer.answer}))
+        yield _sse(chunk(ask.request_id, ask.model, {"content": answer.text}))
     total_s = time.perf_counter() - started
-    last = chunk(ask.request_id, ask.model, {}, _finish(answer, ask))
-    yield _sse({**last, "coe": _coe(ask, event, total_s)})
+    last = chunk(ask.request_id, ask.model, {}, _finish(answer))
+    yield _event(with_coe(last, _coe(ask, event, total_s)))
     if include_usage:
         yield _sse({**chunk(ask.request_id, ask.model, {}), "choices": [], "usage": usage(answer)})
-    yield "data: [DONE]\n\n"
+    yield b"data: [DONE]\n\n"
     gateway.record(model=ask.model, status=200, latency_s=total_s, key_name=key, answer=answer, prompt=ask.text)
     gateway.metrics.overhead.observe(_overhead_s(answer, total_s))
 
 
-def _sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+def _sse(data: dict[str, Any]) -> bytes:
+    return _event(to_json(data))
+
+
+def _event(data: bytes) -> bytes:
+    """A server-sent event carrying `data` (JSON)."""
+    return b"data: " + data + b"\n\n"
 
 
 def _model(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "coe"}
 
 
-def _finish(answer: Answer, ask: Ask) -> str:
+def _finish(answer: Served) -> str:
     """`length` when the answering expert stopped at max_tokens."""
-    answered = [a for a in answer.expert_answers if a.error is None and a.text == answer.answer]
-    cut = answered and answered[0].n_completion_tokens >= ask.params.max_tokens
-    return "length" if cut else "stop"
+    return "length" if answer.cut else "stop"
 
 
-def _overhead_s(answer: Answer, total_s: float) -> float:
+def _overhead_s(answer: Served, total_s: float) -> float:
     """Time not spent in experts: the request's wall time less its experts' generation and loads."""
-    return max(total_s - answer.timings.get("generate_s", 0.0) - answer.timings.get("load_s", 0.0), 0.0)
+    return max(total_s - answer.generation_s, 0.0)
 
 
 def _headers(ask: Ask, first: Piece | Outcome, started: float) -> dict[str, str]:
     if isinstance(first, Piece):
         experts, router = [first.expert], ask.spec.router.name
     else:
-        experts = [a.expert for a in first.answer.expert_answers if a.error is None]
-        router = first.answer.route.router
+        experts, router = first.answer.answered, first.answer.router
     headers = {"x-request-id": ask.request_id, "x-coe-router": router, "x-coe-experts": ",".join(experts)}
     if isinstance(first, Outcome):
         overhead = _overhead_s(first.answer, time.perf_counter() - started)
@@ -322,49 +323,7 @@ def _headers(ask: Ask, first: Piece | Outcome, started: float) -> dict[str, str]
     return headers
 
 
-def _coe(ask: Ask, outcome: Outcome, total_s: float) -> dict[str, Any]:
+def _coe(ask: Ask, outcome: Outcome, total_s: float) -> bytes:
     """The response's `coe` object: route, each expert's answer, aggregator, votes, fallbacks, cost, timings."""
-    answer = outcome.answer
-    route = answer.route
-    return {
-        "request_id": ask.request_id,
-        "query_id": answer.query_id,
-        "router": route.router,
-        "aggregator": answer.aggregator,
-        "choice": answer.choice,
-        "votes": answer.votes,
-        "route": {
-            "experts": [{"expert": c.expert, "score": c.score} for c in route.experts],
-            "reason": route.reason,
-            "fallbacks": [{"expert": c.expert, "score": c.score} for c in route.fallbacks],
-        },
-        "experts": [
-            {
-                "expert": a.expert,
-                "text": a.text,
-                "choice": a.choice,
-                "latency_s": a.latency_s,
-                "n_prompt_tokens": a.n_prompt_tokens,
-                "n_completion_tokens": a.n_completion_tokens,
-                "error": _failure(a.error),
-            }
-            for a in answer.expert_answers
-        ],
-        "fallbacks": [
-            {"expert": f.expert, "replacement": f.replacement, **(_failure(f.error) or {})} for f in answer.fallbacks
-        ],
-        "cost_usd": answer.cost_usd,
-        "batch_size": outcome.batch_size,
-        "timings": {
-            **answer.timings,
-            "queue_s": outcome.queue_s,
-            "overhead_s": _overhead_s(answer, total_s),
-            "request_s": total_s,
-        },
-    }
-
-
-def _failure(failure: Any) -> dict[str, Any] | None:
-    if failure is None:
-        return None
-    return {"kind": failure.kind, "message": failure.message, "retryable": failure.retryable}
+    timings = {"queue_s": outcome.queue_s, "overhead_s": _overhead_s(outcome.answer, total_s), "request_s": total_s}
+    return coe_object(outcome.answer, ask.request_id, outcome.batch_size, timings)

@@ -28,26 +28,23 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
-from pydantic import TypeAdapter
-
 from coe.compose import CompositionBuilder, CompositionSpec
 from coe.embed import single_threaded_search
 from coe.errors import CoeError
-from coe.schema import Answer, Query
+from coe.schema import Query
 from coe.service.compositions import Compositions
 from coe.service.config import ServiceConfig
 from coe.service.errors import from_coe_error
+from coe.service.served import Served, served
 from coe.settings import Settings
 from coe.types import BatchStats, Failure, GenerationParams
 
 logger = logging.getLogger(__name__)
 
-ANSWERS = TypeAdapter(list[Answer])
-
 Message = tuple[Any, ...]
 """What crosses between the sides. To the composing side: ("spec", key, CompositionSpec) once per
 composition, then ("ask", Asked), ("drop", ticket), ("close",). Back: ("started", tickets),
-("piece", ticket, expert, text), ("done", tickets, answers, stats), ("refused", tickets, Refusal),
+("piece", ticket, expert, text), ("done", tickets, served answers, stats), ("refused", tickets, Refusal),
 ("failed", tickets, traceback) and, once closed, ("closed",)."""
 
 
@@ -177,15 +174,16 @@ def compose(
     group: list[Asked],
     avoid: dict[str, Failure],
     send: Callable[[Message], None],
-) -> tuple[list[Answer], BatchStats] | Refusal:
-    """One group through the Composer: its answers in order and what they cost, or why it has none."""
+) -> tuple[list[Served], BatchStats] | Refusal:
+    """One group through the Composer: its answers in order, as the HTTP side uses them
+    (`coe.service.served`), and what they cost; or why it has none."""
     first = group[0]
     try:
         _, composer = compositions.answering(spec, free_form=first.free_form)
         streams = {i: _stream_to(send, asked.ticket) for i, asked in enumerate(group) if asked.stream}
         queries = [Query(id=asked.query_id, text=asked.text, choices=asked.choices) for asked in group]
         result = composer.run(queries, params=first.params, experts=first.experts, avoid=avoid, stream=streams)
-        return result.answers, result.stats
+        return [served(answer, first.params.max_tokens) for answer in result.answers], result.stats
     except CoeError as error:
         refused = from_coe_error(error)
         return Refusal(refused.status, refused.message, refused.kind, refused.code)
@@ -247,8 +245,6 @@ def serve_process(pipe: Connection, settings: Settings, config: ServiceConfig) -
     sending = threading.Lock()  # pieces may be written from a backend's threads
 
     def send(message: Message) -> None:
-        if message[0] == "done":  # JSON: the HTTP side rebuilds answers faster from it than unpickled
-            message = (*message[:2], ANSWERS.dump_json(message[2]), message[3])
         with sending:
             pipe.send(message)
 

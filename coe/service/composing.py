@@ -6,8 +6,8 @@ event loop; a full queue answers 429 with a Retry-After.
 The composing side is a process of its own by default (`composer="process"`): the HTTP side (parsing,
 validating, serializing) and the composing side then run on two cores instead of taking turns on one
 interpreter lock, and the models still live in one process, so each is loaded once. It is reached
-over a socket pair the event loop reads and writes without blocking; answers come back as JSON, which
-the HTTP side rebuilds faster than unpickled ones (50 against 70 µs an answer). A composing process
+over a socket pair the event loop reads and writes without blocking; answers come back rendered for
+the response (`coe.service.served`), so the HTTP side does not rebuild them. A composing process
 that dies (killed, out of memory) fails the requests it held with 503 `composer_restarted` and is
 started again; requests that arrive meanwhile wait for it. With `composer="thread"` the same batch
 loop runs on a thread of the service's process (one process to debug, or to embed in another app).
@@ -35,11 +35,11 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Generic, TypeVar
 
 from coe.compose import CompositionSpec
-from coe.schema import Answer
-from coe.service.batches import ANSWERS, Asked, Message, Refusal, serve_process, serve_thread, warm
+from coe.service.batches import Asked, Message, Refusal, serve_process, serve_thread, warm
 from coe.service.compositions import Compositions
 from coe.service.config import ServiceConfig
 from coe.service.errors import ServiceError
+from coe.service.served import Served
 from coe.types import BatchStats
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ _TICKETS = itertools.count()
 STOP_S = 60
 """How long a stopping composing process may take to unload its models."""
 
-Result = tuple[list[Answer], BatchStats] | Refusal | RuntimeError
+Result = tuple[list[Served], BatchStats] | Refusal | RuntimeError
 """What a group of requests gets: its answers and their cost, a refusal, or the failure of a bug."""
 
 
@@ -320,9 +320,7 @@ class _ProcessSide:
         return ours
 
     def _received(self, message: Message) -> None:
-        if message[0] == "done":
-            message = (*message[:2], ANSWERS.validate_json(message[2]), message[3])
-        elif message[0] == "closed":
+        if message[0] == "closed":
             self._stopped.set()
         self._on_message(message)
 

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from coe.schema import Answer
+from coe.service.served import Served
 from coe.types import Failure
 
 REQUEST_SPECIFIC = frozenset({"no_record", "too_long", "bad_request"})
@@ -27,20 +27,19 @@ class Cooldown:
         self._until: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def record(self, answers: Sequence[Answer]) -> None:
+    def record(self, answers: Sequence[Served]) -> None:
         """Count each expert's consecutive failures over a batch's answers; start cool-downs."""
         with self._lock:
             for answer in answers:
-                for expert_answer in answer.expert_answers:
-                    error = expert_answer.error
-                    if error is None:
-                        self._streak[expert_answer.expert] = 0
-                    elif error.kind not in REQUEST_SPECIFIC:
-                        streak = self._streak.get(expert_answer.expert, 0) + 1
-                        self._streak[expert_answer.expert] = streak
+                for expert, _, failure in answer.calls:
+                    if failure is None:
+                        self._streak[expert] = 0
+                    elif failure.kind not in REQUEST_SPECIFIC:
+                        streak = self._streak.get(expert, 0) + 1
+                        self._streak[expert] = streak
                         if self.after and streak >= self.after:
-                            self._until[expert_answer.expert] = self._clock() + self.seconds
-                            self._streak[expert_answer.expert] = self.after - 1  # one more failure: again
+                            self._until[expert] = self._clock() + self.seconds
+                            self._streak[expert] = self.after - 1  # one more failure: again
 
     def avoid(self) -> dict[str, Failure]:
         """The experts cooling down now, with why (what the Composer replaces without calling them)."""

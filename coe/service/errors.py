@@ -20,7 +20,7 @@ from coe.errors import (
     UnknownExpertError,
     UnknownNameError,
 )
-from coe.schema import Answer
+from coe.service.served import Served
 from coe.types import Failure
 
 
@@ -36,7 +36,7 @@ class ServiceError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
-        answer: Answer | None = None,
+        answer: Served | None = None,
     ) -> None:
         super().__init__(message)
         self.answer = answer

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from coe.compose import CompositionSpec
 from coe.costs import affordable, call_cost_bound, query_cost_bounds
 from coe.errors import ConfigError
-from coe.schema import Answer, Query
+from coe.schema import Query
 from coe.service.batches import Asked, Refusal
 from coe.service.composing import Composing, Job, Result
 from coe.service.compositions import SERVED_ROUTERS, Compositions
@@ -23,6 +23,7 @@ from coe.service.errors import ServiceError, bad_request, failure_error
 from coe.service.metrics import Metrics
 from coe.service.protocol import ChatCompletionRequest, ChatMessage, CoeOptions, message_text
 from coe.service.recorder import Recorder
+from coe.service.served import Served
 from coe.store import RequestLog, ServedRequest
 from coe.types import BatchStats, GenerationParams
 
@@ -58,7 +59,7 @@ class Ask:
 class Outcome:
     """A request's answer, with what its batch cost."""
 
-    answer: Answer
+    answer: Served
     stats: BatchStats
     batch_size: int
     queue_s: float
@@ -268,11 +269,10 @@ class Gateway:
         self.cooldown.record(answers)
         for job, answer in zip(jobs, answers, strict=True):
             queue_s = (job.started_at or job.enqueued_at) - job.enqueued_at
-            if any(a.error is None for a in answer.expert_answers):
+            if any(call.failure is None for call in answer.calls):
                 job.put(Outcome(answer=answer, stats=stats, batch_size=job.batch_size, queue_s=queue_s))
             else:
-                failures = [a.error for a in answer.expert_answers if a.error] + [f.error for f in answer.fallbacks]
-                refused = failure_error(failures)
+                refused = failure_error(answer.failures)
                 refused.answer = answer
                 job.put(refused)
 
@@ -285,7 +285,7 @@ class Gateway:
         status: int,
         latency_s: float,
         key_name: str | None,
-        answer: Answer | None = None,
+        answer: Served | None = None,
         error_kind: str | None = None,
         prompt: str | None = None,
     ) -> None:
@@ -296,9 +296,9 @@ class Gateway:
             ServedRequest(
                 model=model,
                 status=status,
-                router=answer.route.router if answer else None,
+                router=answer.router if answer else None,
                 aggregator=answer.aggregator if answer else None,
-                experts=tuple(a.expert for a in answer.expert_answers if a.error is None) if answer else (),
+                experts=tuple(answer.answered) if answer else (),
                 fallbacks=tuple((f.expert, f.replacement or "") for f in answer.fallbacks) if answer else (),
                 error_kind=error_kind,
                 latency_s=latency_s,

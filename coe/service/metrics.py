@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
-from coe.schema import Answer
+from coe.service.served import Served
 from coe.types import BatchStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -64,18 +64,17 @@ class Metrics:
         if error_kind:
             self.child(self.errors, error_kind).inc()
 
-    def observe_batch(self, answers: Sequence[Answer], stats: BatchStats) -> None:
+    def observe_batch(self, answers: Sequence[Served], stats: BatchStats) -> None:
         """What one composed batch did: expert calls, failures, replacements, loads."""
         self.model_loads.inc(stats.n_loads)
         for answer in answers:
-            for expert_answer in answer.expert_answers:
-                outcome = "ok" if expert_answer.error is None else "error"
-                self.child(self.expert_calls, expert_answer.expert, outcome).inc()
-                self.child(self.expert_latency, expert_answer.expert).observe(expert_answer.latency_s)
-                if expert_answer.error is not None:
-                    self.child(self.errors, f"expert_{expert_answer.error.kind}").inc()
+            for expert, latency_s, failure in answer.calls:
+                self.child(self.expert_calls, expert, "ok" if failure is None else "error").inc()
+                self.child(self.expert_latency, expert).observe(latency_s)
+                if failure is not None:
+                    self.child(self.errors, f"expert_{failure.kind}").inc()
             for fallback in answer.fallbacks:
-                self.child(self.fallbacks, fallback.expert, fallback.error.kind).inc()
+                self.child(self.fallbacks, fallback.expert, fallback.failure.kind).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from coe.schema import Answer
+from coe.service.served import Served
 
 MAX_CHOICES = 10
 
@@ -96,10 +96,8 @@ def message_text(content: str | list[ContentPart] | None) -> str | None:
     return "".join(part.text or "" for part in content)
 
 
-def chat_completion(
-    request_id: str, model: str, answer: Answer, finish_reason: str, extra: dict[str, Any]
-) -> dict[str, Any]:
-    """A ChatCompletion of the fused answer, with the `coe` object."""
+def chat_completion(request_id: str, model: str, answer: Served, finish_reason: str) -> dict[str, Any]:
+    """A ChatCompletion of the fused answer (its `coe` object is added as rendered: `with_coe`)."""
     return {
         "id": request_id,
         "object": "chat.completion",
@@ -108,14 +106,13 @@ def chat_completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": answer.answer, "refusal": None},
+                "message": {"role": "assistant", "content": answer.text, "refusal": None},
                 "finish_reason": finish_reason,
                 "logprobs": None,
             }
         ],
         "usage": usage(answer),
         "system_fingerprint": None,
-        "coe": extra,
     }
 
 
@@ -130,7 +127,7 @@ def chunk(request_id: str, model: str, delta: dict[str, Any], finish_reason: str
     }
 
 
-def usage(answer: Answer) -> dict[str, int]:
+def usage(answer: Served) -> dict[str, int]:
     return {
         "prompt_tokens": answer.n_prompt_tokens,
         "completion_tokens": answer.n_completion_tokens,

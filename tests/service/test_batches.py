@@ -1,6 +1,7 @@
 """The composing side's batch loop, driven directly through its inbox: what becomes a batch, what a
 drop takes out, and that closing still answers everything asked."""
 
+import json
 import pickle
 import queue
 from typing import Any
@@ -43,7 +44,9 @@ def test_a_batch_takes_what_waits_up_to_max_batch_in_order_and_skips_what_was_dr
     assert [m for m in sent if m[0] == "started"] == [("started", [0, 2, 3]), ("started", [4])]
     done = [m for m in sent if m[0] == "done"]
     assert [m[1] for m in done] == [[0, 2, 3], [4]]
-    assert [a.query_id for m in done for a in m[2]] == [questions[i].id for i in (0, 2, 3, 4)]
+    assert [json.loads(b"{" + a.rendered + b"}")["query_id"] for m in done for a in m[2]] == [
+        questions[i].id for i in (0, 2, 3, 4)
+    ]
     assert sent[-1] == ("closed",)
 
 
@@ -55,8 +58,8 @@ def test_each_group_of_a_batch_is_composed_apart_with_its_own_settings(
     sent = _run(module_settings, [_asked(0, first), _asked(1, second, experts=only)], max_batch=8)
     assert [m for m in sent if m[0] == "started"] == [("started", [0, 1])]
     answers = {m[1][0]: m[2][0] for m in sent if m[0] == "done"}
-    assert len(answers[0].expert_answers) == 3
-    assert [a.expert for a in answers[1].expert_answers] == ["gemini-1.5-flash-002"]
+    assert len(answers[0].calls) == 3
+    assert answers[1].answered == ["gemini-1.5-flash-002"]
 
 
 def test_an_asked_request_crosses_to_the_composing_process_whole() -> None:
