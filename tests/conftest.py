@@ -38,11 +38,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No COE_* variable from the developer's shell leaks into a test; the key of the tests' loopback
-    servers (`api_key_env: LOCAL_KEY`) is set (any value: they check none)."""
+    """No COE_* variable from the developer's shell leaks into a test, nor COLUMNS (a shell that exports
+    it narrows the CLI's tables, which tests read whole); the key of the tests' loopback servers
+    (`api_key_env: LOCAL_KEY`) is set (any value: they check none)."""
     for key in list(os.environ):
         if key.startswith("COE_"):
             monkeypatch.delenv(key)
+    monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.setenv("LOCAL_KEY", "none")
 
 
