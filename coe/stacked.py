@@ -228,7 +228,7 @@ class StackedVote(Vote):
     def fit(self, routers: Sequence[Router], outcomes: Outcomes) -> Self:
         """Cross-fit one model per router on the profiling `outcomes` (with the experts' letters)."""
         self.reliability_ = measure_reliability(outcomes)
-        self.column_ = {expert: j for j, expert in enumerate(outcomes.expert_ids)}
+        self.column_ = self.reliability_.column
         self.read_text_ = has_texts(outcomes)
         folds = fold_of(len(outcomes.items), self.n_folds, self.random_state)
         self.models_: dict[str, tuple[Pipeline | None, int]] = {}

@@ -37,12 +37,6 @@ class GenerationParams:
     seed: int = 0
     stop: tuple[str, ...] = ()
 
-    def __reduce__(self) -> tuple[type[GenerationParams], tuple[int, float, int, tuple[str, ...]]]:
-        """Pickled as its four values: a slotted dataclass's own state pickling reads its fields by
-        name at each end, and the service pickles settings with every request it sends to its
-        composing process (13 µs a request, against 1)."""
-        return GenerationParams, (self.max_tokens, self.temperature, self.seed, self.stop)
-
 
 @dataclass(frozen=True, slots=True)
 class Prompt:

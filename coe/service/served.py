@@ -99,7 +99,7 @@ def served(answer: Answer, max_tokens: int) -> Served:
     return Served(
         text=answer.answer,
         rendered=to_json(members, inf_nan_mode="null")[1:-1],
-        timings=dict(answer.timings),
+        timings=answer.timings,
         router=route.router,
         aggregator=answer.aggregator,
         calls=tuple(Call(a.expert, a.latency_s, a.error) for a in answer.expert_answers),
@@ -115,7 +115,8 @@ def coe_object(served: Served, request_id: str, batch_size: int, timings: dict[s
     """The response's `coe` object: the request's id, the rendered answer, the batch, the timings
     (the answer's and the HTTP side's)."""
     head = b'{"request_id":' + to_json(request_id) + b"," + served.rendered
-    tail = b',"batch_size":' + to_json(batch_size) + b',"timings":' + to_json({**served.timings, **timings})
+    all_timings = to_json({**served.timings, **timings}, inf_nan_mode="null")
+    tail = b',"batch_size":' + to_json(batch_size) + b',"timings":' + all_timings
     return head + tail + b"}"
 
 
