@@ -11,6 +11,7 @@ per query (the router's own `k`: the one it was fitted for) and raises `NotFitte
 
 from __future__ import annotations
 
+import functools
 import inspect
 import zlib
 from abc import ABC, abstractmethod
@@ -42,6 +43,14 @@ class Pick:
         return cls(order[:k], scores[order[:k]], reason, order[k:], scores[order[k:]])
 
 
+@functools.cache
+def _param_names(cls: type[Router]) -> tuple[str, ...]:
+    """A router class's hyperparameters: its constructor's keyword-only arguments. Read once per class,
+    since `route` records them with every batch and `inspect.signature` costs tens of microseconds."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return tuple(p.name for p in parameters if p.kind is p.KEYWORD_ONLY)
+
+
 class Router(ABC):
     """Picks experts for each query."""
 
@@ -53,12 +62,7 @@ class Router(ABC):
     experts_: list[str]
 
     def get_params(self) -> dict[str, Any]:
-        signature = inspect.signature(type(self).__init__)
-        return {
-            name: getattr(self, name)
-            for name, parameter in signature.parameters.items()
-            if name != "self" and parameter.kind is parameter.KEYWORD_ONLY
-        }
+        return {name: getattr(self, name) for name in _param_names(type(self))}
 
     def set_params(self, **params: Any) -> Self:
         known = self.get_params()

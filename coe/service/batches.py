@@ -19,14 +19,16 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import queue
 import signal
+import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from coe.compose import CompositionBuilder, CompositionSpec
 from coe.embed import single_threaded_search
@@ -36,16 +38,11 @@ from coe.service.compositions import Compositions
 from coe.service.config import ServiceConfig
 from coe.service.errors import from_coe_error
 from coe.service.served import Served, served
+from coe.service.wire import Message, SocketInbox, frame
 from coe.settings import Settings
 from coe.types import BatchStats, Failure, GenerationParams
 
 logger = logging.getLogger(__name__)
-
-Message = tuple[Any, ...]
-"""What crosses between the sides. To the composing side: ("spec", key, CompositionSpec) once per
-composition, then ("ask", Asked), ("drop", ticket), ("close",). Back: ("started", tickets),
-("piece", ticket, expert, text), ("done", tickets, served answers, stats), ("refused", tickets, Refusal),
-("failed", tickets, traceback) and, once closed, ("closed",)."""
 
 
 class Asked(NamedTuple):
@@ -75,24 +72,24 @@ class Refusal(NamedTuple):
     code: str | None
 
 
-class Inbox:
-    """Messages to the composing side: from a pipe (a composing process) or a queue (a thread)."""
+class Inbox(Protocol):
+    """Messages to the composing side: `SocketInbox` in a composing process, `QueueInbox` on a thread."""
 
-    def __init__(self, source: Connection | queue.SimpleQueue[Message]) -> None:
+    def next(self, *, wait: bool) -> Message | None:
+        """The next message; None when none is waiting and `wait` is false."""
+
+
+class QueueInbox:
+    """Messages from a queue (the composing side on a thread)."""
+
+    def __init__(self, source: queue.SimpleQueue[Message]) -> None:
         self._source = source
 
     def next(self, *, wait: bool) -> Message | None:
-        """The next message; None when none is waiting and `wait` is false. EOF (the service went
-        away) reads as a close."""
-        source = self._source
         try:
-            if isinstance(source, Connection):
-                return source.recv() if wait or source.poll(0) else None
-            return source.get() if wait else source.get_nowait()
+            return self._source.get() if wait else self._source.get_nowait()
         except queue.Empty:
             return None
-        except EOFError:
-            return ("close",)
 
 
 class BatchLoop:
@@ -242,11 +239,14 @@ def serve_process(pipe: Connection, settings: Settings, config: ServiceConfig) -
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     single_threaded_search()
+    sock = socket.socket(fileno=os.dup(pipe.fileno()))
+    pipe.close()
     sending = threading.Lock()  # pieces may be written from a backend's threads
 
     def send(message: Message) -> None:
+        data = frame(message)
         with sending:
-            pipe.send(message)
+            sock.sendall(data)
 
     try:
         compositions = prepared(CompositionBuilder(settings), config)
@@ -256,7 +256,7 @@ def serve_process(pipe: Connection, settings: Settings, config: ServiceConfig) -
         return
     freeze_startup_objects()
     send(("ready",))
-    loop = BatchLoop(compositions, Inbox(pipe), send, max_batch=config.max_batch, window_s=config.batch_window_s)
+    loop = BatchLoop(compositions, SocketInbox(sock), send, max_batch=config.max_batch, window_s=config.batch_window_s)
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the service went away: so do we
         loop.run()
 
@@ -271,7 +271,9 @@ def serve_thread(
 
     def run() -> None:
         single_threaded_search()
-        BatchLoop(compositions, Inbox(inbox), send, max_batch=config.max_batch, window_s=config.batch_window_s).run()
+        BatchLoop(
+            compositions, QueueInbox(inbox), send, max_batch=config.max_batch, window_s=config.batch_window_s
+        ).run()
 
     thread = threading.Thread(target=run, name="coe-batches", daemon=True)
     thread.start()

@@ -6,7 +6,7 @@ event loop; a full queue answers 429 with a Retry-After.
 The composing side is a process of its own by default (`composer="process"`): the HTTP side (parsing,
 validating, serializing) and the composing side then run on two cores instead of taking turns on one
 interpreter lock, and the models still live in one process, so each is loaded once. It is reached
-over a socket pair the event loop reads and writes without blocking; answers come back rendered for
+over a socket pair the event loop reads and writes without blocking (`coe.service.wire`); answers come back rendered for
 the response (`coe.service.served`), so the HTTP side does not rebuild them. A composing process
 that dies (killed, out of memory) fails the requests it held with 503 `composer_restarted` and is
 started again; requests that arrive meanwhile wait for it. With `composer="thread"` the same batch
@@ -22,7 +22,6 @@ import logging
 import math
 import multiprocessing
 import os
-import pickle
 import queue
 import socket
 import threading
@@ -35,11 +34,12 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Generic, TypeVar
 
 from coe.compose import CompositionSpec
-from coe.service.batches import Asked, Message, Refusal, serve_process, serve_thread, warm
+from coe.service.batches import Asked, Refusal, serve_process, serve_thread, warm
 from coe.service.compositions import Compositions
 from coe.service.config import ServiceConfig
 from coe.service.errors import ServiceError
 from coe.service.served import Served
+from coe.service.wire import Frames, Message, frame
 from coe.types import BatchStats
 
 logger = logging.getLogger(__name__)
@@ -242,8 +242,7 @@ class _ThreadSide:
 
 class _ProcessSide:
     """The batch loop in a process of its own, over a socket pair the event loop reads and writes
-    without blocking (multiprocessing's framing: a 4-byte length, then the pickle). Messages sent while
-    the process (re)starts wait for it."""
+    without blocking. Messages sent while the process (re)starts wait for it."""
 
     def __init__(
         self,
@@ -271,17 +270,16 @@ class _ProcessSide:
             lambda: _Frames(self._received, self._closed), sock
         )
         self._transport = transport
-        for frame in self._pending:
-            transport.write(frame)
+        for data in self._pending:
+            transport.write(data)
         self._pending.clear()
 
     def send(self, message: Message) -> None:
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        frame = len(data).to_bytes(4, "big") + data
+        data = frame(message)
         if self._transport is None:
-            self._pending.append(frame)
+            self._pending.append(data)
         else:
-            self._transport.write(frame)
+            self._transport.write(data)
 
     async def stop(self) -> None:
         """Ask the process to unload its models and stop; past `STOP_S`, stop it. A process being
@@ -342,26 +340,16 @@ class _ProcessSide:
 
 
 class _Frames(asyncio.Protocol):
-    """Messages framed as multiprocessing's `Connection` frames them, read as they arrive."""
+    """Messages from the composing process, read as they arrive."""
 
     def __init__(self, on_message: Callable[[Message], None], on_closed: Callable[[], None]) -> None:
         self._on_message = on_message
         self._on_closed = on_closed
-        self._buffer = bytearray()
+        self._frames = Frames()
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        while len(buffer) >= 4:
-            size, start = int.from_bytes(buffer[:4], "big", signed=True), 4
-            if size == -1:  # over 2 GiB: an 8-byte length follows
-                if len(buffer) < 12:
-                    return
-                size, start = int.from_bytes(buffer[4:12], "big"), 12
-            if len(buffer) < start + size:
-                return
-            message = pickle.loads(buffer[start : start + size])
-            del buffer[: start + size]
+        self._frames.feed(data)
+        while (message := self._frames.take()) is not None:
             self._on_message(message)
 
     def connection_lost(self, exc: Exception | None) -> None:

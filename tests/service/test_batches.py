@@ -9,7 +9,8 @@ from typing import Any
 from coe.compose import CompositionBuilder, CompositionSpec
 from coe.schema import Query
 from coe.service import ServiceConfig
-from coe.service.batches import Asked, BatchLoop, Inbox, Message, prepared
+from coe.service.batches import Asked, BatchLoop, QueueInbox, prepared
+from coe.service.wire import Message
 from coe.settings import Settings
 from coe.types import GenerationParams
 from tests.service.conftest import REF8
@@ -24,7 +25,7 @@ def _run(settings: Settings, messages: list[Message], *, max_batch: int) -> list
     for message in [("spec", "coe", SPEC), *messages, ("close",)]:
         inbox.put(message)
     sent: list[Message] = []
-    BatchLoop(compositions, Inbox(inbox), sent.append, max_batch=max_batch, window_s=0.0).run()
+    BatchLoop(compositions, QueueInbox(inbox), sent.append, max_batch=max_batch, window_s=0.0).run()
     return sent
 
 
