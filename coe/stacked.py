@@ -17,6 +17,7 @@ reliabilities, so no item scores itself.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -55,11 +56,38 @@ HEDGES = (
 one, against 63% when it does not)."""
 
 
-def text_signals(text: str) -> tuple[float, float]:
-    """What a response's text says of its answer: its log length in characters and how many hedging
-    phrases it uses."""
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+WORKED_CHARS = 300
+"""How much of a response, just before it names its answer, holds the result it worked out."""
+ROUNDING = 0.01
+"""A worked-out number agrees with an option's within this relative difference (a rounded result)."""
+
+
+def text_signals(text: str, option: str | None = None) -> tuple[float, float, float]:
+    """What a response's text says of its answer: its log length in characters, how many hedging
+    phrases it uses, and whether the numbers it works out agree with the option it picks (`option`,
+    that option's text): +1 when one of the last three numbers before it names its answer is (to 1%)
+    a number of the option, −1 when none is, 0 when either has none. On the reference pool's profiling items an
+    expert's stated letter is right 26–57% of the time when its numbers disagree with it, against
+    36–79% when they agree."""
     lowered = text.lower()
-    return float(np.log1p(len(text))), float(sum(hedge in lowered for hedge in HEDGES))
+    chars, hedges = float(np.log1p(len(text))), float(sum(hedge in lowered for hedge in HEDGES))
+    return chars, hedges, _numbers_agree(text, option) if option else 0.0
+
+
+def _numbers_agree(text: str, option: str) -> float:
+    worked = _NUMBER.findall(text.rpartition("answer is")[0][-WORKED_CHARS:] or text[-WORKED_CHARS:])[-3:]
+    offered = [float(number) for number in _NUMBER.findall(option)]
+    if not worked or not offered:
+        return 0.0
+    agree = any(abs(float(a) - b) <= ROUNDING * abs(b) for a in worked for b in offered)
+    return 1.0 if agree else -1.0
+
+
+def option_of(choices: Sequence[str] | None, letter: str) -> str | None:
+    """The text of the option a letter names (None beyond the options, or without them)."""
+    index = ord(letter) - ord("A")
+    return choices[index] if choices is not None and 0 <= index < len(choices) else None
 
 
 @dataclass(frozen=True)
@@ -132,6 +160,7 @@ class Ballot:
     guessed: bool
     chars: float = 0.0
     hedges: float = 0.0
+    agrees: float = 0.0
 
 
 def candidate_features(
@@ -140,7 +169,7 @@ def candidate_features(
     """The candidate letters of one query and a feature row for each (see the module docstring)."""
     letters = sorted({b.letter for b in ballots})
     total_score = sum(max(b.score, 0.0) for b in ballots) or 1.0
-    rows = np.zeros((len(letters), 2 * n_slots + 7))
+    rows = np.zeros((len(letters), 2 * n_slots + 9))
     for row, letter in zip(rows, letters, strict=True):
         voters = [b for b in ballots if b.letter == letter]
         for b in voters:
@@ -154,20 +183,26 @@ def candidate_features(
         row[2 * n_slots + 4] = len(ballots)
         row[2 * n_slots + 5] = sum(b.hedges for b in voters)
         row[2 * n_slots + 6] = sum(b.chars for b in voters) / len(voters)
+        row[2 * n_slots + 7] = sum(b.agrees > 0 for b in voters)
+        row[2 * n_slots + 8] = sum(b.agrees < 0 for b in voters)
     return letters, rows
 
 
 def ballots_of(
-    route: Route, answers: Sequence[ExpertAnswer], column: Mapping[str, int], read_text: bool
+    query: Query, route: Route, answers: Sequence[ExpertAnswer], column: Mapping[str, int], read_text: bool
 ) -> list[Ballot]:
     """The usable answers of a query (a failure or an unreadable answer is no vote), in route order;
     their texts' signals are zero unless `read_text`."""
     rank = {choice.expert: (i, choice.score) for i, choice in enumerate(route.experts)}
     return [
-        Ballot(column[a.expert], *rank[a.expert], a.choice, a.guessed, *text_signals(a.text if read_text else ""))
+        Ballot(column[a.expert], *rank[a.expert], a.choice, a.guessed, *_signals(a.text, query, a.choice, read_text))
         for a in answers
         if a.error is None and a.choice is not None and a.expert in rank and a.expert in column
     ]
+
+
+def _signals(text: str, query: Query, letter: str, read_text: bool) -> tuple[float, float, float]:
+    return text_signals(text, option_of(query.choices, letter)) if read_text else (0.0, 0.0, 0.0)
 
 
 def fold_of(n_items: int, n_folds: int, random_state: int) -> np.ndarray:
@@ -198,9 +233,10 @@ def _profiled_ballots(
     for rank, choice in enumerate(route.experts):
         j = column[choice.expert]
         if outcomes.letters[item, j]:
-            text = str(outcomes.texts[item, j]) if read_text and outcomes.texts is not None else ""
+            text = str(outcomes.texts[item, j]) if outcomes.texts is not None else ""
             letter, guessed = outcomes.letters[item, j], bool(outcomes.guessed[item, j])
-            ballots.append(Ballot(j, rank, choice.score, letter, guessed, *text_signals(text)))
+            signals = _signals(text, outcomes.items[item], letter, read_text)
+            ballots.append(Ballot(j, rank, choice.score, letter, guessed, *signals))
     return ballots
 
 
@@ -260,7 +296,7 @@ class StackedVote(Vote):
         pending: list[tuple[int, list[str], np.ndarray, Pipeline]] = []
         for index, (query, route, answers_of) in enumerate(zip(queries, routes, answers, strict=True)):
             model, n_slots = self.models_.get(route.router, (None, 0))
-            ballots = ballots_of(route, answers_of, self.column_, self.read_text_)
+            ballots = ballots_of(query, route, answers_of, self.column_, self.read_text_)
             if model is None or len({b.letter for b in ballots}) < 2:
                 verdicts.append(majority.fuse(query, route, answers_of))
                 continue

@@ -68,7 +68,7 @@ def stage_features(
             letters.add(answer.choice)
         else:
             row += [0.0, 0.0, 0.0, 0.0]
-        chars, hedges = text_signals(answer.text if read_text else "")
+        chars, hedges, _ = text_signals(answer.text if read_text else "")
         row += [chars, chars**2, hedges]
     row.append(float(len(letters)))
     return np.array(row)

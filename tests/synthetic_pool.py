@@ -25,13 +25,18 @@ Rule = Callable[[Query, np.random.Generator], str | None]
 """An expert's response to a query (None: no record, a failed answer)."""
 
 
-def queries(n: int, seed: int, categories: tuple[str, ...] = ("math", "law")) -> list[Query]:
+def queries(
+    n: int,
+    seed: int,
+    categories: tuple[str, ...] = ("math", "law"),
+    choices: tuple[str, ...] = ("w", "x", "y", "z"),
+) -> list[Query]:
     rng = np.random.default_rng(seed)
     return [
         Query(
             id=str(seed * 100_000 + i),
             text=f"question {i}",
-            choices=("w", "x", "y", "z"),
+            choices=choices,
             gold=LETTERS[rng.integers(4)],
             category=categories[i % len(categories)],
         )

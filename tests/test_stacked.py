@@ -3,6 +3,7 @@ items when to overrule agreeing weaker experts and what a guessed letter is wort
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from coe.errors import ConfigError, NotFittedError
 from coe.outcomes import Outcomes
 from coe.routers import AllRouter, BestSingleRouter
 from coe.schema import ExpertAnswer, Query
-from coe.stacked import StackedVote, has_texts, measure_reliability
+from coe.stacked import StackedVote, has_texts, measure_reliability, text_signals
 from tests import synthetic_pool
 from tests.synthetic_pool import guessed, stated, wrong
 
@@ -24,11 +25,12 @@ def accuracy(composer: Composer, router, aggregators: dict, test: list[Query]) -
 
 
 def all_experts(
-    tmp_path: Path, rules: dict[str, synthetic_pool.Rule], n_profile: int, seed: int
+    tmp_path: Path, rules: dict[str, synthetic_pool.Rule], n_profile: int, seed: int, **options: Any
 ) -> tuple[Outcomes, AllRouter, Composer, list[Query]]:
-    """A recorded pool of `rules` profiled on `n_profile` items, the all-experts router fitted on them, its
-    composer, and 300 other test items."""
-    items, test = synthetic_pool.queries(n_profile, seed=seed), synthetic_pool.queries(300, seed=seed + 1)
+    """A recorded pool of `rules` profiled on `n_profile` items (`options`: how `synthetic_pool.queries`
+    writes them), the all-experts router fitted on them, its composer, and 300 other test items."""
+    items = synthetic_pool.queries(n_profile, seed=seed, **options)
+    test = synthetic_pool.queries(300, seed=seed + 1, **options)
     registry = synthetic_pool.pool(tmp_path, items + test, rules)
     runner = synthetic_pool.scheduler()
     outcomes = synthetic_pool.profiled(registry, items, runner)
@@ -91,6 +93,38 @@ def test_stacked_reads_which_answers_hedge(tmp_path: Path) -> None:
     assert reading.read_text_ and not blind.read_text_
     scores = accuracy(composer, router, {"weighted": WeightedVote(), "reading": reading, "blind": blind}, test)
     assert scores["reading"] > max(scores["weighted"], scores["blind"]) + 0.08
+
+
+def test_stacked_reads_whether_a_worked_out_number_is_the_picked_options(tmp_path: Path) -> None:
+    """Three equal experts, right 55% of the time, each working out a number before naming a letter: a
+    right answer's number is its option's 90% of the time, a wrong answer's 20% (otherwise it is a
+    number no option holds). Counting votes cannot tell right from wrong; reading whether the number
+    and the picked option agree can."""
+    options = ("12 m", "7.5 m", "3 m", "40 m")
+
+    def working(query: Query, rng: np.random.Generator) -> str:
+        right = rng.random() < 0.55
+        letter = query.gold if right else wrong(query, rng)
+        agrees = rng.random() < (0.9 if right else 0.2)
+        number = options[ord(letter) - ord("A")].split()[0] if agrees else "26"
+        return f"Working it out, the length is {number} m. " + stated(letter)
+
+    rules = {"a": working, "b": working, "c": working}
+    outcomes, router, composer, test = all_experts(tmp_path, rules, 500, 11, choices=options)
+    reading = StackedVote().fit([router], outcomes)
+    blind = StackedVote().fit([router], replace(outcomes, texts=None))
+    scores = accuracy(composer, router, {"weighted": WeightedVote(), "reading": reading, "blind": blind}, test)
+    assert scores["reading"] > max(scores["weighted"], scores["blind"]) + 0.08
+
+
+def test_text_signals_say_whether_the_numbers_worked_out_agree_with_the_option() -> None:
+    text = "Then v = 2 * 9.81 / 3 = 6.54 m/s, so the speed is 6.54 m/s. The answer is (C)."
+    assert text_signals(text, "6.54 m/s")[2] == 1.0
+    assert text_signals(text, "6.5 m/s")[2] == 1.0  # the option rounds the result (within 1%)
+    assert text_signals(text, "12 m/s")[2] == -1.0
+    assert text_signals(text, "it stays at rest")[2] == 0.0  # an option without a number says nothing
+    assert text_signals("Photosynthesis needs light. The answer is (C).", "6.54 m/s")[2] == 0.0
+    assert text_signals(text)[2] == 0.0  # no option given
 
 
 def test_stacked_ignores_texts_unless_every_profiled_answer_kept_one(tmp_path: Path) -> None:
