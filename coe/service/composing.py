@@ -72,12 +72,24 @@ class Job(Generic[T]):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def next(self) -> Any:
-        """The next event, once there is one."""
+    async def next(self, deadline: float) -> Any:
+        """The next event, once there is one; TimeoutError past `deadline` (a `time.perf_counter()`
+        time). A timer on the loop, not `asyncio.timeout`: its task cancellation costs more per
+        request than the rest of the wait."""
         while not self._events:
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_at(loop.time() + deadline - time.perf_counter(), _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
         return self._events.popleft()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class Composing:

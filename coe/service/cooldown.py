@@ -43,6 +43,8 @@ class Cooldown:
 
     def avoid(self) -> dict[str, Failure]:
         """The experts cooling down now, with why (what the Composer replaces without calling them)."""
+        if not self._until:  # nearly always: no lock taken, no clock read (asked once per request)
+            return {}
         now = self._clock()
         with self._lock:
             for expert in [e for e, until in self._until.items() if until <= now]:

@@ -4,10 +4,8 @@ included), and keep the metrics and the request log."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-import time
 from dataclasses import dataclass
 
 from coe.compose import CompositionSpec
@@ -80,6 +78,8 @@ class Gateway:
         self.metrics = Metrics()
         self._models = frozenset(compositions.models())
         self.cooldown = Cooldown(after=config.cooldown_after, seconds=config.cooldown_s)
+        self._cooling = 0
+        """How many experts the metrics last showed cooling down."""
         self.recorder = Recorder(log)
         self.composing = Composing(
             compositions,
@@ -217,7 +217,9 @@ class Gateway:
         job = Job(ask)
         key = self.compositions.key(ask.spec)
         avoid = self.cooldown.avoid()
-        self.metrics.cooling.set(len(avoid))
+        if len(avoid) != self._cooling:
+            self._cooling = len(avoid)
+            self.metrics.cooling.set(self._cooling)
         asked = Asked(
             job.ticket,
             key,
@@ -236,8 +238,7 @@ class Gateway:
     async def next_event(self, job: Job[Ask], deadline: float) -> Piece | Outcome:
         """The job's next event (a piece of text, or its outcome); its error raised; 504 past the deadline."""
         try:
-            async with asyncio.timeout(max(deadline - time.perf_counter(), 0.001)):
-                event = await job.next()
+            event = await job.next(deadline)
         except TimeoutError:
             self.composing.drop(job)
             raise ServiceError(
