@@ -56,11 +56,16 @@ class Asked(NamedTuple):
     query_id: str
     text: str
     choices: tuple[str, ...] | None
-    params: GenerationParams
+    sampling: tuple[int, float, int, tuple[str, ...]]
+    """`GenerationParams`' fields, in order (a dataclass pickles at twice the cost of a tuple)."""
     experts: frozenset[str] | None
     stream: bool
     avoid: dict[str, Failure]
     """The experts cooling down when it was asked (the latest request's list serves its batch)."""
+
+    @property
+    def params(self) -> GenerationParams:
+        return GenerationParams(*self.sampling)
 
 
 class Refusal(NamedTuple):
@@ -149,7 +154,7 @@ class BatchLoop:
         self._send(("started", tickets))
         groups: dict[tuple[Any, ...], list[Asked]] = {}
         for asked in batch:
-            groups.setdefault((asked.spec_key, asked.params, asked.experts, asked.free_form), []).append(asked)
+            groups.setdefault((asked.spec_key, asked.sampling, asked.experts, asked.free_form), []).append(asked)
         avoid = batch[-1].avoid
         for group in groups.values():
             group_tickets = [asked.ticket for asked in group]
@@ -179,8 +184,9 @@ def compose(
         _, composer = compositions.answering(spec, free_form=first.free_form)
         streams = {i: _stream_to(send, asked.ticket) for i, asked in enumerate(group) if asked.stream}
         queries = [Query(id=asked.query_id, text=asked.text, choices=asked.choices) for asked in group]
-        result = composer.run(queries, params=first.params, experts=first.experts, avoid=avoid, stream=streams)
-        return [served(answer, first.params.max_tokens) for answer in result.answers], result.stats
+        params = first.params
+        result = composer.run(queries, params=params, experts=first.experts, avoid=avoid, stream=streams)
+        return [served(answer, params.max_tokens) for answer in result.answers], result.stats
     except CoeError as error:
         refused = from_coe_error(error)
         return Refusal(refused.status, refused.message, refused.kind, refused.code)

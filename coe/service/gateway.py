@@ -227,7 +227,7 @@ class Gateway:
             ask.query_id,
             ask.text,
             ask.choices,
-            ask.params,
+            (ask.params.max_tokens, ask.params.temperature, ask.params.seed, ask.params.stop),
             ask.experts,
             ask.stream,
             avoid,

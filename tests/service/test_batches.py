@@ -30,8 +30,8 @@ def _run(settings: Settings, messages: list[Message], *, max_batch: int) -> list
 
 
 def _asked(ticket: int, query: Query, **changes: Any) -> Message:
-    params = GenerationParams(max_tokens=SPEC.generation.max_tokens, temperature=0.0, seed=0)
-    fields = dict(spec_key="coe", free_form=False, params=params, experts=None, stream=False, avoid={})
+    sampling = (SPEC.generation.max_tokens, 0.0, 0, ())
+    fields = dict(spec_key="coe", free_form=False, sampling=sampling, experts=None, stream=False, avoid={})
     question = dict(query_id=query.id, text=query.text, choices=query.choices)
     return ("ask", Asked(ticket, **{**fields, **question, **changes}))
 
@@ -64,7 +64,8 @@ def test_each_group_of_a_batch_is_composed_apart_with_its_own_settings(
 
 
 def test_an_asked_request_crosses_to_the_composing_process_whole() -> None:
-    params = GenerationParams(max_tokens=7, temperature=0.5, seed=3, stop=("\n\n", "END"))
-    asked = Asked(4, "coe", True, "q-4", "What is 2 + 2?", ("3", "4"), params, frozenset({"a"}), True, {})
+    sampling = (7, 0.5, 3, ("\n\n", "END"))
+    asked = Asked(4, "coe", True, "q-4", "What is 2 + 2?", ("3", "4"), sampling, frozenset({"a"}), True, {})
     copy = pickle.loads(pickle.dumps(("ask", asked), protocol=pickle.HIGHEST_PROTOCOL))[1]
-    assert copy == asked and isinstance(copy.params, GenerationParams) and copy.params.stop == ("\n\n", "END")
+    assert copy == asked
+    assert copy.params == GenerationParams(max_tokens=7, temperature=0.5, seed=3, stop=("\n\n", "END"))
