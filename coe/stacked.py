@@ -67,9 +67,9 @@ def text_signals(text: str, option: str | None = None) -> tuple[float, float, fl
     """What a response's text says of its answer: its log length in characters, how many hedging
     phrases it uses, and whether the numbers it works out agree with the option it picks (`option`,
     that option's text): +1 when one of the last three numbers before it names its answer is (to 1%)
-    a number of the option, −1 when none is, 0 when either has none. On the reference pool's profiling items an
-    expert's stated letter is right 26–57% of the time when its numbers disagree with it, against
-    36–79% when they agree."""
+    a number of the option, −1 when none is, 0 when either has none. On the reference pool's
+    profiling items an expert's stated letter is right 20–57% of the time when its numbers disagree
+    with it, against 36–79% when they agree."""
     lowered = text.lower()
     chars, hedges = float(np.log1p(len(text))), float(sum(hedge in lowered for hedge in HEDGES))
     return chars, hedges, _numbers_agree(text, option) if option else 0.0
