@@ -1,13 +1,16 @@
 """How many of its route's experts each query asks: the k policy a composition names (`k_policy:`).
 
 The router still ranks k experts; the Composer asks them in rounds, each round one expert-batched
-scheduler run, and asks one more of a query's experts only while its policy says the answers so far
-are not enough: all of them (`fixed`), the fewest whose router scores reach a share of the route's
+scheduler run, and asks one more of a query's experts only while its policy says the answers so far are
+not enough: all of them (`fixed`), the fewest whose router scores reach a share of the route's
 (`topp:P`), or a cascade (`cascade`, `auto`) that stops once the votes could no longer be overturned by
 the experts not yet asked, or, with a threshold, once the answers state one letter whose measured
-reliability in the query's category reaches it. `calls:B` chooses that threshold per router on the
-profiling items so the cascade spends at most B calls per query (`calibrate`); `gain:B` instead asks on
-where a learned stop rule (`coe.stoprule`) expects the most gain, as far as B calls per query allow.
+reliability in the query's category reaches it; `agree` asks two and then one more at a time until one
+letter holds two thirds of the answers (two of two, two of three, three of four, four of six), so the
+experts past the first three are asked only where the first three all differ. `calls:B` chooses that
+threshold per router on the profiling items so the cascade spends at most B calls per query
+(`calibrate`); `gain:B` instead asks on where a learned stop rule (`coe.stoprule`) expects the most
+gain, as far as B calls per query allow.
 """
 
 from __future__ import annotations
@@ -46,11 +49,14 @@ class KPolicy:
     (chosen, with the rule, by `calibrate`) instead of where the answers' reliability falls short of it."""
     rule: StopRule | None = field(default=None, compare=False, repr=False)
     """The learned stop rule (`calibrate` fits it per router)."""
+    share: float | None = None
+    """cascade (`agree:P`): also stop once one letter holds at least this share of the stated letters so
+    far, and at least two of them."""
 
     @classmethod
     def parse(cls, text: str) -> KPolicy:
         """`fixed`, `auto` (= `cascade`), `cascade`, `cascade:START`, `cascade:START:THRESHOLD`, `calls:B`,
-        `gain:B` or `topp:P`."""
+        `gain:B`, `agree`, `agree:P` or `topp:P`."""
         kind, _, value = text.partition(":")
         start_text, _, threshold_text = value.partition(":")
         try:
@@ -61,18 +67,23 @@ class KPolicy:
                 return cls(kind="cascade", start=int(start_text or 2), threshold=threshold)
             if kind in ("calls", "gain") and float(value) >= 1:
                 return cls(kind="cascade", start=1, budget=float(value), learned=kind == "gain")
+            if kind == "agree" and (not value or 0.5 < float(value) <= 1):
+                return cls(kind="cascade", start=2, share=float(value) if value else 2 / 3)
             if kind == "topp" and 0 < float(value) <= 1:
                 return cls(kind="topp", mass=float(value))
         except ValueError:
             pass
         raise ConfigError(
             f"k policy {text!r}: expected fixed, auto, cascade, cascade:START (≥ 1), cascade:START:THRESHOLD "
-            "(0 < THRESHOLD ≤ 1), calls:BUDGET or gain:BUDGET (≥ 1) or topp:P (0 < P ≤ 1)"
+            "(0 < THRESHOLD ≤ 1), calls:BUDGET or gain:BUDGET (≥ 1), agree or agree:SHARE (0.5 < SHARE ≤ 1) "
+            "or topp:P (0 < P ≤ 1)"
         )
 
     def __str__(self) -> str:
         if self.budget is not None:
             return f"{'gain' if self.learned else 'calls'}:{self.budget:g}"
+        if self.share is not None:
+            return "agree" if self.share == 2 / 3 else f"agree:{self.share:g}"
         if self.kind == "cascade":
             return f"cascade:{self.start}" + (f":{self.threshold:g}" if self.threshold is not None else "")
         return "fixed" if self.kind == "fixed" else f"topp:{self.mass:g}"
@@ -107,6 +118,8 @@ class KPolicy:
             raise ConfigError(f"k policy {self}: calibrate it for the router first (`coe.policy.calibrate`)")
         if decided(answers, remaining):
             return True
+        if self.share is not None:
+            return agreed(answers, self.share)
         if self.threshold is None:
             return False
         if reliability is None:
@@ -114,6 +127,13 @@ class KPolicy:
         if self.rule is not None:
             return self.rule.gain(answers, category, reliability) < self.threshold
         return reliability.confidence(answers, category) >= self.threshold
+
+
+def agreed(answers: Sequence[ExpertAnswer], share: float) -> bool:
+    """Whether one letter holds at least `share` of the stated letters, and at least two of them."""
+    stated = [a.choice for a in answers if a.error is None and a.choice is not None]
+    most = max((stated.count(letter) for letter in set(stated)), default=0)
+    return most >= 2 and most >= share * len(stated) - 1e-9
 
 
 THRESHOLDS = tuple(np.round(np.arange(0.30, 1.0001, 0.01), 2))

@@ -29,18 +29,21 @@ def queries(
     n: int,
     seed: int,
     categories: tuple[str, ...] = ("math", "law"),
-    choices: tuple[str, ...] = ("w", "x", "y", "z"),
+    choices: tuple[str, ...] | Callable[[str, np.random.Generator], tuple[str, ...]] = ("w", "x", "y", "z"),
 ) -> list[Query]:
+    """`n` four-option queries with random gold letters; `choices` may write each query's options from
+    its gold letter."""
     rng = np.random.default_rng(seed)
+    golds = [LETTERS[rng.integers(4)] for _ in range(n)]
     return [
         Query(
             id=str(seed * 100_000 + i),
             text=f"question {i}",
-            choices=choices,
-            gold=LETTERS[rng.integers(4)],
+            choices=choices(gold, rng) if callable(choices) else choices,
+            gold=gold,
             category=categories[i % len(categories)],
         )
-        for i in range(n)
+        for i, gold in enumerate(golds)
     ]
 
 

@@ -40,6 +40,8 @@ def noisy(p_right: float, guess_share: float = 0.0):
         ("topp:0.8", KPolicy(kind="topp", mass=0.8)),
         ("calls:2", KPolicy(kind="cascade", start=1, budget=2.0)),
         ("gain:1.5", KPolicy(kind="cascade", start=1, budget=1.5, learned=True)),
+        ("agree", KPolicy(kind="cascade", start=2, share=2 / 3)),
+        ("agree:0.75", KPolicy(kind="cascade", start=2, share=0.75)),
     ],
 )
 def test_policies_parse_and_print_back(text: str, policy: KPolicy) -> None:
@@ -48,7 +50,20 @@ def test_policies_parse_and_print_back(text: str, policy: KPolicy) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "cascade:0", "cascade:2:1.5", "topp:0", "topp:x", "auto:3", "calls:0.5", "gain:0", "sometimes"]
+    "text",
+    [
+        "",
+        "cascade:0",
+        "cascade:2:1.5",
+        "topp:0",
+        "topp:x",
+        "auto:3",
+        "calls:0.5",
+        "gain:0",
+        "agree:0.5",
+        "agree:2",
+        "sometimes",
+    ],
 )
 def test_unknown_policies_are_one_clear_error(text: str) -> None:
     with pytest.raises(ConfigError, match="expected fixed, auto"):
@@ -83,6 +98,32 @@ def test_cascade_asks_a_third_only_on_disagreement_and_keeps_the_fixed_vote(tmp_
     calls = [len(a.experts) for a in cascade.answers]
     assert 2 < np.mean(calls) < 3
     assert cascade.stats.n_requests == sum(calls)
+
+
+def test_agree_asks_on_until_one_letter_holds_two_thirds_of_the_answers(tmp_path: Path) -> None:
+    """Four noisy experts: the cascade stops at two that agree, at a 2–1 split of three, at 3–1 of four,
+    and otherwise asks all four; a guessed letter counts as a letter."""
+    items, test = synthetic_pool.queries(50, seed=11), synthetic_pool.queries(300, seed=12)
+    rules = {name: noisy(0.5, guess_share=0.2) for name in "abcd"}
+    registry = synthetic_pool.pool(tmp_path, items + test, rules)
+    runner = synthetic_pool.scheduler()
+    router = AllRouter().fit(synthetic_pool.profiled(registry, items, runner))
+    fixed = Composer(registry, router=router, backends=runner.backends, scheduler=runner).run(test)
+    agree = Composer(
+        registry, router=router, backends=runner.backends, scheduler=runner, k_policy=KPolicy.parse("agree")
+    ).run(test)
+
+    def expected(letters: list[str | None]) -> int:
+        for asked in range(2, 4):
+            most = max(letters[:asked].count(letter) for letter in letters[:asked])
+            if most >= 2 and most >= 2 / 3 * asked:
+                return asked
+        return 4
+
+    calls = [len(short.experts) for short in agree.answers]
+    assert calls == [expected([a.choice for a in full.expert_answers]) for full in fixed.answers]
+    assert {2, 3, 4} <= set(calls)
+    assert agree.stats.n_requests == sum(calls)
 
 
 def test_a_threshold_stops_after_one_expert_where_it_is_reliable(tmp_path: Path) -> None:

@@ -113,7 +113,10 @@ def eval_command(
         str | None,
         typer.Option(
             "--k",
-            help="Experts per query (N), or a policy: auto, cascade[:START], calls:B, gain:B, topp:P (up to --max-k).",
+            help=(
+                "Experts per query (N), or a policy: auto, cascade[:START], calls:B, gain:B, agree, topp:P "
+                "(up to --max-k)."
+            ),
         ),
     ] = None,
     max_k: Annotated[int | None, typer.Option("--max-k", help="The most experts a k policy asks (default 3).")] = None,

@@ -108,7 +108,8 @@ class CompositionSpec(Frozen):
     k_policy: str = "fixed"
     """How many of the k each query asks: `fixed` (all), `auto` or `cascade[:START]` (ask START, default
     2, then one more while the vote could still change), `calls:B` or `gain:B` (ask one, then more
-    within B calls per query on average), `topp:P` (the fewest whose scores reach P of the route's);
+    within B calls per query on average), `agree` (ask two, then one more until one letter holds two
+    thirds of the answers), `topp:P` (the fewest whose scores reach P of the route's);
     see `coe.policy.KPolicy`."""
     seed: int = 0
     """The router's random state (random draws, cross-validation folds)."""
