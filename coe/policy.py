@@ -50,8 +50,8 @@ class KPolicy:
     rule: StopRule | None = field(default=None, compare=False, repr=False)
     """The learned stop rule (`calibrate` fits it per router)."""
     share: float | None = None
-    """cascade (`agree:P`): also stop once one letter holds at least this share of the stated letters so
-    far, and at least two of them."""
+    """cascade (`agree:P`): also stop once one letter holds at least this share of the letters so far
+    (stated or guessed), and at least two of them."""
 
     @classmethod
     def parse(cls, text: str) -> KPolicy:
@@ -130,10 +130,11 @@ class KPolicy:
 
 
 def agreed(answers: Sequence[ExpertAnswer], share: float) -> bool:
-    """Whether one letter holds at least `share` of the stated letters, and at least two of them."""
-    stated = [a.choice for a in answers if a.error is None and a.choice is not None]
-    most = max((stated.count(letter) for letter in set(stated)), default=0)
-    return most >= 2 and most >= share * len(stated) - 1e-9
+    """Whether one letter holds at least `share` of the answers' letters (stated or guessed: counting
+    stated ones only asked more for the same accuracy), and at least two of them."""
+    letters = [a.choice for a in answers if a.error is None and a.choice is not None]
+    most = max((letters.count(letter) for letter in set(letters)), default=0)
+    return most >= 2 and most >= share * len(letters) - 1e-9
 
 
 THRESHOLDS = tuple(np.round(np.arange(0.30, 1.0001, 0.01), 2))

@@ -196,7 +196,7 @@ def candidate_features(
 def longer_options(choices: Sequence[str] | None, letter: str) -> float:
     """The share of a question's options longer than the one `letter` names (0.5 when unknown)."""
     option = option_of(choices, letter)
-    if not choices or option is None:
+    if choices is None or option is None:
         return 0.5
     return sum(len(other) > len(option) for other in choices) / len(choices)
 
@@ -288,10 +288,12 @@ class StackedVote(Vote):
             n_slots = max((len(route.experts) for _, route, _ in routed), default=1)
             for i, route, reliability in routed:
                 item = outcomes.items[i]
+                if item.gold is None:
+                    continue
                 every = _profiled_ballots(route, outcomes, i, self.column_, self.read_text_)
                 for asked in range(2, len(route.experts) + 1):
                     ballots = [b for b in every if b.rank < asked]
-                    if len({b.letter for b in ballots}) > 1 and item.gold is not None:  # as in fuse: disagreement
+                    if len({b.letter for b in ballots}) > 1:  # as in fuse: only a disagreement is scored
                         letters, features = candidate_features(ballots, reliability, item, n_slots)
                         rows.append(features)
                         labels.extend(letter == item.gold for letter in letters)

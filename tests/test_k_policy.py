@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from coe.aggregate import MajorityVote
-from coe.composer import Composer
+from coe.composer import BatchResult, Composer
 from coe.errors import ConfigError
 from coe.outcomes import Outcomes
 from coe.policy import KPolicy, calibrate
@@ -80,16 +80,24 @@ def test_topp_asks_the_fewest_experts_whose_scores_reach_the_share() -> None:
     assert [KPolicy.parse(f"topp:{p}").first(route) for p in (0.5, 0.6, 0.8, 0.81, 1)] == [1, 2, 2, 3, 3]
 
 
-def test_cascade_asks_a_third_only_on_disagreement_and_keeps_the_fixed_vote(tmp_path: Path) -> None:
-    items, test = synthetic_pool.queries(100, seed=1), synthetic_pool.queries(300, seed=2)
-    rules = {"a": noisy(0.7, guess_share=0.1), "b": noisy(0.6, guess_share=0.1), "c": noisy(0.5)}
+def fixed_and_policy(
+    tmp_path: Path, rules: dict[str, synthetic_pool.Rule], policy: str, n_profile: int, seed: int
+) -> tuple[BatchResult, BatchResult]:
+    """The all-experts router's answers on 300 test items, asking every expert and under `policy`."""
+    items, test = synthetic_pool.queries(n_profile, seed=seed), synthetic_pool.queries(300, seed=seed + 1)
     registry = synthetic_pool.pool(tmp_path, items + test, rules)
     runner = synthetic_pool.scheduler()
     router = AllRouter().fit(synthetic_pool.profiled(registry, items, runner))
     fixed = Composer(registry, router=router, backends=runner.backends, scheduler=runner).run(test)
-    cascade = Composer(
-        registry, router=router, backends=runner.backends, scheduler=runner, k_policy=KPolicy.parse("auto")
+    asked = Composer(
+        registry, router=router, backends=runner.backends, scheduler=runner, k_policy=KPolicy.parse(policy)
     ).run(test)
+    return fixed, asked
+
+
+def test_cascade_asks_a_third_only_on_disagreement_and_keeps_the_fixed_vote(tmp_path: Path) -> None:
+    rules = {"a": noisy(0.7, guess_share=0.1), "b": noisy(0.6, guess_share=0.1), "c": noisy(0.5)}
+    fixed, cascade = fixed_and_policy(tmp_path, rules, "auto", 100, seed=1)
     for full, short in zip(fixed.answers, cascade.answers, strict=True):
         first_two = full.expert_answers[:2]
         agree = first_two[0].choice == first_two[1].choice and not any(a.guessed for a in first_two)
@@ -103,15 +111,8 @@ def test_cascade_asks_a_third_only_on_disagreement_and_keeps_the_fixed_vote(tmp_
 def test_agree_asks_on_until_one_letter_holds_two_thirds_of_the_answers(tmp_path: Path) -> None:
     """Four noisy experts: the cascade stops at two that agree, at a 2–1 split of three, at 3–1 of four,
     and otherwise asks all four; a guessed letter counts as a letter."""
-    items, test = synthetic_pool.queries(50, seed=11), synthetic_pool.queries(300, seed=12)
     rules = {name: noisy(0.5, guess_share=0.2) for name in "abcd"}
-    registry = synthetic_pool.pool(tmp_path, items + test, rules)
-    runner = synthetic_pool.scheduler()
-    router = AllRouter().fit(synthetic_pool.profiled(registry, items, runner))
-    fixed = Composer(registry, router=router, backends=runner.backends, scheduler=runner).run(test)
-    agree = Composer(
-        registry, router=router, backends=runner.backends, scheduler=runner, k_policy=KPolicy.parse("agree")
-    ).run(test)
+    fixed, agree = fixed_and_policy(tmp_path, rules, "agree", 50, seed=11)
 
     def expected(letters: list[str | None]) -> int:
         for asked in range(2, 4):
