@@ -14,7 +14,7 @@ from coe.errors import ConfigError, NotFittedError
 from coe.outcomes import Outcomes
 from coe.routers import AllRouter, BestSingleRouter
 from coe.schema import ExpertAnswer, Query
-from coe.stacked import StackedVote, has_texts, longer_options, measure_reliability, text_signals
+from coe.stacked import StackedVote, has_texts, longer_options, measure_reliability, numeric_ranks, text_signals
 from tests import synthetic_pool
 from tests.synthetic_pool import LETTERS, guessed, stated, wrong
 
@@ -150,6 +150,34 @@ def test_longer_options_is_the_share_of_options_longer_than_the_picked_one() -> 
     choices = ("one", "three", "eleven", "two")
     assert [longer_options(choices, letter) for letter in "ABCD"] == [0.5, 0.25, 0.0, 0.5]
     assert longer_options(choices, "E") == longer_options(None, "A") == 0.5  # beyond the options, or none
+
+
+def test_stacked_reads_where_a_number_falls_among_the_options(tmp_path: Path) -> None:
+    """Three equal experts, right 50% of the time, on questions whose options are numbers and whose right
+    one is a middle value in 90% of them (as in MMLU-Pro, whose numeric distractors surround the answer):
+    when the experts disagree, the middle value is the better bet, which a vote cannot see."""
+
+    def options(gold: str, rng: np.random.Generator) -> tuple[str, ...]:
+        rank = int(rng.choice([1, 2])) if rng.random() < 0.9 else int(rng.choice([0, 3]))
+        others = iter(rng.permutation([r for r in range(4) if r != rank]).tolist())
+        ranks = [rank if letter == gold else next(others) for letter in LETTERS]
+        return tuple(f"{10 * (r + 1)} kg" for r in ranks)
+
+    def equal(query: Query, rng: np.random.Generator) -> str:
+        return stated(query.gold if rng.random() < 0.5 else wrong(query, rng))
+
+    rules = {"a": equal, "b": equal, "c": equal}
+    outcomes, router, composer, test = all_experts(tmp_path, rules, 500, 17, choices=options)
+    stacked = StackedVote().fit([router], outcomes)
+    scores = accuracy(composer, router, {"weighted": WeightedVote(), "stacked": stacked}, test)
+    assert scores["stacked"] > scores["weighted"] + 0.06
+
+
+def test_numeric_ranks_order_options_by_their_leading_numbers() -> None:
+    assert numeric_ranks(("3 m", "$1,200", "-2.5", "10.5 m")).tolist() == pytest.approx([1 / 3, 1.0, 0.0, 2 / 3])
+    assert numeric_ranks(("3", "3", "4")) is None  # a repeated number ranks nothing
+    assert numeric_ranks(("some", "1", "2")) is None  # an option without a number
+    assert numeric_ranks(("1", "2")) is None and numeric_ranks(None) is None
 
 
 def test_stacked_ignores_texts_unless_every_profiled_answer_kept_one(tmp_path: Path) -> None:
