@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import numpy as np
 
@@ -38,6 +38,8 @@ from coe.schema import ExpertAnswer, Query, Route
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
+
+T = TypeVar("T")
 
 GUESS_PRIOR = 0.1
 """A guessed letter's reliability before any is measured: about chance on ten options."""
@@ -90,10 +92,11 @@ def _numbers_agree(text: str, option: str) -> float:
     return 1.0 if agree else -1.0
 
 
-def option_of(choices: Sequence[str] | None, letter: str) -> str | None:
-    """The text of the option a letter names (None beyond the options, or without them)."""
+def option_of(options: Sequence[T] | None, letter: str) -> T | None:
+    """What a letter names among a question's options, given per option (their texts, their ranks): None
+    beyond the options, or without them."""
     index = ord(letter) - ord("A")
-    return choices[index] if choices is not None and 0 <= index < len(choices) else None
+    return options[index] if options is not None and 0 <= index < len(options) else None
 
 
 @dataclass(frozen=True)
@@ -194,9 +197,9 @@ def candidate_features(
         row[2 * n_slots + 7] = sum(b.agrees > 0 for b in voters)
         row[2 * n_slots + 8] = sum(b.agrees < 0 for b in voters)
         row[2 * n_slots + 9] = longer_options(query.choices, letter)
-        index = ord(letter) - ord("A")
-        if ranks is not None and 0 <= index < len(ranks):
-            row[2 * n_slots + 10 : 2 * n_slots + 13] = (1.0, ranks[index], (ranks[index] - 0.5) ** 2)
+        rank = option_of(ranks, letter)
+        if rank is not None:
+            row[2 * n_slots + 10 : 2 * n_slots + 13] = (1.0, rank, (rank - 0.5) ** 2)
     return letters, rows
 
 
@@ -211,7 +214,7 @@ def longer_options(choices: Sequence[str] | None, letter: str) -> float:
 _LEADING_NUMBER = re.compile(r"\s*\$?\s*(-?\d+(?:,\d{3})*(?:\.\d+)?)")
 
 
-def numeric_ranks(choices: Sequence[str] | None) -> np.ndarray | None:
+def numeric_ranks(choices: Sequence[str] | None) -> list[float] | None:
     """Each option's rank among the question's options by the number it opens with, 0 for the smallest
     to 1 for the largest; None unless there are three or more options and every one opens with a number
     of its own."""
@@ -225,7 +228,7 @@ def numeric_ranks(choices: Sequence[str] | None) -> np.ndarray | None:
         return None
     ranks = np.empty(len(values))
     ranks[np.argsort(values)] = np.arange(len(values)) / (len(values) - 1)
-    return ranks
+    return ranks.tolist()
 
 
 def ballots_of(

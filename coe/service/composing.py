@@ -7,10 +7,11 @@ The composing side is a process of its own by default (`composer="process"`): th
 validating, serializing) and the composing side then run on two cores instead of taking turns on one
 interpreter lock, and the models still live in one process, so each is loaded once. It is reached
 over a socket pair the event loop reads and writes without blocking (`coe.service.wire`); answers
-come back rendered for the response (`coe.service.served`), so the HTTP side does not rebuild them. A composing process
-that dies (killed, out of memory) fails the requests it held with 503 `composer_restarted` and is
-started again; requests that arrive meanwhile wait for it. With `composer="thread"` the same batch
-loop runs on a thread of the service's process (one process to debug, or to embed in another app).
+come back rendered for the response (`coe.service.served`), so the HTTP side does not rebuild them. A
+composing process that dies (killed, out of memory) fails the requests it held with 503
+`composer_restarted` and is started again; requests that arrive meanwhile wait for it. With
+`composer="thread"` the same batch loop runs on a thread of the service's process (one process to debug,
+or to embed in another app).
 """
 
 from __future__ import annotations
